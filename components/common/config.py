@@ -1,0 +1,334 @@
+"""One typed configuration tree for the whole lifecycle.
+
+A run's configuration is a frozen :class:`LifecycleConfig` built from a YAML profile
+(``pipelines/profiles/<name>.yaml``, values only) and ``key=value`` overrides (``--set`` on the CLI,
+the ``overrides`` parameter of a pipeline). Every field is declared with :func:`knob`, which keeps
+its documentation next to it (``lmforge config`` prints them) and says whether the field changes a
+stage's result: only *versioned* fields enter the content hash that addresses a stage's output, so
+changing a log interval never forces a rerun (see :mod:`components.common.artifacts`).
+
+Errors name the key path and the fix, e.g. ``unknown key 'pretrain.stepz' (did you mean 'steps'?)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.errors import ConfigError
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "profiles"
+
+
+def knob(default: Any, doc: str, *, versioned: bool = True) -> Any:
+    """Declare a config field with its documentation.
+
+    Args:
+        default: the value used when neither the profile nor an override sets it.
+        doc: one line: meaning, unit and why this default.
+        versioned: whether the field changes the stage's output (and so its content hash).
+    """
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, "versioned": versioned})
+    return field(default=default, metadata={"doc": doc, "versioned": versioned})
+
+
+def section(cls: type, doc: str) -> Any:
+    """Declare a nested config section."""
+    return field(default_factory=cls, metadata={"doc": doc, "versioned": True})
+
+
+_frozen = dataclass(frozen=True, kw_only=True)
+
+
+@_frozen
+class RunConfig:
+    profile: str = knob("tiny", "Name of the profile this config was loaded from.", versioned=False)
+    seed: int = knob(1234, "Seed for every random choice (splits, init, data order).")
+    home: str = knob(".lmforge", "Local working directory: store, MLflow database, KFP outputs.", versioned=False)
+
+
+@_frozen
+class StorageConfig:
+    uri: str = knob("", "Object-store root: '' = file://<run.home>/store, or s3://bucket[/prefix].", versioned=False)
+    s3_endpoint: str = knob("", "S3/MinIO endpoint host:port for s3:// URIs ('' = AWS).", versioned=False)
+    s3_secure: bool = knob(True, "Use TLS to reach the S3 endpoint.", versioned=False)
+    s3_region: str = knob("us-east-1", "Region sent to the S3 endpoint.", versioned=False)
+
+
+@_frozen
+class LineageConfig:
+    tracking_uri: str = knob("", "MLflow tracking URI: '' = sqlite:///<run.home>/mlflow.db.", versioned=False)
+    experiment: str = knob("lmforge", "MLflow experiment that holds the pipeline runs.", versioned=False)
+
+
+@_frozen
+class ModelConfig:
+    preset: str = knob("tiny", "Model architecture preset from components/common/models.py (tiny|small|1b).")
+    seq_len: int = knob(128, "Training context length in tokens.")
+    init_from: str = knob("", "Path or hub id of pretrained weights ('' = random init from the preset).")
+
+
+@_frozen
+class TokenizerConfig:
+    vocab_size: int = knob(2048, "BPE vocabulary size, special tokens included.")
+    min_frequency: int = knob(2, "A merge must occur this often in the corpus to be learned.")
+    path: str = knob("", "Use this saved HF tokenizer instead of training one ('' = train on the corpus).")
+
+
+@_frozen
+class CurateConfig:
+    source: str = knob(
+        "quickstart/tinyshakespeare.txt",
+        "Pretraining corpus: a file, a directory, or an s3:// prefix of .txt/.jsonl(.gz) files; "
+        "'quickstart/...' names data shipped with lmforge.",
+    )
+    text_field: str = knob("text", "JSONL field that holds a record's text.")
+    normalization: str = knob("NFC", "Unicode normalization form applied to every record (NFC|NFKC|none).")
+    min_chars: int = knob(32, "Drop records shorter than this many characters (after normalization).")
+    max_chars: int = knob(100_000, "Drop records longer than this many characters.")
+    heldout_fraction: float = knob(0.05, "Fraction of records kept apart as held-out evaluation data.")
+    shard_tokens: int = knob(1_000_000, "Maximum tokens per packed shard file.")
+    expectations: bool = knob(True, "Validate the curated records with the great-expectations suite.")
+
+
+@_frozen
+class PretrainConfig:
+    num_workers: int = knob(2, "Ray Train workers (one process each; gloo on CPU, NCCL on GPU).")
+    use_gpu: bool = knob(False, "Give each worker one GPU.")
+    steps: int = knob(200, "Optimizer steps.")
+    batch_size: int = knob(8, "Sequences per worker per step.")
+    lr: float = knob(3e-3, "Peak learning rate after warmup.")
+    min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak (cosine decay floor).")
+    warmup_steps: int = knob(20, "Linear warmup steps from 0 to the peak LR.")
+    weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
+    grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
+    checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
+    log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
+    max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
+    ray_address: str = knob("local", "Ray cluster to use: 'local' starts one for this step, 'auto' joins.", versioned=False)
+
+
+@_frozen
+class ContinualConfig:
+    source: str = knob(
+        "quickstart/wikitext2.txt", "Second-domain corpus for continual pretraining (same forms as curate.source)."
+    )
+    steps: int = knob(100, "Optimizer steps on the new corpus.")
+    batch_size: int = knob(8, "Sequences per worker per step.")
+    lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
+    min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak.")
+    warmup_steps: int = knob(10, "Re-warming steps from 0 to the peak LR.")
+    replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
+
+
+@_frozen
+class AlignConfig:
+    source: str = knob("quickstart/gsm8k_train.jsonl", "SFT data: JSONL with prompt/response fields.")
+    prompt_field: str = knob("question", "JSONL field holding the user turn.")
+    response_field: str = knob("answer", "JSONL field holding the assistant turn.")
+    max_examples: int = knob(2000, "Use at most this many training pairs (0 = all).")
+    steps: int = knob(100, "Optimizer steps.")
+    batch_size: int = knob(8, "Pairs per step.")
+    lr: float = knob(1e-3, "Peak learning rate.")
+    warmup_steps: int = knob(10, "Linear warmup steps.")
+    max_len: int = knob(256, "Truncate prompt+response to this many tokens.")
+    log_every: int = knob(10, "Log loss every N steps.", versioned=False)
+
+
+@_frozen
+class QuantizeConfig:
+    method: str = knob("int8_weight_only", "Weight quantization method (int8_weight_only).")
+
+
+@_frozen
+class EvaluateConfig:
+    tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
+    limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
+    heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
+    batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
+
+
+@_frozen
+class RegisterConfig:
+    model_name: str = knob("lmforge-chat", "MLflow registered-model name.", versioned=False)
+    metric: str = knob("heldout_perplexity", "Evaluation metric that decides who is champion.", versioned=False)
+    greater_is_better: bool = knob(False, "Whether a larger metric value is better.", versioned=False)
+
+
+@_frozen
+class LifecycleConfig:
+    run: RunConfig = section(RunConfig, "Run-wide settings.")
+    storage: StorageConfig = section(StorageConfig, "Object store (local directory or S3/MinIO).")
+    lineage: LineageConfig = section(LineageConfig, "MLflow tracking.")
+    model: ModelConfig = section(ModelConfig, "Model architecture.")
+    tokenizer: TokenizerConfig = section(TokenizerConfig, "BPE tokenizer.")
+    curate: CurateConfig = section(CurateConfig, "Data curation.")
+    pretrain: PretrainConfig = section(PretrainConfig, "Pretraining on Ray Train.")
+    continual: ContinualConfig = section(ContinualConfig, "Continual pretraining on a second corpus.")
+    align: AlignConfig = section(AlignConfig, "Supervised fine-tuning.")
+    quantize: QuantizeConfig = section(QuantizeConfig, "Weight quantization.")
+    evaluate: EvaluateConfig = section(EvaluateConfig, "Evaluation and promotion metrics.")
+    register: RegisterConfig = section(RegisterConfig, "Model registry.")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(cfg: LifecycleConfig) -> None:
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+    need(cfg.model.seq_len >= 8, "model.seq_len", f"must be >= 8, got {cfg.model.seq_len}")
+    need(cfg.tokenizer.vocab_size >= 300, "tokenizer.vocab_size", f"must be >= 300 (256 bytes + specials), got {cfg.tokenizer.vocab_size}")
+    need(0.0 <= cfg.curate.heldout_fraction < 0.5, "curate.heldout_fraction", "must be in [0, 0.5)")
+    need(cfg.curate.min_chars < cfg.curate.max_chars, "curate.min_chars", "must be below curate.max_chars")
+    need(cfg.curate.normalization in {"NFC", "NFKC", "NFD", "NFKD", "none"}, "curate.normalization", "must be NFC, NFKC, NFD, NFKD or none")
+    for name in ("pretrain", "continual", "align"):
+        sec = getattr(cfg, name)
+        need(sec.steps > 0, f"{name}.steps", f"must be > 0, got {sec.steps}")
+        need(sec.lr > 0, f"{name}.lr", f"must be > 0, got {sec.lr}")
+        need(
+            0 <= sec.warmup_steps < sec.steps,
+            f"{name}.warmup_steps",
+            f"must be below {name}.steps={sec.steps}, got {sec.warmup_steps}; lower it or raise {name}.steps",
+        )
+    need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
+    need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
+    need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
+    need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
+    if cfg.storage.uri:
+        need(cfg.storage.uri.startswith(("s3://", "file://")), "storage.uri", f"must start with s3:// or file://, got {cfg.storage.uri!r}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(profile: str = "tiny", overrides: typing.Iterable[str] = ()) -> LifecycleConfig:
+    """Build the config from a profile name (or a YAML path) and ``key=value`` overrides."""
+    raw = _read_profile(profile)
+    raw.setdefault("run", {})["profile"] = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. pretrain.steps=50")
+        _set_path(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else "")
+    return from_dict(LifecycleConfig, raw)
+
+
+def _read_profile(profile: str) -> dict:
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile {profile!r} not found at {path}; known profiles: {', '.join(known)}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"profile {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _set_path(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {k!r} is a value, not a section")
+    node[keys[-1]] = value
+
+
+def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if isinstance(hint, types.GenericAlias) or hint is list:
+        hint = list
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint is list and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+# --------------------------------------------------------------------------- introspection
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (for logging and for the run report)."""
+    return dataclasses.asdict(cfg)
+
+
+def versioned_dict(cfg: Any) -> dict:
+    """Only the fields that change a stage's result: the input to its content hash."""
+    out = {}
+    for f in fields(cfg):
+        if not f.metadata.get("versioned", True):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = versioned_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"pretrain.steps": 200, ...}`` for MLflow params."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def describe(cls: type = LifecycleConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every key with its type, default and documentation, for ``lmforge config``."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, getattr(hint, "__name__", str(hint)), default, f.metadata.get("doc", "")))
+    return rows
+
+
+def resolve_home(cfg: LifecycleConfig) -> Path:
+    """The absolute local working directory of this run."""
+    return Path(cfg.run.home).expanduser().resolve()

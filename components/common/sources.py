@@ -1,0 +1,52 @@
+"""Resolve a user-given data source to the files it names.
+
+A source is one of: ``quickstart/<file>`` (data shipped with lmforge, for offline demos), a local
+file, a local directory (every ``.txt``, ``.jsonl`` and ``.jsonl.gz`` below it), or an ``s3://``
+prefix (same suffixes). Errors name the source and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.common.errors import DataError
+
+QUICKSTART_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "data" / "quickstart"
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".txt.gz")
+
+
+def has_data_suffix(name: str) -> bool:
+    return name.endswith(SUFFIXES)
+
+
+def resolve_source(source: str, store=None) -> list[str]:
+    """Files (local paths or s3:// URIs) that ``source`` names, sorted for a stable order.
+
+    ``store`` is an :class:`~components.common.storage.ObjectStore` able to list s3:// URIs.
+    """
+    if not source:
+        raise DataError("empty data source: set curate.source (or continual.source / align.source) to a path or s3:// prefix")
+    if source.startswith("s3://"):
+        if store is None:
+            raise DataError(f"{source}: an s3:// source needs storage.s3_endpoint and credentials")
+        files = [u for u in store.list(source) if has_data_suffix(u)]
+        if not files and store.exists(source) and has_data_suffix(source):
+            files = [source]
+        if not files:
+            raise DataError(f"{source}: no .txt/.jsonl/.jsonl.gz objects under this prefix")
+        return files
+    if source.startswith("quickstart/"):
+        path = QUICKSTART_DIR / source.removeprefix("quickstart/")
+        if not path.exists():
+            known = ", ".join(sorted(p.name for p in QUICKSTART_DIR.glob("*") if has_data_suffix(p.name)))
+            raise DataError(f"{source}: no such quick-start file; shipped: {known}")
+    else:
+        path = Path(source.removeprefix("file://")).expanduser()
+    if path.is_file():
+        return [str(path.resolve())]
+    if path.is_dir():
+        files = sorted(str(p.resolve()) for p in path.rglob("*") if p.is_file() and has_data_suffix(p.name))
+        if not files:
+            raise DataError(f"{source}: directory holds no .txt/.jsonl/.jsonl.gz files")
+        return files
+    raise DataError(f"{source}: no such file or directory")

@@ -1,0 +1,125 @@
+"""The plumbing every stage shares, so that each ``component.py`` stays a thin wrapper.
+
+:func:`run_stage` does, in order: build the config from profile + overrides, compute the output's
+content address, reuse a completed output (the skip), else fetch the inputs from the object store,
+open the stage's nested MLflow run, log the inputs, call the stage's library function, log its
+metrics, upload the output and mark it complete. It knows nothing of KFP: the component passes plain
+paths of its input pointers and receives the output pointer to write.
+
+Stage library functions return a summary dict; its ``"metrics"`` entry (name → number) goes to MLflow
+and to the KFP ``Metrics`` artifact, everything else goes into the completion marker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import lineage
+from components.common.artifacts import (
+    Output,
+    fetch,
+    is_complete,
+    open_run_store,
+    plan_output,
+    publish,
+    read_marker,
+    read_pointer,
+    store_root,
+)
+from components.common.config import LifecycleConfig, load_config, versioned_dict
+from components.common.log import get_logger
+from components.common.storage import ObjectStore, join
+
+log = get_logger("lmforge.stage")
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's library function gets besides its config section."""
+
+    cfg: LifecycleConfig
+    inputs: dict[str, Path]
+    input_pointers: dict[str, dict]
+    out: Output
+    store: ObjectStore
+    mlflow_run_id: str
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out.local
+
+    def scratch_uri(self, kind: str) -> str:
+        """A store location tied to this output, for state written *during* the stage (checkpoints)."""
+        return join(store_root(self.cfg), kind, self.out.digest)
+
+
+def run_stage(
+    stage: str,
+    kind: str,
+    *,
+    profile: str,
+    overrides: list[str],
+    parent_run_id: str,
+    input_pointer_paths: dict[str, str],
+    fn: Callable[[StageContext], dict[str, Any]],
+    sections: tuple[str, ...],
+    extra: dict | None = None,
+) -> tuple[dict, dict]:
+    """Run ``fn`` as stage ``stage`` unless an identical output is already complete.
+
+    Args:
+        stage: stage name, also the MLflow run name.
+        kind: the store folder the output goes to (``datasets``, ``models``, ``reports``...).
+        profile, overrides: the run's configuration source.
+        parent_run_id: the pipeline's MLflow parent run ('' for a top-level run).
+        input_pointer_paths: input name → path of the KFP artifact holding its pointer JSON.
+        fn: the stage body.
+        sections: config sections whose versioned fields change this stage's output.
+        extra: anything else that changes the output (e.g. which corpus a curate step reads).
+
+    Returns:
+        (output pointer, summary).
+    """
+    cfg = load_config(profile, overrides)
+    store = open_run_store(cfg)
+    pointers = {name: read_pointer(path) for name, path in input_pointer_paths.items()}
+    hashed = {s: versioned_dict(getattr(cfg, s)) for s in sections}
+    hashed["seed"] = cfg.run.seed
+    if extra:
+        hashed["extra"] = extra
+    out = plan_output(cfg, kind, stage, hashed, {n: p["digest"] for n, p in pointers.items()})
+
+    with lineage.stage_run(cfg, stage, parent_run_id) as run_id:
+        import mlflow
+
+        for name, p in pointers.items():
+            lineage.log_input(name=f"{p['kind']}/{name}", digest=p["digest"], source_uri=p["uri"])
+        mlflow.set_tag("lmforge.output_uri", out.uri)
+        if is_complete(store, out):
+            summary = read_marker(store, out.uri)
+            log.info("%s: reusing completed output %s (same config and inputs)", stage, out.uri)
+            mlflow.set_tag("lmforge.skipped", "true")
+        else:
+            started = time.time()
+            local_inputs = {name: fetch(cfg, store, p["uri"]) for name, p in pointers.items()}
+            out.local.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(cfg, local_inputs, pointers, out, store, run_id)
+            summary = fn(ctx)
+            summary.setdefault("metrics", {})["stage_seconds"] = round(time.time() - started, 3)
+            (out.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            publish(store, out, summary)
+            log.info("%s: wrote %s in %.1fs", stage, out.uri, time.time() - started)
+        metrics = {k: float(v) for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))}
+        if metrics:
+            mlflow.log_metrics(metrics)
+    return out.pointer(), summary
+
+
+def numeric_metrics(summary: dict) -> dict[str, float]:
+    """The numbers of a summary, for a KFP ``Metrics`` artifact."""
+    return {k: float(v) for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))}

@@ -1,0 +1,82 @@
+"""Fixtures shared by every test layer: an offline environment, configs rooted in a temp dir, and a
+tiny real dataset and model built from the quick-start data (no hub downloads, no mocks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may be downloaded at test time; Ray must stay on loopback (see README, "Testing").
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from components.common.config import LifecycleConfig, load_config  # noqa: E402
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "quickstart"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """``make_config("pretrain.steps=5", ...)`` → a tiny-profile config whose home is a temp dir."""
+
+    def build(*overrides: str, profile: str = "tiny") -> LifecycleConfig:
+        return load_config(profile, [f"run.home={tmp_path / 'home'}", *overrides])
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A curated-dataset directory (manifest, tokenizer, train/heldout shards) from 3,000 lines of
+    the quick-start Shakespeare, built with the same helpers the curate stage uses."""
+    from components.common.artifacts import file_digest
+    from components.common.shards import ShardWriter, token_dtype, write_manifest
+    from components.common.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    text = (QUICKSTART / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:3000]
+    docs = [d.strip() for d in "\n".join(text).split("\n\n") if len(d.strip()) > 20]
+    tok = train_tokenizer(docs, vocab_size=512)
+    tok.save_pretrained(root / "tokenizer")
+    dtype = token_dtype(len(tok))
+    splits = {}
+    for split, part in (("train", docs[: int(len(docs) * 0.9)]), ("heldout", docs[int(len(docs) * 0.9) :])):
+        writer = ShardWriter(root, split, dtype, shard_tokens=20_000)
+        for d in part:
+            writer.add(tok.encode(d, add_special_tokens=False) + [tok.eos_token_id])
+        splits[split] = writer.close()
+    write_manifest(root, dtype=dtype, tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"), splits=splits)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_dataset) -> Path:
+    """A randomly initialised tiny Llama saved in HF format together with the tiny tokenizer."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from components.common.models import llama_config
+    from components.common.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    tok = load_tokenizer(tiny_dataset / "tokenizer")
+    torch.manual_seed(0)
+    config = llama_config(
+        "tiny",
+        vocab_size=len(tok),
+        seq_len=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
