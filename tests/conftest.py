@@ -80,3 +80,26 @@ def tiny_model(tmp_path_factory, tiny_dataset) -> Path:
     LlamaForCausalLM(config).save_pretrained(root)
     tok.save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto) on 127.0.0.1 for the test session; yields its host:port.
+
+    The access keys are moto's throwaway test values, set only in this process's environment.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server._server.server_address
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "lmforge-test"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "lmforge-test"  # moto accepts any key pair
+    yield f"{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

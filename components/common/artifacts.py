@@ -34,7 +34,10 @@ def store_root(cfg: LifecycleConfig) -> str:
 
 def open_run_store(cfg: LifecycleConfig) -> ObjectStore:
     return open_store(
-        store_root(cfg), s3_endpoint=cfg.storage.s3_endpoint, s3_secure=cfg.storage.s3_secure, s3_region=cfg.storage.s3_region
+        store_root(cfg),
+        s3_endpoint=cfg.storage.s3_endpoint,
+        s3_secure=cfg.storage.s3_secure,
+        s3_region=cfg.storage.s3_region,
     )
 
 

@@ -113,7 +113,9 @@ class PretrainConfig:
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
-    ray_address: str = knob("local", "Ray cluster to use: 'local' starts one for this step, 'auto' joins.", versioned=False)
+    ray_address: str = knob(
+        "local", "Ray cluster to use: 'local' starts one for this step, 'auto' joins.", versioned=False
+    )
 
 
 @_frozen
@@ -140,6 +142,7 @@ class AlignConfig:
     lr: float = knob(1e-3, "Peak learning rate.")
     warmup_steps: int = knob(10, "Linear warmup steps.")
     max_len: int = knob(256, "Truncate prompt+response to this many tokens.")
+    heldout_fraction: float = knob(0.05, "Fraction of the pairs held out to measure answer loss (at least one pair).")
     log_every: int = knob(10, "Log loss every N steps.", versioned=False)
 
 
@@ -188,10 +191,18 @@ def _validate(cfg: LifecycleConfig) -> None:
             raise ConfigError(f"{key}: {message}")
 
     need(cfg.model.seq_len >= 8, "model.seq_len", f"must be >= 8, got {cfg.model.seq_len}")
-    need(cfg.tokenizer.vocab_size >= 300, "tokenizer.vocab_size", f"must be >= 300 (256 bytes + specials), got {cfg.tokenizer.vocab_size}")
+    need(
+        cfg.tokenizer.vocab_size >= 300,
+        "tokenizer.vocab_size",
+        f"must be >= 300 (256 bytes + specials), got {cfg.tokenizer.vocab_size}",
+    )
     need(0.0 <= cfg.curate.heldout_fraction < 0.5, "curate.heldout_fraction", "must be in [0, 0.5)")
     need(cfg.curate.min_chars < cfg.curate.max_chars, "curate.min_chars", "must be below curate.max_chars")
-    need(cfg.curate.normalization in {"NFC", "NFKC", "NFD", "NFKD", "none"}, "curate.normalization", "must be NFC, NFKC, NFD, NFKD or none")
+    need(
+        cfg.curate.normalization in {"NFC", "NFKC", "NFD", "NFKD", "none"},
+        "curate.normalization",
+        "must be NFC, NFKC, NFD, NFKD or none",
+    )
     for name in ("pretrain", "continual", "align"):
         sec = getattr(cfg, name)
         need(sec.steps > 0, f"{name}.steps", f"must be > 0, got {sec.steps}")
@@ -201,12 +212,18 @@ def _validate(cfg: LifecycleConfig) -> None:
             f"{name}.warmup_steps",
             f"must be below {name}.steps={sec.steps}, got {sec.warmup_steps}; lower it or raise {name}.steps",
         )
+    need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
+    need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
-        need(cfg.storage.uri.startswith(("s3://", "file://")), "storage.uri", f"must start with s3:// or file://, got {cfg.storage.uri!r}")
+        need(
+            cfg.storage.uri.startswith(("s3://", "file://")),
+            "storage.uri",
+            f"must start with s3:// or file://, got {cfg.storage.uri!r}",
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -275,6 +292,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         hint = list
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python accepts as a float.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint is list and isinstance(value, str):

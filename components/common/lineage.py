@@ -60,7 +60,12 @@ def git_sha() -> str:
         return sha
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -108,7 +113,9 @@ def stage_run(cfg: LifecycleConfig, stage: str, parent_run_id: str = "") -> Iter
     if parent_run_id:
         parent = mlflow.MlflowClient().get_run(parent_run_id)
         tags[TAG_KFP_RUN] = parent.data.tags.get(TAG_KFP_RUN, "")
-    with mlflow.start_run(run_name=stage, parent_run_id=parent_run_id or None, nested=bool(parent_run_id), tags=tags) as run:
+    with mlflow.start_run(
+        run_name=stage, parent_run_id=parent_run_id or None, nested=bool(parent_run_id), tags=tags
+    ) as run:
         section = getattr(cfg, stage, None)
         if section is not None:
             mlflow.log_params({f"{stage}.{k}": str(v)[:500] for k, v in flatten(section).items()})

@@ -27,4 +27,6 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
-    yield from tqdm(items, desc=desc, total=total, unit=unit, mininterval=0.5 if tty else 30, disable=None if tty else False)
+    yield from tqdm(
+        items, desc=desc, total=total, unit=unit, mininterval=0.5 if tty else 30, disable=None if tty else False
+    )

@@ -24,7 +24,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def llama_config(preset: str, *, vocab_size: int, seq_len: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):
+def llama_config(
+    preset: str, *, vocab_size: int, seq_len: int, bos_token_id: int, eos_token_id: int, pad_token_id: int
+):
     """The ``LlamaConfig`` of ``preset`` for a tokenizer with ``vocab_size`` tokens."""
     from transformers import LlamaConfig
 

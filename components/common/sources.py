@@ -25,7 +25,9 @@ def resolve_source(source: str, store=None) -> list[str]:
     ``store`` is an :class:`~components.common.storage.ObjectStore` able to list s3:// URIs.
     """
     if not source:
-        raise DataError("empty data source: set curate.source (or continual.source / align.source) to a path or s3:// prefix")
+        raise DataError(
+            "empty data source: set curate.source (or continual.source / align.source) to a path or s3:// prefix"
+        )
     if source.startswith("s3://"):
         if store is None:
             raise DataError(f"{source}: an s3:// source needs storage.s3_endpoint and credentials")

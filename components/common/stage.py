@@ -31,7 +31,8 @@ from components.common.artifacts import (
     read_pointer,
     store_root,
 )
-from components.common.config import LifecycleConfig, load_config, versioned_dict
+from components.common.config import LifecycleConfig, load_config, resolve_home, versioned_dict
+from components.common.errors import LmforgeError
 from components.common.log import get_logger
 from components.common.storage import ObjectStore, join
 
@@ -69,6 +70,7 @@ def run_stage(
     fn: Callable[[StageContext], dict[str, Any]],
     sections: tuple[str, ...],
     extra: dict | None = None,
+    fetch_inputs: bool = True,
 ) -> tuple[dict, dict]:
     """Run ``fn`` as stage ``stage`` unless an identical output is already complete.
 
@@ -81,6 +83,7 @@ def run_stage(
         fn: the stage body.
         sections: config sections whose versioned fields change this stage's output.
         extra: anything else that changes the output (e.g. which corpus a curate step reads).
+        fetch_inputs: make local copies of the inputs (off for stages that only read pointers).
 
     Returns:
         (output pointer, summary).
@@ -106,10 +109,14 @@ def run_stage(
             mlflow.set_tag("lmforge.skipped", "true")
         else:
             started = time.time()
-            local_inputs = {name: fetch(cfg, store, p["uri"]) for name, p in pointers.items()}
+            local_inputs = {name: fetch(cfg, store, p["uri"]) for name, p in pointers.items()} if fetch_inputs else {}
             out.local.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(cfg, local_inputs, pointers, out, store, run_id)
-            summary = fn(ctx)
+            try:
+                summary = fn(ctx)
+            except Exception as e:
+                _record_failure(cfg, stage, e)
+                raise
             summary.setdefault("metrics", {})["stage_seconds"] = round(time.time() - started, 3)
             (out.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
             publish(store, out, summary)
@@ -120,6 +127,35 @@ def run_stage(
     return out.pointer(), summary
 
 
+def _record_failure(cfg: LifecycleConfig, stage: str, error: Exception) -> None:
+    """Leave the one-line reason where a local runner can show it instead of a traceback."""
+    errors = resolve_home(cfg) / "errors"
+    errors.mkdir(parents=True, exist_ok=True)
+    text = str(error) if isinstance(error, LmforgeError) else f"{type(error).__name__}: {error}"
+    (errors / f"{stage}-{int(time.time() * 1000)}.txt").write_text(text)
+
+
 def numeric_metrics(summary: dict) -> dict[str, float]:
     """The numbers of a summary, for a KFP ``Metrics`` artifact."""
     return {k: float(v) for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))}
+
+
+def export(artifact, pointer: dict, metrics_artifact=None, summary: dict | None = None) -> None:
+    """Write ``pointer`` into a KFP output artifact and the summary's numbers into a Metrics artifact.
+
+    Takes the KFP artifact objects duck-typed (``.path``, ``.metadata``, ``.log_metric``) so this module
+    stays free of ``kfp`` imports.
+    """
+    from components.common.artifacts import write_pointer
+
+    write_pointer(artifact.path, pointer)
+    artifact.metadata.update(pointer)
+    if metrics_artifact is not None and summary is not None:
+        for name, value in numeric_metrics(summary).items():
+            metrics_artifact.log_metric(name, value)
+
+
+def metrics_markdown(summary: dict, title: str) -> str:
+    """A stage summary's numbers as a Markdown table (KFP renders Markdown artifacts)."""
+    rows = "".join(f"| {k} | {v:.6g} |\n" for k, v in sorted(numeric_metrics(summary).items()))
+    return f"## {title}\n\n| metric | value |\n|---|---|\n{rows}"

@@ -93,7 +93,7 @@ class ObjectStore(ABC):
         if not objects:
             raise StorageError(f"nothing stored under {uri}")
         for key in objects:
-            self._download(key, local_dir / key[len(base):])
+            self._download(key, local_dir / key[len(base) :])
         return local_dir
 
     def local_dir(self, uri: str, cache: str | Path) -> Path:

@@ -1,0 +1,148 @@
+"""The align stage, part one: supervised fine-tuning (SFT) of a base model into a chat model.
+
+Flow: read prompt/response pairs (bad lines quarantined, :mod:`.data`) → hold out a seeded ~5 % →
+put the chat template on the tokenizer (:mod:`.chat`) → measure the held-out answer loss → train
+with trl's ``SFTTrainer``, loss on answer tokens only (:mod:`.trainer`) → measure again → save model
+and tokenizer (template included) in HF format under ``out_dir/model`` → greedy samples on three
+held-out prompts → summary.
+
+The tiny profile runs in-process on one CPU process. Multi-GPU SFT runs through this same code
+under Ray Train in a later issue: the HF ``Trainer`` inside ``SFTTrainer`` is what
+``ray.train.huggingface.transformers.prepare_trainer`` distributes, so only the launch changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from components.align.chat import install_chat_template, prompt_messages, stop_token_ids
+from components.align.data import SftPair, read_pairs, split_heldout, write_quarantine
+from components.align.trainer import build_trainer
+from components.common.config import LifecycleConfig
+from components.common.errors import DataError
+from components.common.log import get_logger
+
+log = get_logger("lmforge.align")
+
+SAMPLE_PROMPTS = 3
+SAMPLE_MAX_NEW_TOKENS = 48
+
+
+def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id: str = "") -> dict[str, Any]:
+    """Fine-tune the model in ``model_dir`` on ``cfg.align.source``; writes ``out_dir/model``.
+
+    Returns ``{"metrics": {...}, "samples": [...]}``; the metrics are ``sft_examples``,
+    ``quarantined``, ``sft_loss_first``, ``sft_loss_last``, ``sft_heldout_answer_loss_before``,
+    ``sft_heldout_answer_loss_after`` (mean cross-entropy per answer token, nats) and ``steps``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    a = cfg.align
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    pairs, bad = read_pairs(a.source, a.prompt_field, a.response_field, max_pairs=a.max_examples, store=_store_for(cfg))
+    write_quarantine(out_dir / "quarantine.jsonl", bad)
+    if bad:
+        log.warning("align: quarantined %d malformed lines of %s (see %s)", len(bad), a.source, out_dir / "quarantine.jsonl")
+    train, heldout = split_heldout(pairs, a.heldout_fraction, cfg.run.seed)
+    log.info("align: %d training pairs, %d held out, from %s", len(train), len(heldout), a.source)
+
+    tokenizer = _load_tokenizer(model_dir)
+    install_chat_template(tokenizer)
+    torch.manual_seed(cfg.run.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    trainer, curve = build_trainer(cfg, model, tokenizer, train, heldout, out_dir / "trainer")
+    loss_before = trainer.evaluate()["eval_loss"]
+    started = time.time()
+    trainer.train()
+    train_seconds = time.time() - started
+    loss_after = trainer.evaluate()["eval_loss"]
+    log.info("align: held-out answer loss %.4f -> %.4f (%d steps, %.1fs)", loss_before, loss_after, a.steps, train_seconds)
+    if not curve.points or not all(math.isfinite(v) for _, v in curve.points):
+        raise DataError(f"{a.source}: SFT produced no finite training loss; check the data and align.lr={a.lr}")
+
+    model = trainer.model
+    model_out = out_dir / "model"
+    model.save_pretrained(model_out)
+    tokenizer.save_pretrained(model_out)
+    samples = generate_samples(model, tokenizer, heldout[:SAMPLE_PROMPTS])
+    (out_dir / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    if mlflow_run_id:
+        import mlflow
+
+        from components.common import lineage
+
+        mlflow.set_tracking_uri(lineage.tracking_uri(cfg))
+        lineage.log_curve(mlflow_run_id, "sft_loss", curve.points)
+
+    metrics = {
+        "sft_examples": len(train),
+        "sft_heldout_examples": len(heldout),
+        "quarantined": len(bad),
+        "sft_loss_first": curve.points[0][1],
+        "sft_loss_last": curve.points[-1][1],
+        "sft_heldout_answer_loss_before": float(loss_before),
+        "sft_heldout_answer_loss_after": float(loss_after),
+        "steps": trainer.state.global_step,
+        "sft_train_seconds": round(train_seconds, 3),
+    }
+    return {"metrics": metrics, "samples": samples}
+
+
+def generate_samples(model, tokenizer, pairs: list[SftPair], max_new_tokens: int = SAMPLE_MAX_NEW_TOKENS) -> list[dict]:
+    """Greedy answers to ``pairs``' prompts through the chat template, beside the reference answers."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    samples = []
+    for pair in pairs:
+        inputs = tokenizer.apply_chat_template(
+            prompt_messages(pair.prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(device)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = out[0, inputs["input_ids"].shape[1] :]
+        samples.append(
+            {
+                "prompt": pair.prompt,
+                "reference": pair.response,
+                "generation": tokenizer.decode(new_tokens, skip_special_tokens=True),
+                "source": f"{pair.file}:{pair.line}",
+            }
+        )
+    model.train(was_training)
+    return samples
+
+
+def _load_tokenizer(model_dir: Path):
+    from components.common.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(model_dir)
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{model_dir}: cannot load the tokenizer saved with the model ({e}); the input model directory must "
+            "hold its tokenizer (tokenizer.save_pretrained into the same directory)"
+        ) from e
+
+
+def _store_for(cfg: LifecycleConfig):
+    """An object store able to read ``align.source`` when it is an s3:// prefix, else None."""
+    if not cfg.align.source.startswith("s3://"):
+        return None
+    from components.common.storage import open_store
+
+    s = cfg.storage
+    return open_store(cfg.align.source, s3_endpoint=s.s3_endpoint, s3_secure=s.s3_secure, s3_region=s.s3_region)

@@ -1,0 +1,56 @@
+"""KFP component ``curate``: raw text → quarantined bad records, filtered documents, packed token shards."""
+
+from kfp import dsl
+
+from components.common.images import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def curate(
+    profile: str,
+    overrides: list,
+    lineage_run_id: str,
+    corpus: str,
+    dataset: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+    tokenizer_from: dsl.Input[dsl.Dataset] = None,
+):
+    """Curate one corpus into a tokenized, sharded dataset with a manifest.
+
+    Args:
+        profile: Profile name or path to a profile YAML.
+        overrides: ``key=value`` config overrides.
+        lineage_run_id: MLflow parent run id from ``start_lineage``.
+        corpus: ``pretrain`` (reads ``curate.source``) or ``continual`` (reads ``continual.source``).
+        tokenizer_from: A curated dataset whose tokenizer to reuse; absent → train a new tokenizer.
+        dataset: Output pointer to the curated dataset (manifest, tokenizer, shards) in the store.
+        metrics: Record counts, quarantine and drop counts, token counts.
+    """
+    from components.common.config import load_config
+    from components.common.errors import ConfigError
+    from components.common.stage import export, run_stage
+    from components.curate.run import curate as run_curate
+
+    sources = {"pretrain": "curate", "continual": "continual"}
+    if corpus not in sources:
+        raise ConfigError(f"curate: corpus must be 'pretrain' or 'continual', got {corpus!r}")
+    source = getattr(load_config(profile, overrides), sources[corpus]).source
+    inputs = {"tokenizer": tokenizer_from.path} if tokenizer_from is not None else {}
+    pointer, summary = run_stage(
+        "curate",
+        "datasets",
+        profile=profile,
+        overrides=overrides,
+        parent_run_id=lineage_run_id,
+        input_pointer_paths=inputs,
+        sections=("curate", "tokenizer"),
+        extra={"source": source},
+        fn=lambda ctx: run_curate(
+            ctx.cfg,
+            source=source,
+            out_dir=ctx.out_dir,
+            tokenizer_dir=ctx.inputs["tokenizer"] / "tokenizer" if "tokenizer" in ctx.inputs else None,
+            store=ctx.store,
+        ),
+    )
+    export(dataset, pointer, metrics, summary)

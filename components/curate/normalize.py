@@ -1,0 +1,30 @@
+"""Unicode normalization: one canonical spelling per text, and no invisible control characters.
+
+NFC by default so that "é" typed as one code point or as "e" + combining accent tokenizes (and
+deduplicates) the same. Control characters (Unicode category Cc: C0, DEL, C1) are removed except
+newline and tab, which carry layout; this also turns CRLF line ends into LF.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from components.curate.base import BaseFormatter
+
+# Category Cc is exactly U+0000–U+001F and U+007F–U+009F; \t (09) and \n (0A) are left out on purpose.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class UnicodeNormalizer(BaseFormatter):
+    name = "normalize"
+
+    def __init__(self, form: str = "NFC") -> None:
+        """``form``: NFC, NFKC, NFD, NFKD, or ``"none"`` to only strip control characters."""
+        super().__init__()
+        self.form = None if form == "none" else form
+
+    def format(self, text: str) -> str:
+        if self.form:
+            text = unicodedata.normalize(self.form, text)
+        return CONTROL_CHARS.sub("", text)

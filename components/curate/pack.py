@@ -1,0 +1,52 @@
+"""Tokenizer and token shards: the last step of curation.
+
+The tokenizer is either the one given (so continual pretraining keeps the base model's vocabulary)
+or a byte-level BPE trained on the *train* split only, so held-out text never leaks into the
+vocabulary. Each document becomes ``ids + [eos]`` (no BOS: EOS alone marks document boundaries in
+the packed stream, the GPT-2 convention) and is appended to the split's shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from components.common.log import get_logger, progress
+from components.common.shards import ShardWriter
+from components.common.tokenizer import load_tokenizer, train_tokenizer
+
+log = get_logger(__name__)
+# Documents per call into the Rust tokenizer: large enough to amortise the Python↔Rust crossing.
+ENCODE_BATCH = 1024
+
+
+def prepare_tokenizer(
+    out_dir: Path, train_texts: Sequence[str], *, given: str | Path | None, vocab_size: int, min_frequency: int
+):
+    """Load ``given`` or train a tokenizer on ``train_texts``; save it to ``out_dir/tokenizer``."""
+    if given:
+        tok = load_tokenizer(given)
+        log.info("using the given tokenizer %s (%d tokens)", given, len(tok))
+    else:
+        tok = train_tokenizer(train_texts, vocab_size, min_frequency)
+        log.info("trained a %d-token BPE on %d train documents", len(tok), len(train_texts))
+    tok.save_pretrained(out_dir / "tokenizer")
+    return tok
+
+
+def _batches(texts: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(texts), size):
+        yield texts[i : i + size]
+
+
+def pack_split(tok, texts: Sequence[str], root: Path, split: str, *, dtype: np.dtype, shard_tokens: int) -> dict:
+    """Tokenize ``texts`` into ``root/<split>/shard-*.bin``; the :meth:`ShardWriter.close` summary."""
+    writer = ShardWriter(root, split, dtype, shard_tokens)
+    eos = tok.eos_token_id
+    n_batches = -(-len(texts) // ENCODE_BATCH)
+    for batch in progress(_batches(texts, ENCODE_BATCH), desc=f"tokenize {split}", total=n_batches, unit="batch"):
+        for ids in tok(list(batch), add_special_tokens=False)["input_ids"]:
+            writer.add([*ids, eos])
+    return writer.close()

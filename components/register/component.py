@@ -1,0 +1,73 @@
+"""KFP component ``register``: a registry version with lineage; ``champion`` moves only on a win."""
+
+from kfp import dsl
+
+from components.common.images import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register(
+    profile: str,
+    overrides: list,
+    lineage_run_id: str,
+    model: dsl.Input[dsl.Model],
+    evaluation: dsl.Input[dsl.Artifact],
+    dataset: dsl.Input[dsl.Dataset],
+    new_dataset: dsl.Input[dsl.Dataset],
+    registration: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Register the evaluated model in MLflow and decide whether it becomes champion.
+
+    Args:
+        profile: Profile name or path to a profile YAML.
+        overrides: ``key=value`` config overrides.
+        lineage_run_id: MLflow parent run id from ``start_lineage``.
+        model: The model to register (from ``quantize``).
+        evaluation: The evaluation of that model (from ``evaluate``); supplies ``register.metric``.
+        dataset: The pretraining corpus, recorded as lineage.
+        new_dataset: The continual corpus, recorded as lineage.
+        registration: Output pointer to the registration record.
+        metrics: Version number, champion version, whether it was promoted.
+    """
+    from components.common.artifacts import read_marker
+    from components.common.lineage import TAG_KFP_RUN, git_sha
+    from components.common.stage import export, run_stage
+    from components.register.run import register as run_register
+
+    def body(ctx):
+        p = ctx.input_pointers
+        tags = {f"lmforge.input.{name}": f"{ptr['uri']}@{ptr['digest']}" for name, ptr in p.items()}
+        tags.update(
+            {"lmforge.profile": ctx.cfg.run.profile, "lmforge.git_sha": git_sha(), "lmforge.parent_run": lineage_run_id}
+        )
+        if lineage_run_id:
+            import mlflow
+
+            tags[TAG_KFP_RUN] = mlflow.MlflowClient().get_run(lineage_run_id).data.tags.get(TAG_KFP_RUN, "")
+        eval_metrics = read_marker(ctx.store, p["evaluation"]["uri"]).get("metrics", {})
+        return run_register(
+            ctx.cfg,
+            model_uri=p["model"]["uri"] + "/model",
+            metrics=eval_metrics,
+            lineage_tags=tags,
+            mlflow_run_id=ctx.mlflow_run_id,
+        )
+
+    pointer, summary = run_stage(
+        "register",
+        "registrations",
+        profile=profile,
+        overrides=overrides,
+        parent_run_id=lineage_run_id,
+        input_pointer_paths={
+            "model": model.path,
+            "evaluation": evaluation.path,
+            "pretrain_corpus": dataset.path,
+            "continual_corpus": new_dataset.path,
+        },
+        sections=("register",),
+        fn=body,
+        fetch_inputs=False,
+    )
+    export(registration, pointer, metrics, summary)

@@ -1,0 +1,90 @@
+"""The run report: one self-contained HTML page (and a Markdown twin) for a lifecycle run.
+
+The Kubeflow UI renders HTML and Markdown output artifacts inline, so the images are embedded as
+base64 data URIs: the page needs no access to the object store to display. The same page is logged
+to the MLflow parent run. Input is the completion summaries of every stage, keyed by stage name.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+from components.report.plots import curve_png
+
+STAGE_ORDER = ["curate", "curate_continual", "pretrain", "continual", "align", "quantize", "evaluate", "register"]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("metric", "value")) -> tuple[str, str]:
+    h = "<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+    h += "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows) + "</table>"
+    md = f"| {head[0]} | {head[1]} |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rows)
+    return h, md
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+
+
+def _curve(summary: dict, key: str = "loss_curve") -> list:
+    return summary.get(key) or []
+
+
+def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[str, str, dict[str, bytes]]:
+    """Returns (html, markdown, images by file name) for the stage ``summaries`` of one run."""
+    images: dict[str, bytes] = {}
+    parts = ["<h1>lmforge lifecycle run</h1>"]
+    md = ["# lmforge lifecycle run\n"]
+
+    t_html, t_md = _table(sorted(context.items()), ("", ""))
+    parts.append(t_html)
+    md.append(t_md)
+
+    curves = {
+        "pretrain": _curve(summaries.get("pretrain", {})),
+        "continual": _curve(summaries.get("continual", {})),
+        "align (SFT)": _curve(summaries.get("align", {})),
+    }
+    parts.append("<h2>Training loss</h2>")
+    md.append("\n## Training loss\n")
+    for name, points in curves.items():
+        if points:
+            fname = f"loss_{name.split()[0]}.png"
+            images[fname] = curve_png({name: points}, f"{name} loss")
+            parts.append(_img(images[fname], f"{name} loss curve"))
+            md.append(f"![{name} loss]({fname})\n")
+
+    headline = {
+        "evaluate": "Evaluation",
+        "quantize": "Quantization (size and quality deltas)",
+        "continual": "Continual pretraining (forgetting)",
+        "register": "Registry",
+    }
+    for stage in STAGE_ORDER:
+        summary = summaries.get(stage)
+        if not summary:
+            continue
+        metrics = {k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))}
+        title = headline.get(stage, stage)
+        t_html, t_md = _table(sorted(metrics.items()))
+        parts.append(f"<h2>{html.escape(title)}</h2>{t_html}")
+        md.append(f"\n## {title}\n\n{t_md}")
+        if stage == "align" and summary.get("samples"):
+            parts.append("<h3>Samples</h3>")
+            for s in summary["samples"][:3]:
+                parts.append(f"<pre>{html.escape(str(s))}</pre>")
+
+    style = (
+        "<style>body{font-family:sans-serif;max-width:900px;margin:1em auto}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}</style>"
+    )
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>lmforge run</title>{style}</head><body>{''.join(parts)}</body></html>"
+    return page, "".join(md), images

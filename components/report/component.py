@@ -1,0 +1,54 @@
+"""KFP component ``report``: the run report (HTML + Markdown) and the close of the MLflow parent run."""
+
+from kfp import dsl
+
+from components.common.images import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def report(
+    profile: str,
+    overrides: list,
+    lineage_run_id: str,
+    kfp_run_id: str,
+    dataset: dsl.Input[dsl.Dataset],
+    new_dataset: dsl.Input[dsl.Dataset],
+    pretrained: dsl.Input[dsl.Model],
+    adapted: dsl.Input[dsl.Model],
+    aligned: dsl.Input[dsl.Model],
+    quantized: dsl.Input[dsl.Model],
+    evaluation: dsl.Input[dsl.Artifact],
+    registration: dsl.Input[dsl.Artifact],
+    page: dsl.Output[dsl.HTML],
+    summary: dsl.Output[dsl.Markdown],
+):
+    """Collect every stage's summary into one report, log it to MLflow and close the parent run.
+
+    Args:
+        profile: Profile name or path to a profile YAML.
+        overrides: ``key=value`` config overrides.
+        lineage_run_id: MLflow parent run id from ``start_lineage``.
+        kfp_run_id: The KFP run id, shown in the report.
+        dataset, new_dataset, pretrained, adapted, aligned, quantized, evaluation, registration:
+            The outputs of every stage, whose completion summaries fill the report.
+        page: The report as self-contained HTML (rendered by the KFP UI).
+        summary: The report as Markdown.
+    """
+    from components.common.config import load_config
+    from components.report.run import write_report
+
+    inputs = {
+        "curate": dataset.path,
+        "curate_continual": new_dataset.path,
+        "pretrain": pretrained.path,
+        "continual": adapted.path,
+        "align": aligned.path,
+        "quantize": quantized.path,
+        "evaluate": evaluation.path,
+        "register": registration.path,
+    }
+    html_text, md_text = write_report(load_config(profile, overrides), inputs, lineage_run_id, kfp_run_id)
+    with open(page.path, "w") as f:
+        f.write(html_text)
+    with open(summary.path, "w") as f:
+        f.write(md_text)

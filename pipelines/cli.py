@@ -1,0 +1,229 @@
+"""The ``lmforge`` command line.
+
+::
+
+    lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR]   run the DAG locally (kfp.local)
+    lmforge compile [--check]                                                  write/check pipelines/compiled/*.yaml
+    lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]          run on a Kubeflow Pipelines endpoint
+    lmforge config [--profile P] [--set k=v ...] [--keys]                      show the resolved config / every key
+    lmforge mlflow-ui [--home DIR] [--port 5000]                               browse runs, lineage and the registry
+
+New behaviour is a config key (``--set``), never a new flag. Errors that lmforge raises on purpose
+(a bad key, a missing file) print one line naming the culprit and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from components.common.config import describe, load_config, resolve_home, to_dict
+from components.common.errors import LmforgeError
+
+PIPELINES = {"lifecycle": "pipelines.lifecycle:lifecycle"}
+COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
+
+# Local runs never reach a hub, and Ray must stay on loopback (it would otherwise advertise the
+# machine's public address and fail to reach its own GCS).
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def _pipeline(name: str):
+    if name not in PIPELINES:
+        raise LmforgeError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINES)}")
+    module, attr = PIPELINES[name].split(":")
+    return getattr(__import__(module, fromlist=[attr]), attr)
+
+
+def _resolved(args) -> tuple[list[str], object]:
+    """Overrides with ``run.home`` made absolute (steps may run in another working directory)."""
+    overrides = list(args.set or [])
+    cfg = load_config(args.profile, overrides)
+    home = Path(args.home).expanduser().resolve() if getattr(args, "home", None) else resolve_home(cfg)
+    overrides.append(f"run.home={home}")
+    return overrides, load_config(args.profile, overrides)
+
+
+def cmd_run(args) -> int:
+    from components.common.sources import resolve_source
+    from pipelines.local import run_local
+
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    overrides, cfg = _resolved(args)
+    if not cfg.storage.uri:  # an s3:// source is checked by the step, with the store's credentials
+        for key in ("curate.source", "continual.source", "align.source"):
+            section, field = key.split(".")
+            source = getattr(getattr(cfg, section), field)
+            if not source.startswith("s3://"):
+                resolve_source(source)
+    started = time.time()
+    result = run_local(_pipeline(args.pipeline), args.profile, overrides, resolve_home(cfg))
+    result["wall_seconds"] = round(time.time() - started, 1)
+    print(_summary_text(result))
+    return 0
+
+
+def _summary_text(result: dict) -> str:
+    lines = [f"\nlmforge: {result.get('pipeline', 'pipeline')} finished in {result['wall_seconds']:.0f}s"]
+    for label, key in (
+        ("report", "report"),
+        ("model", "model_uri"),
+        ("registered", "registered"),
+        ("MLflow parent run", "parent_run_id"),
+    ):
+        if result.get(key):
+            lines.append(f"  {label:<18} {result[key]}")
+    if result.get("mlflow_ui"):
+        lines.append(f"  {'MLflow UI':<18} {result['mlflow_ui']}")
+    return "\n".join(lines)
+
+
+def cmd_compile(args) -> int:
+    from pipelines.compile import check_compiled, compile_all
+
+    if args.check:
+        stale = check_compiled(COMPILED_DIR)
+        if stale:
+            print(f"error: stale compiled pipelines: {', '.join(stale)}; run `lmforge compile`", file=sys.stderr)
+            return 1
+        print("compiled pipelines are up to date")
+        return 0
+    for path in compile_all(Path(args.output_dir)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from pipelines.submit import submit
+
+    overrides = list(args.set or [])
+    load_config(args.profile, overrides)  # fail here, not on the cluster, on a bad key
+    print(
+        submit(
+            args.pipeline,
+            host=args.host,
+            profile=args.profile,
+            overrides=overrides,
+            experiment=args.experiment,
+            upload_only=args.upload_only,
+            if_new_data=args.if_new_data,
+        )
+    )
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.keys:
+        for key, type_name, default, doc in describe():
+            print(f"{key} ({type_name}, default {default!r})\n    {doc}")
+        return 0
+    cfg = load_config(args.profile, list(args.set or []))
+    print(json.dumps(to_dict(cfg), indent=2))
+    return 0
+
+
+def cmd_mlflow_ui(args) -> int:
+    import subprocess
+
+    from components.common.lineage import tracking_uri
+
+    cfg = load_config("tiny", [f"run.home={Path(args.home).expanduser().resolve()}"])
+    uri = tracking_uri(cfg)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (backend {uri}); Ctrl-C stops it")
+    return subprocess.call(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p, home: bool = True):
+        p.add_argument("--profile", default="tiny", help="profile name (tiny, small, 1b) or path to a profile YAML")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key (repeatable); see `lmforge config --keys`",
+        )
+        if home:
+            p.add_argument(
+                "--home", help="local working directory for store, MLflow DB and KFP outputs (default .lmforge)"
+            )
+
+    p = sub.add_parser("run", help="run a pipeline locally through kfp.local (no cluster needed)")
+    p.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to run")
+    config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
+    p.add_argument(
+        "--output-dir", default=str(COMPILED_DIR), help="where to write the YAML (default pipelines/compiled)"
+    )
+    p.add_argument("--check", action="store_true", help="fail if the committed YAML differs from a fresh compile")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("submit", help="upload and run a compiled pipeline on a Kubeflow Pipelines endpoint")
+    p.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to submit")
+    p.add_argument("--host", default=os.environ.get("KFP_HOST", ""), help="KFP API endpoint (default $KFP_HOST)")
+    p.add_argument("--experiment", default="lmforge", help="KFP experiment to run in")
+    p.add_argument(
+        "--upload-only", action="store_true", help="upload the pipeline (new version) without starting a run"
+    )
+    p.add_argument(
+        "--if-new-data", metavar="URI", help="submit only if the objects under URI changed since the last submission"
+    )
+    config_args(p, home=False)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("config", help="print the resolved configuration, or every key with its documentation")
+    p.add_argument("--keys", action="store_true", help="list every key with type, default and meaning")
+    config_args(p, home=False)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("mlflow-ui", help="start the MLflow UI on this run's tracking database (127.0.0.1)")
+    p.add_argument("--home", default=".lmforge", help="the run's local working directory")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_mlflow_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LmforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
