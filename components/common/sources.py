@@ -52,3 +52,21 @@ def resolve_source(source: str, store=None) -> list[str]:
             raise DataError(f"{source}: directory holds no .txt/.jsonl/.jsonl.gz files")
         return files
     raise DataError(f"{source}: no such file or directory")
+
+
+def source_fingerprint(files: list[str], store=None) -> str:
+    """sha256 over each file's name and content digest: changes when data lands or is edited.
+
+    Part of the curate step's content address, so new data under an unchanged ``source`` reruns
+    curation (and everything downstream) while an untouched corpus is reused.
+    """
+    import hashlib
+
+    from components.common.storage import LocalStore
+
+    local = LocalStore()
+    h = hashlib.sha256()
+    for f in files:
+        digest = store.digest(f) if f.startswith("s3://") else local.digest("file://" + f)
+        h.update(f"{f}\t{digest}\n".encode())
+    return h.hexdigest()

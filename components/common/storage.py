@@ -75,6 +75,13 @@ class ObjectStore(ABC):
         except OSError as e:
             raise StorageError(f"cannot read {uri} into {path}: {e}") from e
 
+    def digest(self, uri: str) -> str:
+        """A content fingerprint of one object: sha256 locally, the ETag on S3 (no download)."""
+        try:
+            return self._digest(self._key(uri))
+        except FileNotFoundError as e:
+            raise StorageError(f"no object at {uri}") from e
+
     def list(self, prefix_uri: str) -> list[str]:
         """URIs of every object under ``prefix_uri`` (recursive), sorted."""
         prefix = self._key(prefix_uri).rstrip("/") + "/"
@@ -124,6 +131,9 @@ class ObjectStore(ABC):
     @abstractmethod
     def _list(self, prefix: str) -> list[str]: ...
 
+    @abstractmethod
+    def _digest(self, key: str) -> str: ...
+
 
 class LocalStore(ObjectStore):
     """``file://`` URIs; writes go through a temporary file and a rename so readers never see half."""
@@ -158,6 +168,15 @@ class LocalStore(ObjectStore):
         if not root.is_dir():
             return []
         return [p.as_posix() for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name]
+
+    def _digest(self, key: str) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(key, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        return h.hexdigest()
 
     def local_dir(self, uri: str, cache: str | Path) -> Path:
         path = Path(self._key(uri))
@@ -235,6 +254,15 @@ class S3Store(ObjectStore):
         bucket, name = self._split(key)
         try:
             self._client.fget_object(bucket, name, str(path))
+        except S3Error as e:
+            raise FileNotFoundError(key) from e
+
+    def _digest(self, key: str) -> str:
+        from minio.error import S3Error
+
+        bucket, name = self._split(key)
+        try:
+            return "etag:" + self._client.stat_object(bucket, name).etag
         except S3Error as e:
             raise FileNotFoundError(key) from e
 

@@ -26,15 +26,20 @@ def curate(
         dataset: Output pointer to the curated dataset (manifest, tokenizer, shards) in the store.
         metrics: Record counts, quarantine and drop counts, token counts.
     """
+    from components.common.artifacts import open_run_store
     from components.common.config import load_config
     from components.common.errors import ConfigError
+    from components.common.sources import resolve_source, source_fingerprint
     from components.common.stage import export, run_stage
     from components.curate.run import curate as run_curate
 
     sources = {"pretrain": "curate", "continual": "continual"}
     if corpus not in sources:
         raise ConfigError(f"curate: corpus must be 'pretrain' or 'continual', got {corpus!r}")
-    source = getattr(load_config(profile, overrides), sources[corpus]).source
+    cfg = load_config(profile, overrides)
+    source = getattr(cfg, sources[corpus]).source
+    # New files under an unchanged source must rerun curation: address it by content too.
+    fingerprint = source_fingerprint(resolve_source(source, open_run_store(cfg)), open_run_store(cfg))
     inputs = {"tokenizer": tokenizer_from.path} if tokenizer_from is not None else {}
     pointer, summary = run_stage(
         "curate",
@@ -44,7 +49,7 @@ def curate(
         parent_run_id=lineage_run_id,
         input_pointer_paths=inputs,
         sections=("curate", "tokenizer"),
-        extra={"source": source},
+        extra={"source": source, "fingerprint": fingerprint},
         fn=lambda ctx: run_curate(
             ctx.cfg,
             source=source,

@@ -54,3 +54,11 @@ def test_s3_without_credentials_says_which_variables(monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     with pytest.raises(StorageError, match="AWS_ACCESS_KEY_ID"):
         open_store("s3://bucket", s3_endpoint="127.0.0.1:1", s3_secure=False)
+
+
+def test_digest_changes_with_content(store_and_root):
+    store, root = store_and_root
+    store.write_text(join(root, "d.txt"), "one")
+    first = store.digest(join(root, "d.txt"))
+    store.write_text(join(root, "d.txt"), "two")
+    assert store.digest(join(root, "d.txt")) != first

@@ -1,0 +1,31 @@
+"""Bad input at the command line gets one clear line naming the culprit, exit status 2, no traceback."""
+
+import subprocess
+import sys
+
+
+def _lmforge(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_unknown_set_key_is_named(tmp_path):
+    r = _lmforge("run", "lifecycle", "--home", str(tmp_path), "--set", "pretrain.stepz=3", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "unknown key 'pretrain.stepz' (did you mean 'steps'?)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_source_path_is_named(tmp_path):
+    r = _lmforge("run", "lifecycle", "--home", str(tmp_path), "--set", f"curate.source={tmp_path}/nope.txt", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"{tmp_path}/nope.txt: no such file or directory" in r.stderr
+
+
+def test_unknown_profile_lists_known_profiles(tmp_path):
+    r = _lmforge("config", "--profile", "huge", cwd=tmp_path)
+    assert r.returncode == 2 and "known profiles" in r.stderr
+
+
+def test_config_keys_documents_every_key(tmp_path):
+    r = _lmforge("config", "--keys", cwd=tmp_path)
+    assert r.returncode == 0 and "pretrain.steps (int" in r.stdout
