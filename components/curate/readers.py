@@ -29,7 +29,15 @@ from components.curate.quarantine import CORRUPT_FILE, Quarantine
 log = get_logger(__name__)
 UTF8_BOM = b"\xef\xbb\xbf"
 # Every quarantine reason a reader emits: stable keys for the quarantined_<reason> metrics.
-REASONS = ("invalid_utf8", "malformed_json", "not_an_object", "missing_text_field", "text_not_string", "invalid_unicode", CORRUPT_FILE)
+REASONS = (
+    "invalid_utf8",
+    "malformed_json",
+    "not_an_object",
+    "missing_text_field",
+    "text_not_string",
+    "invalid_unicode",
+    CORRUPT_FILE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +59,7 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     lineno = 0
     try:
         with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):  # noqa: B007 (lineno is read in the except)
+            for lineno, raw in enumerate(fh, 1):
                 yield lineno, raw.removeprefix(UTF8_BOM) if lineno == 1 else raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CorruptFileError(lineno + 1, e) from e
@@ -155,7 +163,9 @@ class SourceReader:
                         yield item
                         continue
                     if item.reason == CORRUPT_FILE:
-                        log.warning("%s is corrupt (%s); keeping the %d records read before", uri, item.raw, entry["records"])
+                        log.warning(
+                            "%s is corrupt (%s); keeping the %d records read before", uri, item.raw, entry["records"]
+                        )
                     else:
                         entry["records"] += 1
                     self.quarantine.add(uri, item.line, item.reason, item.raw)

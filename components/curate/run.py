@@ -96,7 +96,9 @@ def curate(
         **{step.name: step.stats.as_dict() for step in steps},
         "split": {split: len(split_texts) for split, split_texts in texts.items()},
     }
-    write_manifest(out_dir, dtype=dtype, tokenizer_digest=digest, splits=packed, source=source, files=reader.files, counts=counts)
+    write_manifest(
+        out_dir, dtype=dtype, tokenizer_digest=digest, splits=packed, source=source, files=reader.files, counts=counts
+    )
     metrics = _metrics(reader, quarantine, steps, packed, kept=len(docs))
     log.info(
         "curated %s: %d of %d records kept, %d train / %d held-out tokens in %.1f s",
@@ -136,7 +138,9 @@ def _empty_message(source: str, cfg: LifecycleConfig, reader: SourceReader, quar
     """Why nothing is left: the source, and the filter (or quarantine reason) that removed the most."""
     files = f"{len(reader.files)} file(s)"
     removals = [(n, "quarantine", r) for r, n in quarantine.counts.items() if r != CORRUPT_FILE]
-    removals += [(n, step.name, r) for step in steps if isinstance(step, BaseFilter) for r, n in step.stats.dropped.items()]
+    removals += [
+        (n, step.name, r) for step in steps if isinstance(step, BaseFilter) for r, n in step.stats.dropped.items()
+    ]
     if not removals:
         corrupt = quarantine.counts.get(CORRUPT_FILE, 0)
         detail = f"; {corrupt} of them corrupt (see {quarantine.path})" if corrupt else ""

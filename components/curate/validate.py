@@ -66,9 +66,15 @@ def validate_documents(docs: Sequence[Document], *, min_chars: int, max_chars: i
 
     frame = pd.DataFrame({"text": [d.text for d in docs], "id": [d.id for d in docs]})
     context = _ephemeral_context()
-    batch = context.data_sources.add_pandas("curate").add_dataframe_asset("records").add_batch_definition_whole_dataframe("all")
+    batch = (
+        context.data_sources.add_pandas("curate")
+        .add_dataframe_asset("records")
+        .add_batch_definition_whole_dataframe("all")
+    )
     suite = context.suites.add(build_suite(min_chars, max_chars))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name="curated_records", data=batch, suite=suite))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="curated_records", data=batch, suite=suite)
+    )
     result = definition.run(
         batch_parameters={"dataframe": frame},
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS},

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from components.common.errors import DataError
+from components.curate.document import Document, content_hash
+from components.curate.validate import validate_documents
+
+
+def doc(text: str, line: int, id_: str | None = None) -> Document:
+    return Document(text, "raw.txt", line, id_ or content_hash(text))
+
+
+GOOD = [doc("A fine line of verse, long enough.", 1), doc("Another line\nwith a newline\tand tab.", 4)]
+
+
+def test_clean_records_pass_and_the_result_is_saved(tmp_path):
+    stats = validate_documents(GOOD, min_chars=10, max_chars=100, result_path=tmp_path / "validation.json")
+    assert stats["unsuccessful_expectations"] == 0 and stats["evaluated_expectations"] == 4
+    saved = json.loads((tmp_path / "validation.json").read_text())
+    assert saved["success"] is True
+
+
+def test_control_character_fails_naming_the_expectation_and_the_row(tmp_path):
+    bad = [*GOOD, doc("a bell \x07 rings here", 9)]
+    with pytest.raises(DataError) as err:
+        validate_documents(bad, min_chars=10, max_chars=100, result_path=tmp_path / "validation.json")
+    assert "expect_column_values_to_not_match_regex" in str(err.value)
+    assert "raw.txt:9" in str(err.value)
+    assert json.loads((tmp_path / "validation.json").read_text())["success"] is False
+
+
+def test_duplicate_ids_and_out_of_range_lengths_fail(tmp_path):
+    bad = [*GOOD, doc("short", 12), doc("A fine line of verse, long enough.", 20)]
+    with pytest.raises(DataError) as err:
+        validate_documents(bad, min_chars=10, max_chars=100, result_path=tmp_path / "validation.json")
+    message = str(err.value)
+    assert "expect_column_values_to_be_unique" in message and "raw.txt:20" in message
+    assert "expect_column_value_lengths_to_be_between" in message and "raw.txt:12" in message
+    assert "expect_column_values_to_not_match_regex" not in message
