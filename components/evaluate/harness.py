@@ -51,12 +51,18 @@ def check_tasks(tasks: list[str], manager=None) -> None:
 def flatten_task_results(task: str, results: dict[str, Any]) -> dict[str, float]:
     """``{"acc,none": 0.3, "exact_match,strict-match": 0.0, ...}`` → ``{"<task>/acc": 0.3, "<task>/exact_match_strict-match": 0.0}``.
 
-    Non-numeric entries (the ``alias``, an ``"N/A"`` stderr) are left out.
+    Non-numeric entries (the ``alias``, an ``"N/A"`` stderr) and lm-eval's ``sample_len`` (a count,
+    kept in the table as ``samples``) are left out.
     """
     flat: dict[str, float] = {}
     for key, value in results.items():
         metric, _, filter_name = key.partition(",")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if (
+            metric == "sample_len"
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or math.isnan(value)
+        ):
             continue
         name = metric if filter_name in ("", "none") else f"{metric}_{filter_name}"
         flat[f"{task}/{name}"] = float(value)

@@ -142,7 +142,9 @@ def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA, help="folder with tinyshakespeare/ and gsm8k/")
+    parser.add_argument(
+        "--shared-data", type=Path, default=DEFAULT_SHARED_DATA, help="folder with tinyshakespeare/ and gsm8k/"
+    )
     parser.add_argument("--out", type=Path, default=TASKS_DIR, help="where to write the data files")
     args = parser.parse_args()
     for name, count in build(args.shared_data, args.out).items():
