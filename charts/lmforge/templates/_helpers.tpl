@@ -1,0 +1,150 @@
+{{/*
+Shared snippets. Every pod of the chart gets the same hardening: non-root, no privilege
+escalation, no capabilities, RuntimeDefault seccomp, read-only root filesystem with emptyDirs for
+the paths a process must write.
+*/}}
+
+{{- define "lmforge.fullname" -}}
+{{- if contains "lmforge" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-lmforge" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lmforge.labels" -}}
+app.kubernetes.io/name: lmforge
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "minio"). */}}
+{{- define "lmforge.selectorLabels" -}}
+app.kubernetes.io/name: lmforge
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "lmforge.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{/* Pod securityContext; call with the uid the image runs as. */}}
+{{- define "lmforge.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "lmforge.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{- define "lmforge.s3SecretName" -}}
+{{- required "s3.existingSecret must name an existing Secret with the S3 key pair (see NOTES.txt)" .Values.s3.existingSecret -}}
+{{- end -}}
+
+{{/* S3 credentials as env, only ever from the existing Secret. */}}
+{{- define "lmforge.s3Env" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "lmforge.s3SecretName" . }}
+      key: {{ .Values.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "lmforge.s3SecretName" . }}
+      key: {{ .Values.s3.secretAccessKeyKey }}
+{{- end -}}
+
+{{/* host:port of the object store the pipelines use. */}}
+{{- define "lmforge.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "%s.%s.svc.cluster.local:9000" .Values.minio.serviceName .Release.Namespace -}}
+{{- else -}}
+{{- required "s3.externalEndpoint is required when minio.enabled is false" .Values.s3.externalEndpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lmforge.s3Secure" -}}
+{{- if .Values.minio.enabled -}}false{{- else -}}{{ .Values.s3.externalSecure }}{{- end -}}
+{{- end -}}
+
+{{- define "lmforge.trackingUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- printf "http://%s.%s.svc.cluster.local:5000" .Values.mlflow.serviceName .Release.Namespace -}}
+{{- else -}}
+{{- required "mlflow.externalTrackingUri is required when mlflow.enabled is false" .Values.mlflow.externalTrackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{/* `--set` overrides that point a run at this release's object store and MLflow. */}}
+{{- define "lmforge.clusterOverrides" -}}
+- --set
+- {{ printf "storage.uri=s3://%s/" .Values.s3.bucket | quote }}
+- --set
+- {{ printf "storage.s3_endpoint=%s" (include "lmforge.s3Endpoint" .) | quote }}
+- --set
+- {{ printf "storage.s3_secure=%s" (include "lmforge.s3Secure" .) | quote }}
+- --set
+- {{ printf "lineage.tracking_uri=%s" (include "lmforge.trackingUri" .) | quote }}
+{{- end -}}
+
+{{/* Env, volumes and mounts of a pod running the lmforge CLI against S3 and the KFP API. */}}
+{{- define "lmforge.cliEnv" -}}
+{{ include "lmforge.s3Env" . }}
+- name: KF_PIPELINES_SA_TOKEN_PATH
+  value: /var/run/secrets/kubeflow/pipelines/token
+- name: HOME
+  value: /home/lmforge
+{{- end -}}
+
+{{- define "lmforge.cliVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /home/lmforge
+- name: kfp-token
+  mountPath: /var/run/secrets/kubeflow/pipelines
+  readOnly: true
+{{- end -}}
+
+{{- define "lmforge.cliVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: home
+  emptyDir: {}
+# A token for the KFP API only (audience-bound, short-lived), instead of the Kubernetes API token.
+- name: kfp-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: {{ .Values.kfp.tokenAudience }}
+          expirationSeconds: 3600
+{{- end -}}
+
+{{- define "lmforge.kfpArgs" -}}
+- --host
+- {{ .Values.kfp.host | quote }}
+{{- end -}}
+
+{{/* `imagePullSecrets:` of a pod spec, or nothing when none are configured. */}}
+{{- define "lmforge.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets -}}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
