@@ -3,6 +3,7 @@
 ::
 
     lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR]   run the DAG locally (kfp.local)
+    lmforge run continual [--set continual.source=NEW ...] [--home DIR]        retrain the champion on new data
     lmforge compile [--check]                                                  write/check pipelines/compiled/*.yaml
     lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]          run on a Kubeflow Pipelines endpoint
     lmforge config [--profile P] [--set k=v ...] [--keys]                      show the resolved config / every key
@@ -24,7 +25,7 @@ from pathlib import Path
 from components.common.config import describe, load_config, resolve_home, to_dict
 from components.common.errors import LmforgeError
 
-PIPELINES = {"lifecycle": "pipelines.lifecycle:lifecycle"}
+PIPELINES = {"lifecycle": "pipelines.lifecycle:lifecycle", "continual": "pipelines.continual:continual_pipeline"}
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 # Local runs never reach a hub, and Ray must stay on loopback (it would otherwise advertise the
@@ -121,6 +122,7 @@ def cmd_submit(args) -> int:
             experiment=args.experiment,
             upload_only=args.upload_only,
             if_new_data=args.if_new_data,
+            service_account=args.service_account,
         )
     )
     return 0
@@ -197,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="lmforge", help="KFP experiment to run in")
     p.add_argument(
         "--upload-only", action="store_true", help="upload the pipeline (new version) without starting a run"
+    )
+    p.add_argument(
+        "--service-account",
+        default=os.environ.get("LMFORGE_SERVICE_ACCOUNT", ""),
+        help="Kubernetes service account the run's pods use (default $LMFORGE_SERVICE_ACCOUNT, else KFP's default)",
     )
     p.add_argument(
         "--if-new-data", metavar="URI", help="submit only if the objects under URI changed since the last submission"

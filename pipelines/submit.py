@@ -45,6 +45,7 @@ def submit(
     experiment: str = "lmforge",
     upload_only: bool = False,
     if_new_data: str | None = None,
+    service_account: str = "",
 ) -> str:
     """Upload or run ``pipelines/compiled/<pipeline>.yaml``; returns a one-line description of what happened."""
     package = COMPILED_DIR / f"{pipeline}.yaml"
@@ -79,7 +80,10 @@ def submit(
             client.upload_pipeline(str(package), pipeline_name=name)
         return f"uploaded {package.name} to {host} as {name}"
     run = client.create_run_from_pipeline_package(
-        str(package), arguments={"profile": profile, "overrides": overrides}, experiment_name=experiment
+        str(package),
+        arguments={"profile": profile, "overrides": overrides},
+        experiment_name=experiment,
+        service_account=service_account or None,
     )
     if trigger:
         store, state_uri, fingerprint = trigger

@@ -103,3 +103,29 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def wikitext_dataset(tmp_path_factory, tiny_dataset) -> Path:
+    """A second-domain curated dataset (WikiText-2 paragraphs, ~30k train tokens) tokenized with the
+    SAME tokenizer as ``tiny_dataset`` (same manifest tokenizer digest): the continual corpus."""
+    import shutil
+
+    from components.common.shards import ShardWriter, read_manifest, token_dtype, write_manifest
+    from components.common.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("wikitext_dataset")
+    shutil.copytree(tiny_dataset / "tokenizer", root / "tokenizer")
+    tok = load_tokenizer(root / "tokenizer")
+    lines = (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8").splitlines()
+    docs = [line.strip() for line in lines if len(line.strip()) > 200 and not line.strip().startswith("=")][:130]
+    dtype = token_dtype(len(tok))
+    splits = {}
+    for split, part in (("train", docs[: int(len(docs) * 0.9)]), ("heldout", docs[int(len(docs) * 0.9) :])):
+        writer = ShardWriter(root, split, dtype, shard_tokens=20_000)
+        for d in part:
+            writer.add(tok.encode(d, add_special_tokens=False) + [tok.eos_token_id])
+        splits[split] = writer.close()
+    digest = read_manifest(tiny_dataset)["tokenizer_digest"]
+    write_manifest(root, dtype=dtype, tokenizer_digest=digest, splits=splits)
+    return root

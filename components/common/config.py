@@ -111,10 +111,11 @@ class PretrainConfig:
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
+    keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run (older ones are deleted; >= 1).", versioned=False)
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
     ray_address: str = knob(
-        "local", "Ray cluster to use: 'local' starts one for this step, 'auto' joins.", versioned=False
+        "local", "Ray cluster: 'local' starts one inside this step; ray://head:10001 joins a KubeRay cluster.", versioned=False
     )
 
 
@@ -129,6 +130,22 @@ class ContinualConfig:
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak.")
     warmup_steps: int = knob(10, "Re-warming steps from 0 to the peak LR.")
     replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
+    base_model: str = knob(
+        "",
+        "continual pipeline only: store URI of the model to continue from ('' = the registry champion's base model).",
+        versioned=False,
+    )
+    old_dataset: str = knob(
+        "",
+        "continual pipeline only: store URI of the curated corpus the base model learned ('' = from the champion's lineage).",
+        versioned=False,
+    )
+    probe_every: int = knob(
+        0,
+        "Measure the old corpus' held-out loss every N steps while training, to show the stability gap "
+        "(0 = about 5 times per run).",
+        versioned=False,
+    )
 
 
 @_frozen
@@ -216,6 +233,7 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
+    need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:

@@ -14,6 +14,7 @@ def register(
     evaluation: dsl.Input[dsl.Artifact],
     dataset: dsl.Input[dsl.Dataset],
     new_dataset: dsl.Input[dsl.Dataset],
+    base_model: dsl.Input[dsl.Model],
     registration: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -27,6 +28,7 @@ def register(
         evaluation: The evaluation of that model (from ``evaluate``); supplies ``register.metric``.
         dataset: The pretraining corpus, recorded as lineage.
         new_dataset: The continual corpus, recorded as lineage.
+        base_model: The unquantized model after continual pretraining; a later retrain continues from it.
         registration: Output pointer to the registration record.
         metrics: Version number, champion version, whether it was promoted.
     """
@@ -65,6 +67,7 @@ def register(
             "evaluation": evaluation.path,
             "pretrain_corpus": dataset.path,
             "continual_corpus": new_dataset.path,
+            "base_model": base_model.path,
         },
         sections=("register",),
         fn=body,

@@ -40,8 +40,9 @@ def _curve(summary: dict, key: str = "loss_curve") -> list:
 def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[str, str, dict[str, bytes]]:
     """Returns (html, markdown, images by file name) for the stage ``summaries`` of one run."""
     images: dict[str, bytes] = {}
-    parts = ["<h1>lmforge lifecycle run</h1>"]
-    md = ["# lmforge lifecycle run\n"]
+    title = f"lmforge {context.get('pipeline', 'lifecycle')} run"
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    md = [f"# {title}\n"]
 
     t_html, t_md = _table(sorted(context.items()), ("", ""))
     parts.append(t_html)

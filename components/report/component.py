@@ -13,7 +13,6 @@ def report(
     kfp_run_id: str,
     dataset: dsl.Input[dsl.Dataset],
     new_dataset: dsl.Input[dsl.Dataset],
-    pretrained: dsl.Input[dsl.Model],
     adapted: dsl.Input[dsl.Model],
     aligned: dsl.Input[dsl.Model],
     quantized: dsl.Input[dsl.Model],
@@ -21,6 +20,7 @@ def report(
     registration: dsl.Input[dsl.Artifact],
     page: dsl.Output[dsl.HTML],
     summary: dsl.Output[dsl.Markdown],
+    pretrained: dsl.Input[dsl.Model] = None,
 ):
     """Collect every stage's summary into one report, log it to MLflow and close the parent run.
 
@@ -29,8 +29,9 @@ def report(
         overrides: ``key=value`` config overrides.
         lineage_run_id: MLflow parent run id from ``start_lineage``.
         kfp_run_id: The KFP run id, shown in the report.
-        dataset, new_dataset, pretrained, adapted, aligned, quantized, evaluation, registration:
+        dataset, new_dataset, adapted, aligned, quantized, evaluation, registration:
             The outputs of every stage, whose completion summaries fill the report.
+        pretrained: The pretraining output (absent in the continual pipeline, which starts from a champion).
         page: The report as self-contained HTML (rendered by the KFP UI).
         summary: The report as Markdown.
     """
@@ -40,13 +41,14 @@ def report(
     inputs = {
         "curate": dataset.path,
         "curate_continual": new_dataset.path,
-        "pretrain": pretrained.path,
         "continual": adapted.path,
         "align": aligned.path,
         "quantize": quantized.path,
         "evaluate": evaluation.path,
         "register": registration.path,
     }
+    if pretrained is not None:
+        inputs["pretrain"] = pretrained.path
     html_text, md_text = write_report(load_config(profile, overrides), inputs, lineage_run_id, kfp_run_id)
     with open(page.path, "w") as f:
         f.write(html_text)

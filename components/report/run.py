@@ -33,6 +33,13 @@ def write_report(
         "model": model_uri,
         "registered": f"{reg.get('model_name', '')} v{int(reg.get('metrics', {}).get('version', 0))}" if reg else "",
     }
+    pipeline = "lifecycle"
+    if parent_run_id:
+        import mlflow
+
+        lineage.setup(cfg)
+        pipeline = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get(lineage.TAG_PIPELINE, pipeline)
+    context["pipeline"] = pipeline
     page, markdown, images = build_report(summaries, context)
     report_uri = join(store_root(cfg), "reports", f"run-{kfp_run_id}")
     with tempfile.TemporaryDirectory(dir=resolve_home(cfg)) as tmp:
@@ -69,7 +76,7 @@ def _record_run(cfg: LifecycleConfig, kfp_run_id: str, context: dict) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     report = context["report_uri"]
     record = {
-        "pipeline": "lifecycle",
+        "pipeline": context.get("pipeline", "lifecycle"),
         "kfp_run_id": kfp_run_id,
         "report": report.removeprefix("file://"),
         "model_uri": context.get("model", ""),
