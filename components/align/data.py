@@ -42,7 +42,9 @@ class Quarantined:
 def _lines(uri: str, store) -> Iterator[str]:
     if uri.startswith("s3://"):
         data = store.read_bytes(uri)
-        text = gzip.decompress(data).decode("utf-8", "replace") if uri.endswith(".gz") else data.decode("utf-8", "replace")
+        text = (
+            gzip.decompress(data).decode("utf-8", "replace") if uri.endswith(".gz") else data.decode("utf-8", "replace")
+        )
         yield from text.splitlines()
         return
     opener = gzip.open if uri.endswith(".gz") else open

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from components.align.chat import install_chat_template, prompt_messages, stop_t
 from components.align.data import SftPair, read_pairs, split_heldout, write_quarantine
 from components.align.trainer import build_trainer
 from components.common.config import LifecycleConfig
-from components.common.errors import DataError
+from components.common.errors import DataError, LmforgeError
 from components.common.log import get_logger
 
 log = get_logger("lmforge.align")
@@ -37,7 +38,10 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
 
     Returns ``{"metrics": {...}, "samples": [...]}``; the metrics are ``sft_examples``,
     ``quarantined``, ``sft_loss_first``, ``sft_loss_last``, ``sft_heldout_answer_loss_before``,
-    ``sft_heldout_answer_loss_after`` (mean cross-entropy per answer token, nats) and ``steps``.
+    ``sft_heldout_answer_loss_after`` (cross-entropy per answer token in nats, as ``Trainer.evaluate``
+    reports it: the mean over held-out batches of each batch's token mean) and ``steps``; also
+    ``sft_heldout_examples`` and ``sft_train_seconds``. Each sample is ``{"prompt", "reference",
+    "generation", "source"}`` (``source`` = file:line of the pair).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -49,7 +53,9 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
     pairs, bad = read_pairs(a.source, a.prompt_field, a.response_field, max_pairs=a.max_examples, store=_store_for(cfg))
     write_quarantine(out_dir / "quarantine.jsonl", bad)
     if bad:
-        log.warning("align: quarantined %d malformed lines of %s (see %s)", len(bad), a.source, out_dir / "quarantine.jsonl")
+        log.warning(
+            "align: quarantined %d malformed lines of %s (see %s)", len(bad), a.source, out_dir / "quarantine.jsonl"
+        )
     train, heldout = split_heldout(pairs, a.heldout_fraction, cfg.run.seed)
     log.info("align: %d training pairs, %d held out, from %s", len(train), len(heldout), a.source)
 
@@ -60,15 +66,20 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    trainer, curve = build_trainer(cfg, model, tokenizer, train, heldout, out_dir / "trainer")
-    loss_before = trainer.evaluate()["eval_loss"]
-    started = time.time()
-    trainer.train()
-    train_seconds = time.time() - started
-    loss_after = trainer.evaluate()["eval_loss"]
-    log.info("align: held-out answer loss %.4f -> %.4f (%d steps, %.1fs)", loss_before, loss_after, a.steps, train_seconds)
+    # The Trainer wants an output_dir, but saves nothing there (save_strategy="no"): the stage saves
+    # the final model itself, so a throwaway directory keeps out_dir to the documented files.
+    with tempfile.TemporaryDirectory(prefix="lmforge-sft-") as work_dir:
+        trainer, curve = build_trainer(cfg, model, tokenizer, train, heldout, Path(work_dir))
+        loss_before = trainer.evaluate()["eval_loss"]
+        started = time.time()
+        trainer.train()
+        train_seconds = time.time() - started
+        loss_after = trainer.evaluate()["eval_loss"]
+    log.info(
+        "align: held-out answer loss %.4f -> %.4f (%d steps, %.1fs)", loss_before, loss_after, a.steps, train_seconds
+    )
     if not curve.points or not all(math.isfinite(v) for _, v in curve.points):
-        raise DataError(f"{a.source}: SFT produced no finite training loss; check the data and align.lr={a.lr}")
+        raise LmforgeError(f"SFT on {a.source} produced a non-finite training loss; lower align.lr (now {a.lr})")
 
     model = trainer.model
     model_out = out_dir / "model"

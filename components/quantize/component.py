@@ -36,7 +36,7 @@ def quantize(
         overrides=overrides,
         parent_run_id=lineage_run_id,
         input_pointer_paths={"base_model": base_model.path, "dataset": dataset.path},
-        sections=("quantize", "model"),
+        sections=("quantize", "model", "evaluate"),
         fn=lambda ctx: run_quantize(
             ctx.cfg,
             model_dir=ctx.inputs["base_model"] / "model",
