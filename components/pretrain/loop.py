@@ -1,0 +1,212 @@
+"""The per-worker training loop that Ray Train runs in every worker process.
+
+Read it top to bottom, nanoGPT style: build (or resume) → for each step: batch → forward → backward
+→ clip → optimizer and LR step → mean loss over ranks → callbacks → maybe checkpoint. Distributed
+differences are the DDP wrapper from ``prepare_model`` and one all-reduce of the loss for logging.
+Everything else (MLflow, forgetting probes, in-memory snapshots, fault injection) is a
+:class:`~components.pretrain.callbacks.Callback`.
+
+Pretraining and continual pretraining both run this loop; a
+:class:`~components.pretrain.spec.TrainSpec` says which model to start from, which data (and replay
+data) to read and which schedule to follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from components.common.errors import DataError
+from components.pretrain.callbacks import Callback, TrainState
+from components.pretrain.checkpoint import (
+    MODEL_DIR,
+    capture_rng,
+    read_summary,
+    read_train_state,
+    restore_rng,
+    write_checkpoint,
+)
+from components.pretrain.data import ResumableBatches
+from components.pretrain.schedule import warmup_cosine
+from components.pretrain.spec import TrainSpec
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: ``config["spec"]`` is the run's :class:`TrainSpec`."""
+    import ray.train
+    import ray.train.torch
+
+    spec: TrainSpec = config["spec"]
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+        state, summary = _build_state(spec, rank, world_size, Path(resume_dir) if resume_dir else None)
+    callbacks = list(spec.callbacks)
+    for cb in callbacks:
+        cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
+
+    grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
+    device = ray.train.torch.get_device()
+    try:
+        for cb in callbacks:
+            cb.pre_train(state)
+        while state.step < spec.steps:
+            t0 = time.perf_counter()
+            batch = state.batches.batch(state.step, rank, world_size).to(device)
+            logits = state.model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+            state.lr = state.scheduler.get_last_lr()[0]
+            state.optimizer.step()
+            state.scheduler.step()
+            state.step += 1
+            mean_loss = _mean_over_ranks(loss.detach(), world_size)
+            if state.step > state.start_step + 1:  # the first step pays for lazy init and DDP buckets
+                state.timed_steps += 1
+                state.timed_seconds += time.perf_counter() - t0
+            state.loss_curve.append([state.step, mean_loss])
+            state.lr_curve.append([state.step, state.lr])
+            for cb in callbacks:
+                cb.post_step(state)
+            if state.step % every == 0 or state.step == spec.steps:
+                _checkpoint_and_report(state, callbacks)
+    except BaseException as exc:
+        for cb in callbacks:
+            cb.on_error(exc)
+        raise
+    finally:
+        for cb in callbacks:
+            cb.close()
+
+
+def _build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | None) -> tuple[TrainState, dict]:
+    """Model, optimizer, schedule and data for this worker, restored from ``resume_dir`` if given."""
+    import ray.train.torch
+    from transformers import LlamaForCausalLM
+
+    from components.common.models import llama_config
+    from components.common.tokenizer import load_tokenizer
+
+    cfg = spec.cfg
+    torch.manual_seed(cfg.run.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+    tokenizer = load_tokenizer(spec.tokenizer_dir)
+    if resume_dir is not None:
+        module = LlamaForCausalLM.from_pretrained(resume_dir / MODEL_DIR)
+    elif spec.init_model_dir:
+        module = LlamaForCausalLM.from_pretrained(spec.init_model_dir)
+    else:
+        module = LlamaForCausalLM(
+            llama_config(
+                cfg.model.preset,
+                vocab_size=len(tokenizer),
+                seq_len=cfg.model.seq_len,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    if module.config.vocab_size < len(tokenizer):
+        raise DataError(
+            f"model vocabulary ({module.config.vocab_size}) is smaller than the tokenizer in {spec.tokenizer_dir} "
+            f"({len(tokenizer)}); start from a model trained with this tokenizer"
+        )
+    model = ray.train.torch.prepare_model(module)
+    optimizer = _adamw(module, lr=spec.lr, weight_decay=cfg.pretrain.weight_decay)
+    scheduler = warmup_cosine(
+        optimizer, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_lr_ratio=spec.min_lr_ratio
+    )
+    batches = ResumableBatches(
+        spec.dataset_dir,
+        seq_len=cfg.model.seq_len,
+        batch_size=spec.batch_size,
+        seed=cfg.run.seed,
+        replay_dir=spec.replay_dir or None,
+        replay_fraction=spec.replay_fraction,
+    )
+    state = TrainState(
+        spec=spec,
+        rank=rank,
+        world_size=world_size,
+        model=model,
+        module=module,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=batches,
+        tokens_per_step=spec.batch_size * cfg.model.seq_len * world_size,
+    )
+    summary: dict = {}
+    if resume_dir is not None:
+        saved = read_train_state(resume_dir, resume_key=spec.resume_key(world_size))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        restore_rng(saved["rng"][rank])
+        summary = read_summary(resume_dir)
+        state.step = state.start_step = saved["step"]
+        state.loss_curve, state.lr_curve = summary["loss_curve"], summary["lr_curve"]
+    return state, summary
+
+
+def _adamw(module: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # Decay matrices and embeddings only: shrinking norm gains and biases toward 0 only hurts.
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def _mean_over_ranks(loss: torch.Tensor, world_size: int) -> float:
+    if world_size > 1:
+        loss = loss.clone()
+        dist.all_reduce(loss)  # SUM: gloo has no AVG
+        loss /= world_size
+    return loss.item()
+
+
+def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None:
+    """Rank 0 writes the checkpoint; every rank reports (``ray.train.report`` is a barrier)."""
+    import ray.train
+
+    rng_states = [capture_rng()]
+    if state.world_size > 1:
+        rng_states = [None] * state.world_size
+        dist.all_gather_object(rng_states, capture_rng())
+    metrics = {
+        "step": state.step,
+        "loss": state.last_loss,
+        "lr": state.lr,
+        "tokens_per_second": state.tokens_per_second,
+    }
+    with tempfile.TemporaryDirectory(prefix="lmforge-ckpt-") as tmp:
+        checkpoint = None
+        if state.rank == 0:
+            summary = {
+                "loss_curve": state.loss_curve,
+                "lr_curve": state.lr_curve,
+                "steps": state.step,
+                "tokens_per_second": state.tokens_per_second,
+                "train_tokens_seen": state.step * state.tokens_per_step,
+                "parameters": sum(p.numel() for p in state.module.parameters()),
+                "resumed_from_step": state.start_step,
+                "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
+            }
+            write_checkpoint(
+                Path(tmp),
+                state,
+                rng_states=rng_states,
+                resume_key=state.spec.resume_key(state.world_size),
+                summary=summary,
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.step:08d}")

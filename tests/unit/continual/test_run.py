@@ -1,0 +1,132 @@
+"""Continual pretraining end to end on Ray Train (2 workers, one Ray for the module): it starts from
+a saved model, re-warms the LR, replays the old corpus and reports forgetting on both held-out sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.common.config import load_config
+from components.common.errors import DataError
+from components.continual.run import continual
+from components.pretrain.trainer import ray_session
+
+STEPS, WARMUP, PROBE_EVERY, LR = 12, 4, 4, 2e-3
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with ray_session(load_config("tiny")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_dataset):
+    """tiny_model (Shakespeare tokenizer) continued on WikiText with a quarter of each batch replayed."""
+    root = tmp_path_factory.mktemp("continual")
+    cfg = load_config(
+        "tiny",
+        [
+            f"run.home={root / 'home'}",
+            f"continual.steps={STEPS}",
+            f"continual.warmup_steps={WARMUP}",
+            f"continual.lr={LR}",
+            "continual.replay_fraction=0.25",
+            f"continual.probe_every={PROBE_EVERY}",
+            "pretrain.num_workers=2",
+            "pretrain.checkpoint_every=100",
+        ],
+    )
+    result = continual(
+        cfg,
+        model_dir=tiny_model,
+        dataset_dir=wikitext_dataset,
+        old_dataset_dir=tiny_dataset,
+        out_dir=root / "out",
+        checkpoint_uri=(root / "checkpoints").as_uri(),
+    )
+    return {"cfg": cfg, "result": result, "out": root / "out"}
+
+
+def test_reports_forgetting_on_old_and_new_heldout(adapted):
+    m = adapted["result"]["metrics"]
+    for key in (
+        "old_heldout_loss_before",
+        "old_heldout_loss_after",
+        "new_heldout_loss_before",
+        "new_heldout_loss_after",
+    ):
+        assert 0 < m[key] < 10
+    assert m["forgetting"] == pytest.approx(m["old_heldout_loss_after"] - m["old_heldout_loss_before"])
+    assert m["new_heldout_loss_after"] < m["new_heldout_loss_before"]  # it did learn the new corpus
+    assert m["final_loss"] < m["initial_loss"]
+
+
+def test_old_heldout_is_probed_during_training(adapted):
+    curve = adapted["result"]["old_heldout_curve"]
+    m = adapted["result"]["metrics"]
+    assert [s for s, _ in curve] == [0, 4, 8, 12]
+    assert curve[0][1] == pytest.approx(m["old_heldout_loss_before"])
+    # The last probe and the "after" number use the same windows and the same weights.
+    assert curve[-1][1] == pytest.approx(m["old_heldout_loss_after"], rel=1e-4)
+    assert m["old_heldout_loss_peak"] == pytest.approx(max(loss for _, loss in curve[1:]))
+    assert m["stability_gap"] >= 0
+    assert json.loads((adapted["out"] / "old_heldout_curve.json").read_text()) == curve
+
+
+def test_lr_rewarms_from_zero_then_decays(adapted):
+    curve = adapted["result"]["lr_curve"]
+    assert [s for s, _ in curve] == list(range(1, STEPS + 1))
+    lrs = [lr for _, lr in curve]
+    assert lrs[:WARMUP] == pytest.approx([LR * (i + 1) / WARMUP for i in range(WARMUP)])
+    assert all(a >= b for a, b in zip(lrs[WARMUP:], lrs[WARMUP + 1 :], strict=False))
+
+
+def test_adapted_model_is_saved_with_its_tokenizer(adapted):
+    from transformers import LlamaForCausalLM
+
+    from components.common.tokenizer import load_tokenizer
+
+    model_dir = adapted["out"] / "model"
+    assert LlamaForCausalLM.from_pretrained(model_dir).config.vocab_size >= len(load_tokenizer(model_dir))
+    assert adapted["result"]["metrics"]["steps"] == STEPS
+
+
+def _dataset_with_other_tokenizer(root: Path) -> Path:
+    from components.common.artifacts import file_digest
+    from components.common.shards import ShardWriter, token_dtype, write_manifest
+    from components.common.tokenizer import train_tokenizer
+
+    docs = [f"record {i}: the quick brown fox jumps over the lazy dog number {i * 7}" for i in range(200)]
+    tok = train_tokenizer(docs, vocab_size=320)
+    tok.save_pretrained(root / "tokenizer")
+    splits = {}
+    for split in ("train", "heldout"):
+        writer = ShardWriter(root, split, token_dtype(len(tok)), shard_tokens=20_000)
+        for d in docs:
+            writer.add(tok.encode(d) + [tok.eos_token_id])
+        splits[split] = writer.close()
+    write_manifest(
+        root,
+        dtype=token_dtype(len(tok)),
+        tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"),
+        splits=splits,
+    )
+    return root
+
+
+def test_corpora_with_different_tokenizers_are_rejected_naming_both(tmp_path, make_config, tiny_model, tiny_dataset):
+    other = _dataset_with_other_tokenizer(tmp_path / "other")
+    with pytest.raises(DataError) as err:
+        continual(
+            make_config(),
+            model_dir=tiny_model,
+            dataset_dir=other,
+            old_dataset_dir=tiny_dataset,
+            out_dir=tmp_path / "out",
+            checkpoint_uri=(tmp_path / "ckpt").as_uri(),
+        )
+    assert str(other) in str(err.value) and str(tiny_dataset) in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,76 @@
+"""ResumableBatches: the batch of (step, rank) is a pure function of the seed, with exact replay."""
+
+import numpy as np
+import pytest
+
+from components.common.errors import ConfigError
+from components.common.shards import TokenWindows
+from components.pretrain.data import NEW, REPLAY, ResumableBatches
+
+SEQ = 32
+
+
+def _batches(dataset, seed=7, **kw) -> ResumableBatches:
+    return ResumableBatches(dataset, seq_len=SEQ, batch_size=4, seed=seed, **kw)
+
+
+def test_same_seed_gives_identical_batches(tiny_dataset):
+    a, b = _batches(tiny_dataset), _batches(tiny_dataset)
+    for step in (0, 1, 17, 250):
+        assert np.array_equal(a.batch(step, 1, 2).numpy(), b.batch(step, 1, 2).numpy())
+
+
+def test_different_seed_gives_different_order(tiny_dataset):
+    assert not np.array_equal(
+        _batches(tiny_dataset, seed=1).batch(0, 0, 2), _batches(tiny_dataset, seed=2).batch(0, 0, 2)
+    )
+
+
+def test_resuming_at_step_s_replays_the_uninterrupted_data(tiny_dataset):
+    uninterrupted = _batches(tiny_dataset)
+    seen = [uninterrupted.batch(step, rank, 2).numpy() for step in range(40) for rank in range(2)]
+    restarted = _batches(tiny_dataset)  # a fresh process after a crash at step 25
+    resumed = [restarted.batch(step, rank, 2).numpy() for step in range(25, 40) for rank in range(2)]
+    assert all(np.array_equal(x, y) for x, y in zip(seen[50:], resumed, strict=True))
+
+
+def test_rows_are_windows_of_the_train_split(tiny_dataset):
+    windows = TokenWindows(tiny_dataset, "train", SEQ + 1)
+    batches = _batches(tiny_dataset)
+    rows = batches.batch(3, 0, 2).numpy()
+    for row, (source, index) in zip(rows, batches.plan(3, 0, 2), strict=True):
+        assert source == NEW and np.array_equal(row, windows[index])
+
+
+def test_ranks_read_disjoint_windows_and_an_epoch_covers_every_window(tiny_dataset):
+    batches = _batches(tiny_dataset)
+    n = len(batches.sources[NEW])
+    per_step = 4 * 2
+    seen = [i for step in range(n // per_step) for rank in range(2) for _, i in batches.plan(step, rank, 2)]
+    assert len(seen) == len(set(seen)) == (n // per_step) * per_step
+
+
+def test_replay_fraction_is_respected_over_a_run(tiny_dataset, wikitext_dataset):
+    batches = ResumableBatches(
+        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_dir=wikitext_dataset, replay_fraction=0.1
+    )
+    plans = [batches.plan(step, rank, 2) for step in range(100) for rank in range(2)]
+    replayed = sum(source == REPLAY for plan in plans for source, _ in plan)
+    assert replayed / (100 * 2 * 8) == pytest.approx(0.1)
+    assert all(len(plan) == 8 for plan in plans)
+    assert {sum(s == REPLAY for s, _ in plan) for plan in plans} <= {0, 1}
+
+
+def test_replayed_rows_come_from_the_old_corpus(tiny_dataset, wikitext_dataset):
+    batches = ResumableBatches(
+        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_dir=wikitext_dataset, replay_fraction=0.25
+    )
+    old = TokenWindows(wikitext_dataset, "train", SEQ + 1)
+    rows, plan = batches.batch(5, 1, 2).numpy(), batches.plan(5, 1, 2)
+    assert [s for s, _ in plan] == [NEW] * 6 + [REPLAY] * 2
+    assert all(np.array_equal(rows[k], old[i]) for k, (s, i) in enumerate(plan) if s == REPLAY)
+
+
+def test_replay_without_a_wikitext_dataset_is_a_config_error(tiny_dataset):
+    with pytest.raises(ConfigError, match="replay"):
+        ResumableBatches(tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_fraction=0.1)
