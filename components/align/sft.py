@@ -107,7 +107,7 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
         "steps": trainer.state.global_step,
         "sft_train_seconds": round(train_seconds, 3),
     }
-    return {"metrics": metrics, "samples": samples}
+    return {"metrics": metrics, "samples": samples, "loss_curve": [list(p) for p in curve.points]}
 
 
 def generate_samples(model, tokenizer, pairs: list[SftPair], max_new_tokens: int = SAMPLE_MAX_NEW_TOKENS) -> list[dict]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from components.report.plots import curve_png
 
+PLOT_TITLES = {"pretrain": "pretraining", "continual": "continual pretraining", "align": "supervised fine-tuning"}
 STAGE_ORDER = ["curate", "curate_continual", "pretrain", "continual", "align", "quantize", "evaluate", "register"]
 
 
@@ -48,21 +49,32 @@ def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[s
     parts.append(t_html)
     md.append(t_md)
 
-    curves = {
-        "pretrain": _curve(summaries.get("pretrain", {})),
-        "continual": _curve(summaries.get("continual", {})),
-        "align (SFT)": _curve(summaries.get("align", {})),
+    cont = summaries.get("continual", {})
+    plots = {
+        "pretrain": {"train loss": _curve(summaries.get("pretrain", {}))},
+        # The old corpus' held-out loss beside the new training loss shows forgetting and the
+        # stability gap (a rise early in re-warming that later partly recovers).
+        "continual": {
+            "train loss (new corpus)": _curve(cont),
+            "held-out loss (old corpus)": _curve(cont, "old_heldout_curve"),
+        },
+        "align": {"SFT loss (answer tokens)": _curve(summaries.get("align", {}))},
     }
     parts.append("<h2>Training loss</h2>")
     md.append("\n## Training loss\n")
-    for name, points in curves.items():
-        if points:
-            fname = f"loss_{name.split()[0]}.png"
-            images[fname] = curve_png({name: points}, f"{name} loss")
-            parts.append(_img(images[fname], f"{name} loss curve"))
+    for name, curves in plots.items():
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            fname = f"loss_{name}.png"
+            images[fname] = curve_png(curves, PLOT_TITLES[name])
+            parts.append(_img(images[fname], f"{name} loss curves"))
             md.append(f"![{name} loss]({fname})\n")
 
     headline = {
+        "curate": "Curation: pretraining corpus",
+        "curate_continual": "Curation: continual corpus",
+        "pretrain": "Pretraining",
+        "align": "Alignment (SFT)",
         "evaluate": "Evaluation",
         "quantize": "Quantization (size and quality deltas)",
         "continual": "Continual pretraining (forgetting)",
