@@ -111,11 +111,13 @@ class PretrainConfig:
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
-    keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run (older ones are deleted; >= 1).", versioned=False)
+    keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run; older ones are deleted.", versioned=False)
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
     ray_address: str = knob(
-        "local", "Ray cluster: 'local' starts one inside this step; ray://head:10001 joins a KubeRay cluster.", versioned=False
+        "local",
+        "Ray cluster: 'local' starts one inside this step; ray://head:10001 joins a KubeRay cluster.",
+        versioned=False,
     )
 
 
