@@ -21,9 +21,9 @@ COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 
 def data_fingerprint(store: ObjectStore, uri: str) -> str:
-    """sha256 over the sorted object URIs under ``uri`` (a new file changes it)."""
-    objects = store.list(uri)
-    return hashlib.sha256("\n".join(objects).encode()).hexdigest()
+    """sha256 over each object's URI and digest under ``uri`` (ETags on S3: no download)."""
+    lines = (f"{obj}\t{store.digest(obj)}" for obj in store.list(uri))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def new_data_since_last_submit(store: ObjectStore, root: str, uri: str) -> tuple[bool, str, str]:
@@ -34,6 +34,11 @@ def new_data_since_last_submit(store: ObjectStore, root: str, uri: str) -> tuple
         return True, now, state_uri
     before = json.loads(store.read_text(state_uri)).get("fingerprint")
     return before != now, now, state_uri
+
+
+def record_submission(store: ObjectStore, state_uri: str, uri: str, fingerprint: str, run_id: str) -> None:
+    """Remember what the data under ``uri`` looked like when run ``run_id`` was submitted."""
+    store.write_text(state_uri, json.dumps({"uri": uri, "fingerprint": fingerprint, "run_id": run_id}))
 
 
 def submit(
@@ -87,5 +92,5 @@ def submit(
     )
     if trigger:
         store, state_uri, fingerprint = trigger
-        store.write_text(state_uri, json.dumps({"uri": if_new_data, "fingerprint": fingerprint, "run_id": run.run_id}))
+        record_submission(store, state_uri, if_new_data, fingerprint, run.run_id)
     return f"submitted {pipeline} to {host}: run {run.run_id}"

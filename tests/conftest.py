@@ -53,7 +53,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
         for d in part:
             writer.add(tok.encode(d, add_special_tokens=False) + [tok.eos_token_id])
         splits[split] = writer.close()
-    write_manifest(root, dtype=dtype, tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"), splits=splits)
+    write_manifest(
+        root, dtype=dtype, tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"), splits=splits
+    )
     return root
 
 

@@ -128,7 +128,14 @@ def log_input(name: str, digest: str, source_uri: str, context: str = "input") -
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    dataset = MetaDataset(source=resolve_dataset_source(source_uri), name=name, digest=digest[:36])
+    import warnings
+
+    with warnings.catch_warnings():
+        # MLflow registers a local source for both '' and 'file' schemes and warns that a file://
+        # URI matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(source_uri)
+    dataset = MetaDataset(source=source, name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)
 
 

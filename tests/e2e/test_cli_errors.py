@@ -5,7 +5,9 @@ import sys
 
 
 def _lmforge(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_unknown_set_key_is_named(tmp_path):
@@ -16,7 +18,9 @@ def test_unknown_set_key_is_named(tmp_path):
 
 
 def test_missing_source_path_is_named(tmp_path):
-    r = _lmforge("run", "lifecycle", "--home", str(tmp_path), "--set", f"curate.source={tmp_path}/nope.txt", cwd=tmp_path)
+    r = _lmforge(
+        "run", "lifecycle", "--home", str(tmp_path), "--set", f"curate.source={tmp_path}/nope.txt", cwd=tmp_path
+    )
     assert r.returncode == 2
     assert f"{tmp_path}/nope.txt: no such file or directory" in r.stderr
 

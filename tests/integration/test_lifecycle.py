@@ -1,7 +1,7 @@
 """The whole lifecycle on the tiny profile through kfp.local, asserting real outcomes.
 
-One pipeline run (module-scoped, a few minutes on 2 cores) feeds every test here; each test checks
-one promise: the loss fell, the manifest is true to the shards, the final model loads and
+One pipeline run (the session fixture ``lifecycle_run`` in conftest.py, a few minutes on 2 cores)
+feeds every test here; each test checks one promise: the loss fell, the manifest is true to the shards, the final model loads and
 generates, MLflow holds the parent and nested runs with their inputs, the registry has a champion.
 """
 
@@ -13,28 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.common.config import load_config
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def lifecycle_run(tmp_path_factory):
-    from pipelines.lifecycle import lifecycle
-    from pipelines.local import run_local
-
-    home = tmp_path_factory.mktemp("lifecycle")
-    overrides = [f"run.home={home}"]
-    record = run_local(lifecycle, "tiny", overrides, home)
-    cfg = load_config("tiny", overrides)
-    from components.common.lineage import setup
-
-    setup(cfg)  # point MLflow at this run's tracking database for the assertions below
-    return {"home": home, "record": record, "cfg": cfg}
-
-
-def _markers(home: Path, kind: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((home / "store" / kind).glob("*/_COMPLETE.json"))]
 
 
 def _summary(home: Path, stage: str) -> dict:
@@ -68,7 +47,9 @@ def test_final_model_loads_and_generates(lifecycle_run):
 
     path = Path(lifecycle_run["record"]["model_uri"].removeprefix("file://"))
     model, tok = load_model(path), load_tokenizer(path)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
@@ -97,10 +78,12 @@ def test_mlflow_holds_parent_and_stage_runs_with_inputs(lifecycle_run):
 def test_registry_alias_champion_is_set(lifecycle_run):
     import mlflow
 
-    cfg = lifecycle_run["cfg"]
-    version = mlflow.MlflowClient().get_model_version_by_alias(cfg.register.model_name, "champion")
-    assert version.source == lifecycle_run["record"]["model_uri"]
-    assert version.tags["lmforge.profile"] == "tiny"
+    name = lifecycle_run["cfg"].register.model_name
+    client = mlflow.MlflowClient()
+    first = client.get_model_version(name, "1")
+    assert first.source == lifecycle_run["record"]["model_uri"]
+    assert first.tags["lmforge.profile"] == "tiny" and first.tags["lmforge.register.decision"]
+    assert client.get_model_version_by_alias(name, "champion").version in {"1", "2"}
 
 
 def test_report_embeds_loss_curves_and_eval_table(lifecycle_run):
