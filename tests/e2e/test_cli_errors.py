@@ -33,3 +33,13 @@ def test_unknown_profile_lists_known_profiles(tmp_path):
 def test_config_keys_documents_every_key(tmp_path):
     r = _lmforge("config", "--keys", cwd=tmp_path)
     assert r.returncode == 0 and "pretrain.steps (int" in r.stdout
+
+
+def test_corpus_emptied_by_filters_fails_naming_step_file_and_filter(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("short\n\nalso short\n")
+    r = _lmforge("run", "lifecycle", "--home", str(tmp_path / "home"), "--set", f"curate.source={corpus}", cwd=tmp_path)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: step curate failed: {corpus}: no records left after curation")
+    assert "'length' (too_short: 2)" in last and "curate.min_chars" in last
