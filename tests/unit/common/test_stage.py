@@ -71,3 +71,23 @@ def test_inputs_are_fetched_and_logged(tmp_path):
 
     _run(tmp_path, consumer, "curate.min_chars=5", inputs={"upstream": str(tmp_path / "ptr.json")})
     assert seen["text"] == "hello"
+
+
+def test_outputs_publish_to_and_inputs_fetch_from_s3(tmp_path, s3_server):
+    s3 = ["storage.uri=s3://lmforge-stage-test/run", f"storage.s3_endpoint={s3_server}", "storage.s3_secure=false"]
+
+    def producer(ctx):
+        (ctx.out_dir / "shard.bin").write_bytes(b"\x01\x02")
+        return {"metrics": {"tokens": 1}}
+
+    pointer, _ = _run(tmp_path, producer, *s3)
+    assert pointer["uri"].startswith("s3://lmforge-stage-test/run/datasets/")
+    write_pointer(tmp_path / "ptr.json", pointer)
+    seen = {}
+
+    def consumer(ctx):
+        seen["bytes"] = (ctx.inputs["upstream"] / "shard.bin").read_bytes()
+        return {}
+
+    _run(tmp_path, consumer, *s3, "curate.min_chars=5", inputs={"upstream": str(tmp_path / "ptr.json")})
+    assert seen["bytes"] == b"\x01\x02"
