@@ -186,6 +186,25 @@ class RegisterConfig:
 
 
 @_frozen
+class ResilienceConfig:
+    enabled: bool = knob(
+        False, "Snapshot training state into keeper memory (in-memory fault tolerance).", versioned=False
+    )
+    snapshot_every: int = knob(1, "Take an in-memory snapshot every N optimizer steps.", versioned=False)
+    scheme: str = knob("xor", "Erasure code across nodes: xor (k+1 parity) or rs (Reed-Solomon, k+m).", versioned=False)
+    k: int = knob(2, "Data shards per erasure-coding group (one per node in the group).", versioned=False)
+    m: int = knob(1, "Parity shards per group: any m node losses in a group are survivable.", versioned=False)
+    persist_every: int = knob(10, "Keepers write every Nth committed snapshot to the object store.", versioned=False)
+    keeper_memory_mb: int = knob(1024, "Memory budget of one snapshot keeper (checked at start-up).", versioned=False)
+    max_in_flight: int = knob(1, "Snapshots being copied at once per rank before the trainer waits.", versioned=False)
+    faults: list = knob(
+        [],
+        "Injected faults, e.g. worker_crash@step=40, node_loss@step=60,node=2, corrupt_piece@step=30.",
+        versioned=False,
+    )
+
+
+@_frozen
 class LifecycleConfig:
     run: RunConfig = section(RunConfig, "Run-wide settings.")
     storage: StorageConfig = section(StorageConfig, "Object store (local directory or S3/MinIO).")
@@ -199,6 +218,7 @@ class LifecycleConfig:
     quantize: QuantizeConfig = section(QuantizeConfig, "Weight quantization.")
     evaluate: EvaluateConfig = section(EvaluateConfig, "Evaluation and promotion metrics.")
     register: RegisterConfig = section(RegisterConfig, "Model registry.")
+    resilience: ResilienceConfig = section(ResilienceConfig, "In-memory, erasure-coded snapshots for pretraining.")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -237,6 +257,19 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
+    r = cfg.resilience
+    need(r.scheme in {"xor", "rs"}, "resilience.scheme", f"must be xor or rs, got {r.scheme!r}")
+    need(r.k >= 1, "resilience.k", f"must be >= 1, got {r.k}")
+    need(r.m >= 1, "resilience.m", f"must be >= 1, got {r.m}")
+    need(
+        r.scheme != "xor" or r.m == 1,
+        "resilience.m",
+        f"xor parity has exactly one parity shard; set m=1 or scheme=rs (got m={r.m})",
+    )
+    need(r.snapshot_every >= 1, "resilience.snapshot_every", "must be >= 1")
+    need(r.persist_every >= 1, "resilience.persist_every", "must be >= 1")
+    need(r.max_in_flight >= 1, "resilience.max_in_flight", "must be >= 1")
+    need(r.keeper_memory_mb > 0, "resilience.keeper_memory_mb", "must be > 0")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
         need(
