@@ -199,7 +199,8 @@ class ResilienceConfig:
     max_in_flight: int = knob(1, "Snapshots being copied at once per rank before the trainer waits.", versioned=False)
     faults: list = knob(
         [],
-        "Injected faults, e.g. worker_crash@step=40, node_loss@step=60,node=2, corrupt_piece@step=30.",
+        "Injected faults (components/resilience/faults.py), e.g. "
+        "'worker_crash@step=40;node_loss@step=60,node=2;corrupt_piece@step=30' (';' separates faults).",
         versioned=False,
     )
 
@@ -354,7 +355,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint is list and isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        # Fault specs put ',' inside one item (node_loss@step=6,node=2), so such lists split on ';'.
+        sep = ";" if "@" in value else ","
+        return [v.strip() for v in value.split(sep) if v.strip()]
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
