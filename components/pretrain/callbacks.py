@@ -11,7 +11,8 @@ saved in every checkpoint (so a resumed run continues it) and handed back to the
 training summary under ``callbacks[<name>]``.
 
 In-memory snapshotting (``components/resilience``) is such a callback: ``post_step`` copies the
-state named here (module, optimizer, scheduler, step; the data position *is* the step).
+state named here (module, optimizer, scheduler, step; the data position *is* the step) in the
+background, and ``pre_optimizer_step`` waits for that copy so the optimizer never writes what it reads.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class Callback:
 
     def pre_train(self, state: TrainState) -> None:
         """Once per worker, after model, optimizer and any resumed state are in place."""
+
+    def pre_optimizer_step(self, state: TrainState) -> None:
+        """Right before ``optimizer.step()`` (gradients ready, parameters still those of ``state.step``)."""
 
     def post_step(self, state: TrainState) -> None:
         """After every optimizer step (``state.step`` already counts it), before checkpointing."""

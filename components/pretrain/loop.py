@@ -67,6 +67,8 @@ def train_loop_per_worker(config: dict) -> None:
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
             state.lr = state.scheduler.get_last_lr()[0]
+            for cb in callbacks:
+                cb.pre_optimizer_step(state)
             state.optimizer.step()
             state.scheduler.step()
             state.step += 1

@@ -1,0 +1,146 @@
+"""The commit protocol: a snapshot version counts only once every piece of every group is stored.
+
+Two phases, run by one coordinator (rank 0) over the keeper actors:
+
+1. *Prepare*: ask every keeper which pieces of ``version`` it holds intact. If any expected piece is
+   missing anywhere, or a keeper does not answer, abort: every keeper drops the partial version and
+   keeps the previous committed one.
+2. *Commit*: tell every keeper to commit ``version``. The decision is taken at the end of phase 1;
+   a keeper whose commit then fails (a piece damaged in between) is rolled forward with the pieces it
+   still holds, and the damaged piece counts as lost, to be decoded from parity like a lost node's.
+
+A coordinator can die between the phases, leaving some keepers on ``v`` and others on ``v - 1``
+with ``v`` fully written. ``newest_common_committed`` settles that on recovery: the newest version any
+surviving keeper committed was decided (only phase 1 success leads to a commit), so keepers still
+writing it are rolled forward; versions newer than it were never decided and are dropped, so a
+rerun of that version starts clean. All ranks then restore one version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from components.common.log import get_logger
+from components.resilience.keeper import IncompleteVersionError, KeeperStatus
+from components.resilience.piece import PieceId
+
+log = get_logger(__name__)
+
+#: seconds a keeper may take to answer one protocol call before it counts as lost
+CALL_TIMEOUT_S = 60.0
+#: a keeper that is dead or silent: the protocol treats it as lost with its node
+UNREACHABLE = (RayActorError, GetTimeoutError)
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    version: int
+    committed: bool
+    #: node id -> expected pieces that keeper did not hold intact in phase 1
+    missing: dict[str, list[PieceId]] = field(default_factory=dict)
+    #: node ids whose keeper did not answer (dead, silent, or no keeper on that node)
+    unreachable: list[str] = field(default_factory=list)
+    #: node ids rolled forward in phase 2 because a piece was damaged after phase 1
+    rolled_forward: list[str] = field(default_factory=list)
+
+
+def _answers(calls: Mapping[str, ray.ObjectRef], timeout_s: float) -> tuple[dict, list[str]]:
+    """Results of one round of keeper calls, and the node ids whose keeper did not answer."""
+    answers, silent = {}, []
+    for node, ref in calls.items():
+        try:
+            answers[node] = ray.get(ref, timeout=timeout_s)
+        except UNREACHABLE:
+            silent.append(node)
+    return answers, silent
+
+
+def commit_version(
+    keepers: Mapping[str, ActorHandle],
+    version: int,
+    expected_by_keeper: Mapping[str, set[PieceId]],
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+) -> CommitOutcome:
+    """Commit ``version`` on every keeper named in ``expected_by_keeper`` if all its pieces are stored."""
+    absent = [node for node in expected_by_keeper if node not in keepers]
+    involved = {node: keepers[node] for node in expected_by_keeper if node in keepers}
+    held, silent = _answers({n: k.pieces.remote(version) for n, k in involved.items()}, timeout_s)
+    missing = {
+        node: sorted(expected_by_keeper[node] - set(held[node]), key=lambda p: (p.group, p.index))
+        for node in held
+        if not expected_by_keeper[node] <= set(held[node])
+    }
+    unreachable = absent + silent
+    if missing or unreachable:
+        # Abort: drop the partial version wherever a keeper still answers; the previous stays committed.
+        _answers({n: involved[n].drop.remote(version) for n in held}, timeout_s)
+        log.warning(
+            "snapshot version %d aborted: %d piece(s) missing on %d keeper(s), %d keeper(s) unreachable",
+            version,
+            sum(len(ids) for ids in missing.values()),
+            len(missing),
+            len(unreachable),
+        )
+        return CommitOutcome(version, False, missing, unreachable)
+
+    acked, rolled, lost = [], [], []
+    calls = {n: k.commit.remote(version, set(expected_by_keeper[n])) for n, k in involved.items()}
+    for node, ref in calls.items():
+        try:
+            ray.get(ref, timeout=timeout_s)
+            acked.append(node)
+        except IncompleteVersionError:
+            (rolled if _roll_forward(involved[node], version, timeout_s) else lost).append(node)
+        except UNREACHABLE:
+            lost.append(node)
+    if rolled or lost:
+        log.warning("snapshot version %d committed; rolled forward on %s, keepers lost on %s", version, rolled, lost)
+    return CommitOutcome(version, bool(acked or rolled), {}, lost, rolled)
+
+
+def _roll_forward(keeper: ActorHandle, version: int, timeout_s: float) -> bool:
+    """Commit a decided ``version`` on ``keeper`` with whatever pieces of it the keeper still holds;
+    False if the keeper is gone meanwhile."""
+    try:
+        intact = ray.get(keeper.pieces.remote(version), timeout=timeout_s)
+        ray.get(keeper.commit.remote(version, set(intact)), timeout=timeout_s)
+    except UNREACHABLE:
+        return False
+    return True
+
+
+def newest_common_committed(keepers: Mapping[str, ActorHandle], *, timeout_s: float = CALL_TIMEOUT_S) -> int | None:
+    """The newest version every surviving keeper holds as committed (after settling a half-done commit).
+
+    Dead keepers are skipped, and so are empty ones (a fresh keeper on a replacement node has nothing
+    to say). ``None`` means memory holds no version all agree on: recover from the persistent tier.
+    """
+    statuses, _ = _answers({n: k.status.remote() for n, k in keepers.items()}, timeout_s)
+    voters: dict[str, KeeperStatus] = {
+        n: s for n, s in statuses.items() if s.committed is not None or s.writing is not None
+    }
+    decided = max((s.committed for s in voters.values() if s.committed is not None), default=None)
+    # Undecided versions (newer than any commit) are dropped, so a rerun of that version starts clean.
+    undecided = {
+        n: s.writing for n, s in voters.items() if s.writing is not None and (decided is None or s.writing > decided)
+    }
+    _answers({n: keepers[n].drop.remote(v) for n, v in undecided.items()}, timeout_s)
+    if decided is None:
+        return None
+    behind = [n for n, s in voters.items() if s.committed != decided and s.writing != decided]
+    if behind:
+        log.warning(
+            "keepers disagree on the newest committed version: %s",
+            {n[:8]: (s.committed, s.writing) for n, s in voters.items()},
+        )
+        return None
+    for node, status in voters.items():
+        if status.committed != decided and _roll_forward(keepers[node], decided, timeout_s):
+            log.info("keeper on node %s rolled forward to version %d (its phase 2 was cut off)", node[:8], decided)
+    return decided

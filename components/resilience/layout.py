@@ -1,0 +1,166 @@
+"""Where each piece of a rank's training state lives inside its flat snapshot buffer.
+
+A :class:`SnapshotLayout` is computed once, from the parameters a rank owns
+(:mod:`components.resilience.ownership`) and their optimizer state, and then reused for every
+snapshot: the buffer is allocated once at ``total_bytes`` and every snapshot writes the same
+tensors at the same offsets. Buffer map::
+
+    [tensor 0][pad][tensor 1][pad] ... [meta length: u64 LE][meta JSON][zeros up to meta_capacity]
+
+Tensors are aligned to 64 bytes (a cache line; also any dtype can then be viewed in place). The
+meta region holds the small, non-tensor state (LR scheduler, RNG streams, step): see
+:mod:`components.resilience.state`.
+
+AdamW creates its state (``step``, ``exp_avg``, ``exp_avg_sq``) lazily, at a parameter's first
+``optimizer.step()``: build the layout *after* the first optimizer step (``post_step`` always is).
+On restore into a fresh optimizer, :meth:`SnapshotLayout.live_tensors` creates the missing state
+tensors so the snapshot's values land in them and AdamW continues as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from components.common.errors import RecoveryError
+
+ALIGN = 64
+META_HEADER = 8  # u64 little-endian length of the meta JSON
+DEFAULT_META_CAPACITY = 64 * 1024  # RNG states take ~25 KB of JSON (Python's and NumPy's MT19937 are 624 words each)
+PARAM = "param"
+
+
+def _aligned(offset: int) -> int:
+    return (offset + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str  # the parameter's name in module.named_parameters()
+    part: str  # "param", or the optimizer state key ("exp_avg", "exp_avg_sq", "step")
+    dtype: str  # torch dtype without the "torch." prefix
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    on_param_device: bool  # False for AdamW's CPU "step" scalars next to GPU parameters
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}[{self.part}]"
+
+    def describe(self) -> str:
+        return f"{self.dtype}{list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class SnapshotLayout:
+    entries: tuple[TensorEntry, ...]
+    meta_offset: int
+    meta_capacity: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.meta_offset + META_HEADER + self.meta_capacity
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    @classmethod
+    def build(
+        cls,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        owned: Sequence[str],
+        meta_capacity: int = DEFAULT_META_CAPACITY,
+    ) -> SnapshotLayout:
+        """The layout of the parameters named ``owned`` and of their optimizer state."""
+        params = dict(module.named_parameters())
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        entries, offset = [], 0
+        for name in owned:
+            if name not in params:
+                raise ValueError(f"owned parameter {name!r} is not in the model")
+            p = params[name]
+            tensors = [(PARAM, p)]
+            if id(p) in optimized:
+                state = optimizer.state.get(p, {})
+                if not state:
+                    raise ValueError(
+                        f"the optimizer has no state for {name!r} yet: AdamW creates it at the first "
+                        "optimizer.step(); build the snapshot layout after the first step"
+                    )
+                for part in sorted(state):
+                    if not isinstance(state[part], torch.Tensor):
+                        raise ValueError(
+                            f"optimizer state {name}[{part}] is not a tensor; the layout holds tensors only"
+                        )
+                    tensors.append((part, state[part]))
+            for part, t in tensors:
+                nbytes = t.numel() * t.element_size()
+                entries.append(
+                    TensorEntry(name, part, _dtype_name(t.dtype), tuple(t.shape), offset, nbytes, t.device == p.device)
+                )
+                offset = _aligned(offset + nbytes)
+        return cls(tuple(entries), meta_offset=offset, meta_capacity=meta_capacity)
+
+    def live_tensors(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *, create_missing: bool = False
+    ) -> list[torch.Tensor]:
+        """The live tensors behind the entries, in order; a mismatch raises :class:`RecoveryError`.
+
+        Every entry is checked before anything is created, so a mismatch leaves the optimizer
+        untouched. ``create_missing`` adds absent optimizer state (a fresh optimizer restoring a
+        snapshot); without it, absent state is a mismatch.
+        """
+        params = dict(module.named_parameters())
+        found: list[torch.Tensor | None] = []
+        for e in self.entries:
+            p = params.get(e.name)
+            live = p if e.part == PARAM or p is None else optimizer.state.get(p, {}).get(e.part)
+            if live is None and not (create_missing and p is not None and e.part != PARAM):
+                self._mismatch(e, "none")
+            if live is not None and (_dtype_name(live.dtype), tuple(live.shape)) != (e.dtype, e.shape):
+                self._mismatch(e, f"{_dtype_name(live.dtype)}{list(live.shape)}")
+            found.append(live)
+        tensors = []
+        for e, live in zip(self.entries, found, strict=True):
+            if live is None:
+                p = params[e.name]
+                live = torch.zeros(
+                    e.shape, dtype=getattr(torch, e.dtype), device=p.device if e.on_param_device else "cpu"
+                )
+                optimizer.state[p][e.part] = live
+            tensors.append(live)
+        return tensors
+
+    def _mismatch(self, entry: TensorEntry, live: str) -> None:
+        raise RecoveryError(
+            f"snapshot does not fit this model: first differing tensor {entry.key} is {entry.describe()} in the "
+            f"snapshot but {live} here; restore into the same architecture and optimizer the snapshot was taken from"
+        )
+
+    def byte_views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Typed, shaped views of every entry inside the uint8 ``buffer`` (no copies)."""
+        return [
+            buffer[e.offset : e.offset + e.nbytes].view(getattr(torch, e.dtype)).view(e.shape) for e in self.entries
+        ]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, to travel with the snapshot bytes to keepers and back."""
+        return {
+            "entries": [asdict(e) for e in self.entries],
+            "meta_offset": self.meta_offset,
+            "meta_capacity": self.meta_capacity,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SnapshotLayout:
+        entries = tuple(TensorEntry(**{**e, "shape": tuple(e["shape"])}) for e in data["entries"])
+        return cls(entries, meta_offset=data["meta_offset"], meta_capacity=data["meta_capacity"])

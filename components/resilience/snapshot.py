@@ -1,0 +1,203 @@
+"""Asynchronous in-memory snapshots of a rank's training state, overlapped with the next step.
+
+Timeline of one snapshot at step S (``begin`` is called from ``post_step``)::
+
+    trainer:  opt.step(S) | begin: RNG+scheduler -> meta | fwd/bwd(S+1) ........ | fence | opt.step(S+1)
+    copier:                       | copy params + optimizer state -> buffer |
+    hand-off:                                                                 | checksum, sink(S) | free buffer
+
+The trainer thread captures the small meta state itself (the RNG streams move on during the next
+forward), then returns at once; the tensors are copied by a background thread (on GPU: queued on a
+side CUDA stream into pinned memory). Forward and backward only *read* parameters and optimizer
+state, so they overlap the copy; ``fence`` (from ``pre_optimizer_step``) makes the optimizer wait
+until the copy has read everything, so a snapshot never mixes two steps. On GPU ``fence`` does not
+block the CPU: it makes the compute stream wait on the copy's event.
+
+Buffers are allocated once (``max_in_flight`` of them, pinned when CUDA is present) and reused. A
+snapshot is *in flight* from ``begin`` until its hand-off (checksum, then the sink, e.g. a transfer
+to a keeper) has returned; ``begin`` blocks while ``max_in_flight`` snapshots are in flight, which
+bounds both memory and how far the hand-off may fall behind. Two single-thread executors keep the
+order: copies in step order, hand-offs in step order, a copy of S+1 may run during the hand-off of S.
+
+Errors of the background threads are never lost: they surface from the next ``fence``, ``begin``,
+``wait`` or ``close`` on the trainer thread.
+
+The GPU path (side stream, pinned buffers, event fence) is written for CUDA but untested here: this
+machine has no GPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from components.common.errors import ConfigError
+from components.resilience.layout import SnapshotLayout
+from components.resilience.ownership import owned_names, parameter_sizes
+from components.resilience.piece import checksum
+from components.resilience.state import capture_meta, copy_tensors, write_meta
+
+#: Receives each completed snapshot: (version = step, the buffer's bytes, layout). It must be done
+#: with the bytes when it returns: the buffer is reused by a later snapshot.
+Sink = Callable[[int, memoryview, SnapshotLayout], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int  # the step the state was taken at
+    data: memoryview  # layout.total_bytes bytes of a reused buffer: valid until that buffer is reused
+    layout: SnapshotLayout
+    checksum: str  # piece.checksum (xxh3-128) of data
+
+
+@dataclass
+class SnapshotStats:
+    snapshots: int = 0
+    completed: int = 0
+    bytes_per_snapshot: int = 0
+    setup_seconds: float = 0.0  # layout and buffer allocation, once, at the first begin()
+    begin_seconds: float = 0.0  # trainer thread in begin(): meta capture and waiting for a free buffer
+    fence_seconds: float = 0.0  # trainer thread waiting for a copy before the optimizer step
+    copy_seconds: float = 0.0  # copier thread: tensors into the buffer
+    handoff_seconds: float = 0.0  # hand-off thread: checksum and sink
+
+    def summary(self) -> dict[str, float]:
+        """Totals plus per-snapshot means in milliseconds; stall = begin + fence (the critical path)."""
+        n = max(self.snapshots, 1)
+        return {
+            **asdict(self),
+            "stall_ms_per_snapshot": 1e3 * (self.begin_seconds + self.fence_seconds) / n,
+            "copy_ms_per_snapshot": 1e3 * self.copy_seconds / max(self.completed, 1),
+        }
+
+
+class SnapshotEngine:
+    def __init__(self, max_in_flight: int = 1, sink: Sink | None = None) -> None:
+        if max_in_flight < 1:
+            raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
+        self.max_in_flight, self.sink = max_in_flight, sink
+        self.layout: SnapshotLayout | None = None
+        self.stats = SnapshotStats()
+        self._buffers: list[torch.Tensor] = []
+        self._views: list[list[torch.Tensor]] = []
+        self._free: queue.Queue[int] = queue.Queue()  # buffers not in flight; get() blocks at the bound
+        self._copier = ThreadPoolExecutor(1, thread_name_prefix="snapshot-copy")
+        self._handoff = ThreadPoolExecutor(1, thread_name_prefix="snapshot-handoff")
+        self._copying: Future | None = None
+        self._gpu_copied: Any = None  # torch.cuda.Event of the latest side-stream copy
+        self._stream: Any = None
+        self._in_flight: list[Future[Snapshot]] = []
+        self._latest: Future[Snapshot] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.max_in_flight - self._free.qsize() if self.layout else 0
+
+    def begin(self, state: Any) -> None:
+        """Start a snapshot of ``state`` (a ``TrainState``) at ``state.step``; returns once it is queued."""
+        t0 = time.perf_counter()
+        self._raise_background_failure()
+        if self.layout is None:
+            self._allocate(state)
+            t1 = time.perf_counter()
+            self.stats.setup_seconds += t1 - t0
+            t0 = t1
+        tensors = self.layout.live_tensors(state.module, state.optimizer)
+        slot = self._free.get()  # blocks while max_in_flight snapshots are in flight
+        write_meta(self._buffers[slot], self.layout, capture_meta(state))
+        if self._stream is not None:
+            copying = self._queue_gpu_copy(self._views[slot], tensors)
+        else:
+            copying = self._copier.submit(self._copy, self._views[slot], tensors)
+        self._copying = copying
+        self._latest = self._handoff.submit(self._hand_off, state.step, slot, copying)
+        self._in_flight.append(self._latest)
+        self.stats.snapshots += 1
+        self.stats.begin_seconds += time.perf_counter() - t0
+
+    def fence(self) -> None:
+        """Return once no copy reads the live tensors any more: call right before ``optimizer.step()``."""
+        t0 = time.perf_counter()
+        if self._gpu_copied is not None:
+            torch.cuda.current_stream().wait_event(self._gpu_copied)  # optimizer kernels queue after the copy
+        elif self._copying is not None:
+            self._copying.result()  # re-raises a failed copy here, on the trainer thread
+        self.stats.fence_seconds += time.perf_counter() - t0
+
+    def wait(self) -> Snapshot:
+        """The newest begun snapshot once copied, checksummed and handed to the sink."""
+        if self._latest is None:
+            raise RuntimeError("no snapshot has been begun; call begin(state) first")
+        return self._latest.result()
+
+    def close(self) -> None:
+        """Finish every snapshot in flight, stop the threads, raise the first background error."""
+        try:
+            for future in self._in_flight:
+                future.result()
+        finally:
+            self._in_flight = []
+            self._copier.shutdown(wait=True)
+            self._handoff.shutdown(wait=True)
+
+    def _allocate(self, state: Any) -> None:
+        # FSDP2 seam: there every rank owns its local shards; ownership would be "all names".
+        owned = owned_names(parameter_sizes(state.module), state.rank, state.world_size)
+        self.layout = SnapshotLayout.build(state.module, state.optimizer, owned)
+        tensors = self.layout.live_tensors(state.module, state.optimizer)
+        cuda = torch.cuda.is_available()
+        # Pinned host memory lets the GPU DMA engine copy while compute kernels run.
+        self._buffers = [
+            torch.zeros(self.layout.total_bytes, dtype=torch.uint8, pin_memory=cuda) for _ in range(self.max_in_flight)
+        ]
+        self._views = [self.layout.byte_views(b) for b in self._buffers]
+        for slot in range(self.max_in_flight):
+            self._free.put(slot)
+        if cuda and any(t.is_cuda for t in tensors):
+            self._stream = torch.cuda.Stream()
+        self.stats.bytes_per_snapshot = self.layout.total_bytes
+
+    def _copy(self, views: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
+        t0 = time.perf_counter()
+        copy_tensors(views, tensors)
+        self.stats.copy_seconds += time.perf_counter() - t0
+
+    def _queue_gpu_copy(self, views: list[torch.Tensor], tensors: list[torch.Tensor]) -> Future:
+        # Untested here (no GPU). The side stream first waits for the optimizer step's kernels.
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            copy_tensors(views, tensors, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(self._stream)
+        self._gpu_copied = copied
+        return self._copier.submit(self._await_gpu_copy, copied, time.perf_counter())
+
+    def _await_gpu_copy(self, copied: Any, queued_at: float) -> None:
+        copied.synchronize()  # the hand-off must see the bytes landed in host memory
+        self.stats.copy_seconds += time.perf_counter() - queued_at
+
+    def _hand_off(self, version: int, slot: int, copying: Future) -> Snapshot:
+        try:
+            copying.result()
+            t0 = time.perf_counter()
+            data = memoryview(self._buffers[slot].numpy())
+            snapshot = Snapshot(version, data, self.layout, checksum(data))
+            if self.sink is not None:
+                self.sink(version, data, self.layout)
+            self.stats.handoff_seconds += time.perf_counter() - t0
+            self.stats.completed += 1
+            return snapshot
+        finally:
+            self._free.put(slot)
+
+    def _raise_background_failure(self) -> None:
+        done = [f for f in self._in_flight if f.done()]
+        self._in_flight = [f for f in self._in_flight if not f.done()]
+        for future in done:
+            future.result()  # raises the copy's or the sink's exception

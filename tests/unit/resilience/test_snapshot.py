@@ -1,0 +1,133 @@
+"""The asynchronous snapshot engine: consistent at its step while training goes on, bounded, wired
+into the loop's events."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from components.pretrain.callbacks import Callback
+from components.resilience.layout import SnapshotLayout
+from components.resilience.ownership import owned_names, parameter_sizes
+from components.resilience.piece import checksum
+from components.resilience.snapshot import SnapshotEngine
+from components.resilience.snapshot_callback import SnapshotCallback
+from components.resilience.state import pack_into, unpack_from
+from tests.unit.resilience.tiny_training import make_state, run_steps
+
+COPY_DELAY = 0.05
+
+
+class LateCopyEngine(SnapshotEngine):
+    """The worst case: the copy starts only once the trainer has reached the next optimizer step
+    (and a little later), so without the fence the optimizer would write before the copy reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trainer_at_optimizer = threading.Event()
+
+    def _copy(self, views, tensors):
+        self.trainer_at_optimizer.wait(30)
+        time.sleep(COPY_DELAY)
+        super()._copy(views, tensors)
+
+    def fence(self) -> None:
+        self.trainer_at_optimizer.set()
+        super().fence()
+
+
+class Fence(Callback):
+    def __init__(self, engine: SnapshotEngine) -> None:
+        self.engine = engine
+
+    def pre_optimizer_step(self, state) -> None:
+        self.engine.fence()
+
+
+def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_continues():
+    state = make_state()
+    run_steps(state, 2)
+    layout = SnapshotLayout.build(state.module, state.optimizer, owned_names(parameter_sizes(state.module), 0, 1))
+    reference = torch.zeros(layout.total_bytes, dtype=torch.uint8)
+    pack_into(reference, layout, state)
+    weights_at_2 = state.module.model.norm.weight.detach().clone()
+
+    engine = LateCopyEngine()
+    engine.begin(state)
+    run_steps(state, 2, [Fence(engine)])
+    snapshot = engine.wait()
+    engine.close()
+
+    assert snapshot.version == 2
+    assert snapshot.layout == layout
+    assert snapshot.checksum == checksum(memoryview(reference.numpy()))
+    assert not torch.equal(state.module.model.norm.weight, weights_at_2)  # training did move on
+    assert engine.stats.fence_seconds >= COPY_DELAY  # the optimizer step waited for the copy
+
+
+def test_begin_blocks_while_max_in_flight_snapshots_are_in_flight():
+    state = make_state()
+    run_steps(state, 1)
+    release = threading.Event()
+    engine = SnapshotEngine(max_in_flight=2, sink=lambda version, data, layout: release.wait(30))
+    engine.begin(state)
+    engine.begin(state)
+    assert engine.in_flight == 2
+
+    third = threading.Thread(target=engine.begin, args=(state,))
+    third.start()
+    third.join(0.5)
+    assert third.is_alive()  # both buffers are held by snapshots whose sink has not returned
+    release.set()
+    third.join(30)
+    assert not third.is_alive()
+    engine.close()
+    assert engine.stats.completed == 3 and engine.in_flight == 0
+
+
+def test_a_failing_sink_is_raised_on_the_trainer_thread():
+    state = make_state()
+    run_steps(state, 1)
+
+    def unreachable_keeper(version, data, layout):
+        raise ConnectionError(f"keeper unreachable for version {version}")
+
+    engine = SnapshotEngine(sink=unreachable_keeper)
+    engine.begin(state)
+    with pytest.raises(ConnectionError, match="version 1"):
+        engine.close()
+
+
+def test_each_rank_snapshots_only_the_parameters_it_owns():
+    names = []
+    for rank in range(2):
+        state = make_state(rank=rank, world_size=2)
+        run_steps(state, 1)
+        engine = SnapshotEngine()
+        engine.begin(state)
+        engine.close()
+        names.append({e.name for e in engine.layout.entries})
+    assert not names[0] & names[1]
+    assert names[0] | names[1] == {name for name, _ in parameter_sizes(state.module)}
+
+
+def test_callback_keeps_the_newest_snapshot_and_it_restores_the_state_of_its_step():
+    state = make_state()
+    callback = SnapshotCallback(every=2)
+    callback.pre_train(state)
+    run_steps(state, 5, [callback])
+    callback.close()
+    version, data, layout = callback.kept.latest()
+    assert version == 4
+
+    expected = make_state()
+    run_steps(expected, 4)
+    restored = make_state(seed=1)
+    unpack_from(data, layout, restored)
+    assert restored.step == 4
+    for (name, p), (_, q) in zip(expected.module.named_parameters(), restored.module.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    stats = callback.state_dict()
+    assert stats["snapshots"] == stats["completed"] == 2
+    assert stats["bytes_per_snapshot"] == layout.total_bytes
