@@ -83,7 +83,7 @@ def test_registry_alias_champion_is_set(lifecycle_run):
     first = client.get_model_version(name, "1")
     assert first.source == lifecycle_run["record"]["model_uri"]
     assert first.tags["lmforge.profile"] == "tiny" and first.tags["lmforge.register.decision"]
-    assert client.get_model_version_by_alias(name, "champion").version in {"1", "2"}
+    assert str(client.get_model_version_by_alias(name, "champion").version) in {"1", "2"}
 
 
 def test_report_embeds_loss_curves_and_eval_table(lifecycle_run):

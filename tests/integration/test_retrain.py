@@ -64,9 +64,9 @@ def test_retrain_registers_a_second_version_and_the_better_one_is_champion(retra
 
     cfg = retrain_run["cfg"]
     client = mlflow.MlflowClient()
-    versions = {v.version: v for v in client.search_model_versions(f"name = '{cfg.register.model_name}'")}
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{cfg.register.model_name}'")}
     assert set(versions) == {"1", "2"}
     metric = f"lmforge.metric.{cfg.register.metric}"
     values = {k: float(v.tags[metric]) for k, v in versions.items()}
-    champion = client.get_model_version_by_alias(cfg.register.model_name, "champion").version
+    champion = str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version)
     assert values[champion] == min(values.values())  # heldout_perplexity: lower is better
