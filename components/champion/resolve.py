@@ -54,6 +54,8 @@ def champion_inputs(cfg: LifecycleConfig) -> dict[str, dict]:
             found[key] = pointer_for(store, explicit[key])
             continue
         if tag not in version.tags:
-            raise ConfigError(f"champion {name} v{version.version} has no tag {tag}; set continual.{key} to a store URI")
+            raise ConfigError(
+                f"champion {name} v{version.version} has no tag {tag}; set continual.{key} to a store URI"
+            )
         found[key] = pointer_for(store, version.tags[tag].rsplit("@", 1)[0])
     return found

@@ -124,11 +124,11 @@ def stage_run(cfg: LifecycleConfig, stage: str, parent_run_id: str = "") -> Iter
 
 def log_input(name: str, digest: str, source_uri: str, context: str = "input") -> None:
     """Record a dataset (or model) this stage consumed, by name, digest and source URI."""
+    import warnings
+
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-
-    import warnings
 
     with warnings.catch_warnings():
         # MLflow registers a local source for both '' and 'file' schemes and warns that a file://

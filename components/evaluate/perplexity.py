@@ -19,7 +19,13 @@ from components.common.shards import TokenWindows
 
 @torch.no_grad()
 def heldout_loss(
-    model, dataset_dir: str | Path, *, split: str = "heldout", seq_len: int = 128, max_tokens: int = 50_000, batch_size: int = 8
+    model,
+    dataset_dir: str | Path,
+    *,
+    split: str = "heldout",
+    seq_len: int = 128,
+    max_tokens: int = 50_000,
+    batch_size: int = 8,
 ) -> float:
     """Mean next-token cross-entropy (nats per token) of ``model`` on ``split`` of ``dataset_dir``."""
     windows = TokenWindows(dataset_dir, split, seq_len + 1)

@@ -37,7 +37,9 @@ class Piece:
 
     @classmethod
     def make(cls, id: PieceId, data: bytes, payload_size: int | None = None) -> Piece:
-        return cls(id=id, data=data, checksum=checksum(data), payload_size=len(data) if payload_size is None else payload_size)
+        return cls(
+            id=id, data=data, checksum=checksum(data), payload_size=len(data) if payload_size is None else payload_size
+        )
 
     def is_intact(self) -> bool:
         return checksum(self.data) == self.checksum
