@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from components.common.config import LifecycleConfig, resolve_home
 from components.common.errors import StorageError
-from components.common.storage import ObjectStore, join, open_store
+from components.common.storage import ObjectStore, file_digest, join, open_store  # noqa: F401 (file_digest re-exported)
 
 MARKER = "_COMPLETE.json"
 
@@ -45,14 +45,6 @@ def content_hash(stage: str, config: Any, inputs: dict[str, str]) -> str:
     """16 hex digits of sha256 over the stage name, its versioned config and its input digests."""
     payload = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

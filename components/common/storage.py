@@ -21,6 +21,17 @@ from urllib.parse import urlparse
 from components.common.errors import StorageError
 
 
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a local file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def join(uri: str, *parts: str) -> str:
     """Append path parts to a URI with exactly one slash between them."""
     out = uri.rstrip("/")
@@ -170,13 +181,7 @@ class LocalStore(ObjectStore):
         return [p.as_posix() for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name]
 
     def _digest(self, key: str) -> str:
-        import hashlib
-
-        h = hashlib.sha256()
-        with open(key, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        return file_digest(key)
 
     def local_dir(self, uri: str, cache: str | Path) -> Path:
         path = Path(self._key(uri))

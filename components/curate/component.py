@@ -39,7 +39,8 @@ def curate(
     cfg = load_config(profile, overrides)
     source = getattr(cfg, sources[corpus]).source
     # New files under an unchanged source must rerun curation: address it by content too.
-    fingerprint = source_fingerprint(resolve_source(source, open_run_store(cfg)), open_run_store(cfg))
+    store = open_run_store(cfg)
+    fingerprint = source_fingerprint(resolve_source(source, store), store)
     inputs = {"tokenizer": tokenizer_from.path} if tokenizer_from is not None else {}
     pointer, summary = run_stage(
         "curate",

@@ -49,10 +49,7 @@ def write_report(
         for name, png in images.items():
             (tmp / name).write_bytes(png)
         store.upload_dir(tmp, report_uri)
-        if parent_run_id:
-            import mlflow
-
-            lineage.setup(cfg)
+        if parent_run_id:  # MLflow was set up above, when the pipeline name was read
             client = mlflow.MlflowClient()
             client.log_artifacts(parent_run_id, str(tmp), artifact_path="report")
             client.set_tag(parent_run_id, "lmforge.report_uri", join(report_uri, "report.html"))
