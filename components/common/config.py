@@ -71,7 +71,7 @@ class LineageConfig:
 
 @_frozen
 class ModelConfig:
-    preset: str = knob("tiny", "Model architecture preset from components/common/models.py (tiny|small|1b).")
+    preset: str = knob("tiny", "Model architecture preset from components/common/models.py (tiny|mini|small|1b).")
     seq_len: int = knob(128, "Training context length in tokens.")
     init_from: str = knob("", "Path or hub id of pretrained weights ('' = random init from the preset).")
 
@@ -97,6 +97,139 @@ class CurateConfig:
     heldout_fraction: float = knob(0.05, "Fraction of records kept apart as held-out evaluation data.")
     shard_tokens: int = knob(1_000_000, "Maximum tokens per packed shard file.")
     expectations: bool = knob(True, "Validate the curated records with the great-expectations suite.")
+    # Pipeline steps (components/curate/pipeline.py; checked by components.curate.pipeline.check_curate_config).
+    executor: str = knob(
+        "local",
+        "Where the per-document steps and MinHash stages run: 'local' (datatrove LocalPipelineExecutor) or "
+        "'ray' (datatrove RayPipelineExecutor on curate.ray_address); same steps, same output.",
+        versioned=False,
+    )
+    tasks: int = knob(
+        1, "datatrove tasks (ranks) of the per-document steps; input files are dealt round-robin to tasks."
+    )
+    workers: int = knob(1, "Tasks run at once (processes locally, Ray tasks on Ray); -1 = all.", versioned=False)
+    ray_address: str = knob(
+        "local",
+        "curate.executor=ray: 'local' starts a Ray inside the step; ray://head:10001 joins a cluster.",
+        versioned=False,
+    )
+    repair: bool = knob(True, "Repair mojibake, HTML entities and control codes with ftfy (datatrove FTFYFormatter).")
+    languages: list = knob(
+        ["en"], "Language allow-list (ISO 639-1) for lingua language identification; [] = no language step."
+    )
+    language_candidates: list = knob(
+        ["en", "de", "fr", "es", "it", "nl", "pt"],
+        "Languages lingua chooses among (plus the allow-list): fewer is faster; text of a language left out is "
+        "scored against these.",
+    )
+    language_threshold: float = knob(0.5, "Drop documents whose top language's lingua confidence is below this.")
+    language_chars: int = knob(1000, "Identify the language on the first N characters (speed; paragraphs suffice).")
+    gopher_quality: bool = knob(True, "Apply Gopher's quality rules (datatrove GopherQualityFilter).")
+    gopher_min_words: int = knob(50, "Gopher: drop documents with fewer words (the paper's 50; verse needs less).")
+    gopher_max_words: int = knob(100_000, "Gopher: drop documents with more words.")
+    gopher_min_stop_words: int = knob(2, "Gopher: drop documents with fewer distinct English stop words.")
+    gopher_min_alpha_ratio: float = knob(
+        0.8, "Gopher: drop documents where fewer than this fraction of words (punctuation included) has a letter."
+    )
+    gopher_repetition: bool = knob(
+        True, "Apply Gopher's repetition rules (duplicate lines/paragraphs/n-grams; GopherRepetitionFilter)."
+    )
+    gopher_top_ngram_max: list = knob(
+        [0.2, 0.18, 0.16],
+        "Gopher repetition: most frequent 2-, 3-, 4-gram may cover at most these fractions of the characters "
+        "(the paper's values; short texts such as verse speeches need more slack).",
+    )
+    c4_quality: bool = knob(True, "Apply C4's rules (datatrove C4QualityFilter: lines, sentences, boilerplate).")
+    c4_min_sentences: int = knob(5, "C4: drop documents with fewer sentences after line filtering (-1 = off).")
+    c4_terminal_punct: bool = knob(
+        True, "C4: remove lines that do not end in terminal punctuation (off for verse and lists)."
+    )
+    c4_min_words_per_line: int = knob(3, "C4: remove lines with fewer words (-1 = off).")
+    fineweb_quality: bool = knob(True, "Apply FineWeb's rules (datatrove FineWebQualityFilter).")
+    fineweb_short_line_ratio: float = knob(
+        0.67, "FineWeb: drop documents where more than this fraction of lines has <= 30 characters."
+    )
+    fineweb_line_punct_ratio: float = knob(
+        0.12, "FineWeb: drop documents where fewer than this fraction of lines end in terminal punctuation."
+    )
+    toxicity_wordlist: str = knob(
+        "default",
+        "Toxicity/NSFW word list: 'default' = components/curate/wordlists/nsfw_en.txt, a path to your own "
+        "(one word or phrase per line), or 'none' to skip the step.",
+    )
+    toxicity_max_hits: int = knob(0, "Drop documents with more listed words than this (0 = any hit, as in C4).")
+    pii: bool = knob(True, "Redact emails, IPs, phone and card numbers with typed placeholders (<EMAIL> ...).")
+    pii_public_ips_only: bool = knob(True, "Redact only public IP addresses (private ones identify no one).")
+    decontaminate: bool = knob(
+        True, "Drop documents sharing a long word n-gram with the evaluation sets shipped in the repo."
+    )
+    decontaminate_ngrams: int = knob(13, "Decontamination n-gram length in words (13 as in GPT-3).")
+    decontaminate_paths: list = knob(
+        [], "Extra evaluation JSONL files to decontaminate against (besides the shipped ones)."
+    )
+    near_dedup: bool = knob(True, "Remove near-duplicates with MinHash LSH (datatrove MinhashDedup stages).")
+    minhash_ngrams: int = knob(5, "MinHash shingle size in words.")
+    minhash_bands: int = knob(
+        14, "MinHash LSH bands (buckets); with rows=8 a pair at Jaccard 0.8 is caught 92% of the time."
+    )
+    minhash_rows: int = knob(8, "MinHash hashes per band.")
+    dedup_previous: str = knob(
+        "",
+        "A previously curated dataset dir: documents (near-)duplicating it are dropped, only new ones kept; its "
+        "dedup index is carried into this dataset ('' = dedup within this run only).",
+    )
+    # Synthetic rephrasing ("Rephrasing the Web"): validated by components.curate.rephrase.check_rephrase_config.
+    rephrase_enabled: bool = knob(False, "Add LLM-rephrased copies of selected documents (originals are always kept).")
+    rephrase_backend: str = knob(
+        "openai", "Rephrasing model: 'openai' = an OpenAI-compatible server (vLLM), 'hf' = a local HF model directory."
+    )
+    rephrase_endpoint: str = knob(
+        "http://127.0.0.1:8000/v1/completions",
+        "openai backend: URL of /v1/completions (prompts batched per request) or /v1/chat/completions "
+        "(one request per prompt, batch_size in flight); a bare .../v1 means /v1/completions.",
+        versioned=False,
+    )
+    rephrase_model: str = knob(
+        "", "openai backend: the served model name sent with each request; hf backend: path to the model directory."
+    )
+    rephrase_api_key_env: str = knob(
+        "LMFORGE_REPHRASE_API_KEY",
+        "Name of the environment variable holding the endpoint's API key (sent as a Bearer token; unset = no key). "
+        "The key itself never enters the config, metrics or logs.",
+        versioned=False,
+    )
+    rephrase_style: str = knob(
+        "wikipedia",
+        "Prompt template: a shipped style (wikipedia, qa, easy, hard; components/curate/prompts/) or a path to a "
+        "template file with one {text} placeholder.",
+    )
+    rephrase_below: float = knob(
+        0.5, "Rephrase documents whose metadata quality_score is below this; documents without a score are eligible."
+    )
+    rephrase_mix_ratio: float = knob(
+        1.0,
+        "Most synthetic characters added per original character of the whole corpus (1.0 = up to 1:1, as in the "
+        "paper); the lowest-quality documents are rephrased first.",
+    )
+    rephrase_batch_size: int = knob(
+        8, "Prompts per request (completions) or in flight (chat), or per generate call (hf)."
+    )
+    rephrase_max_retries: int = knob(
+        4,
+        "Retries of a request after 429/5xx/connection errors before its documents count as failed (they keep "
+        "their original text only).",
+        versioned=False,
+    )
+    rephrase_backoff_seconds: float = knob(
+        1.0, "Delay before the first retry; doubles with each further retry.", versioned=False
+    )
+    rephrase_timeout_seconds: float = knob(120.0, "HTTP timeout of one rephrasing request.", versioned=False)
+    rephrase_max_new_tokens: int = knob(512, "Most tokens generated per rephrased chunk.")
+    rephrase_chunk_chars: int = knob(
+        1200,
+        "Longer documents are rephrased in chunks of at most this many characters (split at paragraph or "
+        "sentence ends; the paper used ~300-token segments) and the chunks' rephrasings joined.",
+    )
 
 
 @_frozen

@@ -1,7 +1,7 @@
 """Resolve a user-given data source to the files it names.
 
 A source is one of: ``quickstart/<file>`` (data shipped with lmforge, for offline demos), a local
-file, a local directory (every ``.txt``, ``.jsonl`` and ``.jsonl.gz`` below it), or an ``s3://``
+file, a local directory (every ``.txt``, ``.jsonl``, ``.jsonl.gz`` and ``.parquet`` below it), or an ``s3://``
 prefix (same suffixes). Errors name the source and what was expected.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from components.common.errors import DataError
 
 QUICKSTART_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "data" / "quickstart"
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".txt.gz")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".txt.gz", ".parquet")
 
 
 def has_data_suffix(name: str) -> bool:

@@ -13,6 +13,7 @@ def curate(
     corpus: str,
     dataset: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
+    data_card: dsl.Output[dsl.HTML],
     tokenizer_from: dsl.Input[dsl.Dataset] = None,
 ):
     """Curate one corpus into a tokenized, sharded dataset with a manifest.
@@ -25,12 +26,16 @@ def curate(
         tokenizer_from: A curated dataset whose tokenizer to reuse; absent → train a new tokenizer.
         dataset: Output pointer to the curated dataset (manifest, tokenizer, shards) in the store.
         metrics: Record counts, quarantine and drop counts, token counts.
+        data_card: The data card (counts at every step, languages, lengths, dedup clusters, dropped
+            examples per rule, shard lineage) as one HTML page, rendered by the Kubeflow UI.
     """
     from components.common.artifacts import open_run_store
     from components.common.config import load_config
     from components.common.errors import ConfigError
     from components.common.sources import resolve_source, source_fingerprint
     from components.common.stage import export, run_stage
+    from components.common.storage import join
+    from components.curate.datacard import CARD, log_data_card
     from components.curate.run import curate as run_curate
 
     sources = {"pretrain": "curate", "continual": "continual"}
@@ -42,6 +47,19 @@ def curate(
     store = open_run_store(cfg)
     fingerprint = source_fingerprint(resolve_source(source, store), store)
     inputs = {"tokenizer": tokenizer_from.path} if tokenizer_from is not None else {}
+
+    def curate_and_log(ctx):
+        summary = run_curate(
+            ctx.cfg,
+            source=source,
+            out_dir=ctx.out_dir,
+            tokenizer_dir=ctx.inputs["tokenizer"] / "tokenizer" if "tokenizer" in ctx.inputs else None,
+            store=ctx.store,
+        )
+        if ctx.mlflow_run_id:
+            log_data_card(ctx.out_dir / CARD, ctx.mlflow_run_id)
+        return summary
+
     pointer, summary = run_stage(
         "curate",
         "datasets",
@@ -51,12 +69,8 @@ def curate(
         input_pointer_paths=inputs,
         sections=("curate", "tokenizer"),
         extra={"source": source, "fingerprint": fingerprint},
-        fn=lambda ctx: run_curate(
-            ctx.cfg,
-            source=source,
-            out_dir=ctx.out_dir,
-            tokenizer_dir=ctx.inputs["tokenizer"] / "tokenizer" if "tokenizer" in ctx.inputs else None,
-            store=ctx.store,
-        ),
+        fn=curate_and_log,
     )
     export(dataset, pointer, metrics, summary)
+    # The card lives with the dataset in the store, so a cached (skipped) step still shows it.
+    store.download_file(join(pointer["uri"], CARD), data_card.path)

@@ -1,22 +1,31 @@
-"""The unit every curation block passes along: one record of text and where it came from.
+"""The unit every curation block passes along: datatrove's ``Document`` plus where it came from.
 
-Shaped like datatrove's ``Document`` (text, id, metadata) so blocks port to datatrove unchanged; the
-origin (file URI and 1-based line where the record starts) is kept so any curated token can be walked
-back to the raw line that produced it.
+lmforge's blocks are datatrove blocks, so a record is a :class:`datatrove.data.Document` (text, id,
+metadata). The origin (file URI and 1-based line or row where the record starts) lives in
+``metadata["file"]`` / ``metadata["line"]`` so it survives every datatrove writer and reader; the
+``file`` and ``line`` properties are shorthands. Any curated token can be walked back to its raw line.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+
+from datatrove.data import Document as _DatatroveDocument
 
 
-@dataclass(slots=True)
-class Document:
-    text: str
-    file: str
-    line: int
-    id: str = ""
+class Document(_DatatroveDocument):
+    """``Document(text, file, line, id="")``: a datatrove document with its origin in the metadata."""
+
+    def __init__(self, text: str, file: str, line: int, id: str = "", metadata: dict | None = None) -> None:
+        super().__init__(text=text, id=id, metadata={"file": file, "line": line, **(metadata or {})})
+
+    @property
+    def file(self) -> str:
+        return self.metadata["file"]
+
+    @property
+    def line(self) -> int:
+        return self.metadata["line"]
 
 
 def content_hash(text: str) -> str:

@@ -3,7 +3,8 @@
 The tokenizer is either the one given (so continual pretraining keeps the base model's vocabulary)
 or a byte-level BPE trained on the *train* split only, so held-out text never leaks into the
 vocabulary. Each document becomes ``ids + [eos]`` (no BOS: EOS alone marks document boundaries in
-the packed stream, the GPT-2 convention) and is appended to the split's shards.
+the packed stream, the GPT-2 convention) and is appended to the split's shards, in the (shuffled)
+order the caller gives.
 """
 
 from __future__ import annotations
@@ -41,12 +42,44 @@ def _batches(texts: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield texts[i : i + size]
 
 
-def pack_split(tok, texts: Sequence[str], root: Path, split: str, *, dtype: np.dtype, shard_tokens: int) -> dict:
-    """Tokenize ``texts`` into ``root/<split>/shard-*.bin``; the :meth:`ShardWriter.close` summary."""
+def pack_split(
+    tok,
+    texts: Sequence[str],
+    root: Path,
+    split: str,
+    *,
+    dtype: np.dtype,
+    shard_tokens: int,
+    origins: Sequence[str] | None = None,
+    synthetic: Sequence[bool] | None = None,
+) -> dict:
+    """Tokenize ``texts`` into ``root/<split>/shard-*.bin``; the :meth:`ShardWriter.close` summary.
+
+    With ``origins`` (the input file of each text) every shard entry gets ``inputs``: the files whose
+    documents have tokens in it (shards cut the packed stream every ``shard_tokens`` tokens, so a
+    document may span two). ``synthetic`` flags rephrased texts; their tokens are counted apart.
+    """
     writer = ShardWriter(root, split, dtype, shard_tokens)
     eos = tok.eos_token_id
+    shard_inputs: dict[int, set[str]] = {}
+    position = synthetic_tokens = 0
     n_batches = -(-len(texts) // ENCODE_BATCH)
-    for batch in progress(_batches(texts, ENCODE_BATCH), desc=f"tokenize {split}", total=n_batches, unit="batch"):
-        for ids in tok(list(batch), add_special_tokens=False)["input_ids"]:
+    for b, batch in enumerate(
+        progress(_batches(texts, ENCODE_BATCH), desc=f"tokenize {split}", total=n_batches, unit="batch")
+    ):
+        for j, ids in enumerate(tok(list(batch), add_special_tokens=False)["input_ids"]):
+            i = b * ENCODE_BATCH + j
             writer.add([*ids, eos])
-    return writer.close()
+            end = position + len(ids) + 1
+            if origins is not None:
+                for shard in range(position // shard_tokens, (end - 1) // shard_tokens + 1):
+                    shard_inputs.setdefault(shard, set()).add(origins[i])
+            if synthetic is not None and synthetic[i]:
+                synthetic_tokens += end - position
+            position = end
+    summary = writer.close()
+    if origins is not None:
+        for k, shard in enumerate(summary["shards"]):
+            shard["inputs"] = sorted(shard_inputs.get(k, ()))
+    summary["synthetic_tokens"] = synthetic_tokens
+    return summary

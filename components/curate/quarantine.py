@@ -18,8 +18,9 @@ CORRUPT_FILE = "corrupt_file"
 class Quarantine:
     """Append-only JSONL of rejected input, with a count per reason. Use as a context manager."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / "quarantine" / "records.jsonl"
+    def __init__(self, out_dir: Path, filename: str = "records.jsonl") -> None:
+        """Rows go to ``out_dir/quarantine/<filename>``; datatrove tasks each write their own file."""
+        self.path = Path(out_dir) / "quarantine" / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.counts: Counter[str] = Counter()
         self._fh = self.path.open("w", encoding="utf-8")
@@ -46,3 +47,14 @@ class Quarantine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def merge_quarantine(out_dir: Path, parts: list[Path]) -> Path:
+    """Concatenate the tasks' quarantine files (in the order given) into ``quarantine/records.jsonl``."""
+    path = Path(out_dir) / "quarantine" / "records.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        for part in parts:
+            if part.is_file():
+                out.write(part.read_bytes())
+    return path

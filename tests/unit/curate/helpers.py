@@ -30,3 +30,22 @@ def read_documents(out_dir: Path) -> list[dict]:
     """The rows of a curated dataset's ``documents.jsonl.gz``."""
     with gzip.open(out_dir / "documents.jsonl.gz", "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
+
+
+def wikitext_paragraphs(n: int, min_chars: int = 600) -> list[str]:
+    """``n`` real Wikipedia paragraphs (WikiText-2 test split from ../shared/data), long enough for MinHash."""
+    lines = (SHARED / "wikitext2" / "test.txt").read_text(encoding="utf-8").splitlines()
+    paras = [ln.strip() for ln in lines if len(ln.strip()) >= min_chars and not ln.strip().startswith("=")]
+    assert len(paras) >= n, f"only {len(paras)} paragraphs of >= {min_chars} chars"
+    return paras[:n]
+
+
+def near_copy(text: str, rng, edit_fraction: float = 0.02) -> str:
+    """``text`` with about ``edit_fraction`` of its words replaced, as a scraper's copy with small edits."""
+    words = text.split()
+    for i in rng.sample(range(len(words)), max(1, int(len(words) * edit_fraction))):
+        words[i] = rng.choice(["very", "also", "indeed", "often", "2019", "new", "local"])
+    return " ".join(words)

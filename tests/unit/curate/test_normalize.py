@@ -1,7 +1,8 @@
 import unicodedata
 
+from components.curate.base import step_counts
 from components.curate.document import Document
-from components.curate.normalize import UnicodeNormalizer
+from components.curate.normalize import TextRepair, UnicodeNormalizer
 
 
 def test_nfc_composes_decomposed_accents():
@@ -31,4 +32,16 @@ def test_run_counts_modified_documents_and_drops_none():
     docs = [Document("plain text", "f", 1), Document("bell\x07", "f", 3)]
     out = list(step.run(docs))
     assert [d.text for d in out] == ["plain text", "bell"]
-    assert step.stats.as_dict() == {"in": 2, "kept": 2, "dropped": {}, "modified": 1}
+    assert step_counts(step, drops=False) == {"input": 2, "kept": 2, "dropped": 0, "rules": {}, "modified": {"all": 1}}
+
+
+def test_ftfy_repairs_mojibake_and_html_entities():
+    repair = TextRepair()
+    assert repair.format("The cafÃ© is closed") == "The café is closed"
+    assert repair.format("Fish &amp; chips") == "Fish & chips"
+
+
+def test_ftfy_keeps_curly_quotes_and_clean_text():
+    repair = TextRepair()
+    out = list(repair.run([Document("\u201cQuoted,\u201d she said.", "f", 1)]))
+    assert out[0].text == "\u201cQuoted,\u201d she said." and step_counts(repair, drops=False)["modified"] == {}

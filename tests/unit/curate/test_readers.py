@@ -121,4 +121,52 @@ def test_reader_records_file_digest_and_record_count(tmp_path):
 
     src = write_jsonl(tmp_path / "a.jsonl", [{"text": "one"}, b"nope", {"text": "two"}])
     _, _, reader, _ = read_all([src], tmp_path / "out")
-    assert reader.files == [{"uri": str(src), "sha256": file_digest(src), "records": 3}]
+    assert reader.files == [
+        {"uri": str(src), "sha256": file_digest(src), "records": 3, "quarantined": 1, "error": None}
+    ]
+
+
+def test_truncated_gzip_is_named_in_the_file_summary_and_later_files_are_read(tmp_path):
+    broken = write_jsonl(tmp_path / "a.jsonl.gz", [{"text": f"row {i} " * 30} for i in range(3000)], compress=True)
+    broken.write_bytes(broken.read_bytes()[:5000])
+    fine = write_jsonl(tmp_path / "b.jsonl", [{"text": "still read"}])
+    docs, _, reader, _ = read_all([broken, fine], tmp_path / "out")
+    assert "unreadable from line" in reader.files[0]["error"] and reader.files[1]["error"] is None
+    assert docs[-1].text == "still read"
+
+
+def write_parquet(path, column: str, values: list, row_group_size: int = 2):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({column: values}), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_rows_are_records_numbered_from_one(tmp_path):
+    src = write_parquet(tmp_path / "a.parquet", "text", ["first row", "second row", "third row"])
+    docs, rows, reader, _ = read_all([src], tmp_path / "out")
+    assert [(d.line, d.text) for d in docs] == [(1, "first row"), (2, "second row"), (3, "third row")]
+    assert rows == [] and reader.files[0]["records"] == 3
+
+
+def test_parquet_null_text_is_quarantined_with_its_row(tmp_path):
+    src = write_parquet(tmp_path / "a.parquet", "content", ["ok", None, "fine"])
+    docs, rows, _, _ = read_all([src], tmp_path / "out", text_field="content")
+    assert [d.text for d in docs] == ["ok", "fine"]
+    assert [(r["line"], r["reason"]) for r in rows] == [(2, "text_not_string")]
+
+
+def test_parquet_without_the_text_column_is_reported_by_name(tmp_path):
+    src = write_parquet(tmp_path / "a.parquet", "body", ["x"])
+    docs, rows, reader, _ = read_all([src], tmp_path / "out")
+    assert docs == [] and rows[0]["reason"] == "corrupt_file" and "'text'" in reader.files[0]["error"]
+
+
+def test_truncated_parquet_is_a_corrupt_file_and_the_next_file_is_read(tmp_path):
+    src = write_parquet(tmp_path / "a.parquet", "text", [f"row {i}" for i in range(100)])
+    src.write_bytes(src.read_bytes()[:200])
+    fine = write_jsonl(tmp_path / "b.jsonl", [{"text": "after"}])
+    docs, rows, reader, _ = read_all([src, fine], tmp_path / "out")
+    assert [d.text for d in docs] == ["after"]
+    assert [r["reason"] for r in rows] == ["corrupt_file"] and reader.files[0]["error"]
