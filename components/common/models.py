@@ -1,6 +1,7 @@
 """Model presets: Hugging Face ``LlamaForCausalLM`` architectures looked up by name in one place.
 
-``tiny`` trains in minutes on two CPU cores, ``small`` is GPT-2-small sized (~125M parameters with a
+``tiny`` trains in minutes on two CPU cores, ``mini`` (~26M parameters) is the larger CPU preset of
+the benchmarks, ``small`` is GPT-2-small sized (~125M parameters with a
 32k vocabulary), ``1b`` is a Llama-style 1B model for a GPU cluster. The vocabulary size always comes
 from the tokenizer, so a preset never disagrees with the tokenizer it is trained with.
 """
@@ -14,6 +15,10 @@ from components.common.errors import ConfigError
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4
+    ),
+    # ~26M parameters with a 512-token vocabulary: big enough for CPU benchmarks to see real state sizes
+    "mini": dict(
+        hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8
     ),
     "small": dict(
         hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12

@@ -98,6 +98,13 @@ class ObjectStore(ABC):
         prefix = self._key(prefix_uri).rstrip("/") + "/"
         return sorted(self._uri(k) for k in self._list(prefix))
 
+    def delete(self, uri: str) -> None:
+        """Remove one object; an absent object is not an error (deletes are retried after crashes)."""
+        try:
+            self._delete(self._key(uri))
+        except OSError as e:
+            raise StorageError(f"cannot delete {uri}: {e}") from e
+
     def upload_dir(self, local_dir: str | Path, uri: str) -> None:
         local_dir = Path(local_dir)
         for path in sorted(local_dir.rglob("*")):
@@ -145,6 +152,9 @@ class ObjectStore(ABC):
     @abstractmethod
     def _digest(self, key: str) -> str: ...
 
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
 
 class LocalStore(ObjectStore):
     """``file://`` URIs; writes go through a temporary file and a rename so readers never see half."""
@@ -159,6 +169,9 @@ class LocalStore(ObjectStore):
 
     def _read(self, key: str) -> bytes:
         return Path(key).read_bytes()
+
+    def _delete(self, key: str) -> None:
+        Path(key).unlink(missing_ok=True)
 
     def _upload(self, path: Path, key: str) -> None:
         dest = Path(key)
@@ -252,6 +265,10 @@ class S3Store(ObjectStore):
         bucket, name = self._split(key)
         self._ensure_bucket(bucket)
         self._client.fput_object(bucket, name, str(path))
+
+    def _delete(self, key: str) -> None:
+        bucket, name = self._split(key)
+        self._client.remove_object(bucket, name)  # S3 DELETE of an absent key succeeds
 
     def _download(self, key: str, path: Path) -> None:
         from minio.error import S3Error

@@ -47,7 +47,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-        state, summary = _build_state(spec, rank, world_size, Path(resume_dir) if resume_dir else None)
+        state, summary = build_state(spec, rank, world_size, Path(resume_dir) if resume_dir else None)
     callbacks = list(spec.callbacks)
     for cb in callbacks:
         cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
@@ -58,28 +58,7 @@ def train_loop_per_worker(config: dict) -> None:
         for cb in callbacks:
             cb.pre_train(state)
         while state.step < spec.steps:
-            t0 = time.perf_counter()
-            batch = state.batches.batch(state.step, rank, world_size).to(device)
-            logits = state.model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
-            state.lr = state.scheduler.get_last_lr()[0]
-            for cb in callbacks:
-                cb.pre_optimizer_step(state)
-            state.optimizer.step()
-            state.scheduler.step()
-            state.step += 1
-            mean_loss = _mean_over_ranks(loss.detach(), world_size)
-            if state.step > state.start_step + 1:  # the first step pays for lazy init and DDP buckets
-                state.timed_steps += 1
-                state.timed_seconds += time.perf_counter() - t0
-            state.loss_curve.append([state.step, mean_loss])
-            state.lr_curve.append([state.step, state.lr])
-            for cb in callbacks:
-                cb.post_step(state)
+            train_step(state, callbacks, device=device, grad_clip=grad_clip)
             if state.step % every == 0 or state.step == spec.steps:
                 _checkpoint_and_report(state, callbacks)
     except BaseException as exc:
@@ -91,7 +70,33 @@ def train_loop_per_worker(config: dict) -> None:
             cb.close()
 
 
-def _build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_clip: float) -> None:
+    """One optimizer step on this rank's batch of ``state.step``, with the callbacks around it."""
+    t0 = time.perf_counter()
+    batch = state.batches.batch(state.step, state.rank, state.world_size).to(device)
+    logits = state.model(input_ids=batch[:, :-1]).logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+    state.lr = state.scheduler.get_last_lr()[0]
+    for cb in callbacks:
+        cb.pre_optimizer_step(state)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    mean_loss = _mean_over_ranks(loss.detach(), state.world_size)
+    if state.step > state.start_step + 1:  # the first step pays for lazy init and DDP buckets
+        state.timed_steps += 1
+        state.timed_seconds += time.perf_counter() - t0
+    state.loss_curve.append([state.step, mean_loss])
+    state.lr_curve.append([state.step, state.lr])
+    for cb in callbacks:
+        cb.post_step(state)
+
+
+def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | None) -> tuple[TrainState, dict]:
     """Model, optimizer, schedule and data for this worker, restored from ``resume_dir`` if given."""
     import ray.train.torch
     from transformers import LlamaForCausalLM

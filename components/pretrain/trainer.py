@@ -15,6 +15,7 @@ worker's disk), so workers may live on other nodes and checkpoints in S3.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from urllib.parse import urlparse
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
+from components.common.tokenizer import load_tokenizer
 from components.pretrain.callbacks import Callback, MlflowCurveLogger
 from components.pretrain.checkpoint import MODEL_DIR, read_summary
 from components.pretrain.loop import train_loop_per_worker
@@ -99,11 +101,9 @@ def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_
     from ray.train.torch import TorchTrainer
 
     from components.common.lineage import tracking_uri
+    from components.resilience.driver import release_keepers, resilience_callbacks
 
     cfg = spec.cfg
-    if mlflow_run_id:
-        every = cfg.pretrain.log_every
-        spec = _with_callbacks(spec, MlflowCurveLogger(tracking_uri(cfg), mlflow_run_id, every))
     storage_path, filesystem = ray_storage(cfg, checkpoint_uri)
     run_config = RunConfig(
         name=spec.stage,
@@ -113,6 +113,15 @@ def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.pretrain.keep_checkpoints),
     )
     with ray_session(cfg):
+        # Resilience callbacks come first: a fault at step S strikes after snapshot S has begun.
+        mlflow = (tracking_uri(cfg), mlflow_run_id) if mlflow_run_id else None
+        vocab_size = len(load_tokenizer(spec.tokenizer_dir))
+        extra = resilience_callbacks(
+            cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
+        )
+        spec = dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks))
+        if mlflow_run_id:
+            spec = _with_callbacks(spec, MlflowCurveLogger(tracking_uri(cfg), mlflow_run_id, cfg.pretrain.log_every))
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"spec": spec},
@@ -120,6 +129,7 @@ def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_
             run_config=run_config,
         )
         result = trainer.fit()
+        release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage)
     if result.checkpoint is None:
         raise RecoveryError(f"{spec.stage} finished without a checkpoint under {checkpoint_uri}/{spec.stage}")
     out_dir = Path(out_dir)
@@ -154,8 +164,6 @@ def load_model(model_dir: Path):
 
 
 def _with_callbacks(spec: TrainSpec, *extra: Callback) -> TrainSpec:
-    import dataclasses
-
     return dataclasses.replace(spec, callbacks=(*spec.callbacks, *extra))
 
 

@@ -3,13 +3,16 @@
 A fault spec is ``<kind>@step=<S>[,node=<N>]``:
 
 - ``worker_crash@step=S``: rank 0's training process dies (``os._exit(1)``) right after step S.
-  Executed here, by :class:`FaultInjector`.
-- ``node_loss@step=S[,node=N]``: a whole node (the N-th, default chosen by the test harness) is lost.
-- ``corrupt_piece@step=S``: one stored snapshot piece of step S gets a flipped byte.
+  Executed by :class:`FaultInjector`.
+- ``node_loss@step=S[,node=N]``: the node running rank N (default: the highest rank) dies right after
+  step S: its raylet is killed, and with it every process of the node, the training worker and the
+  snapshot keeper included. Several ``node_loss`` at one step lose several nodes at once.
+- ``corrupt_piece@step=S``: once snapshot S is committed, one byte of its first data piece (group 0,
+  index 0) is flipped in its keeper; the next recovery must notice and decode around it.
 
-``node_loss`` and ``corrupt_piece`` are only parsed and exposed (:func:`faults_of_kind`) for now: they
-act on nodes and snapshot keepers, so they are executed by the keepers and the cluster test harness
-once those exist, not by a training-loop callback.
+``node_loss`` and ``corrupt_piece`` act on snapshot keepers, so the resilience callback
+(``components/resilience/callback.py``) executes them through the keepers (:class:`NodeKiller` is the
+keeper's part). Every fault fires once per run: :func:`fire_once` records it in the object store.
 
 Several faults in one string are separated by ``;``, because ``,`` already joins ``node=N`` to its
 fault: ``--set "resilience.faults=worker_crash@step=4;node_loss@step=6,node=2"``. For forgiveness,
@@ -90,51 +93,100 @@ def faults_of_kind(faults: Iterable[Fault], kind: str) -> tuple[Fault, ...]:
     return tuple(sorted((f for f in faults if f.kind == kind), key=lambda f: f.step))
 
 
+def fire_once(marker_uri: str, fault: Fault, note: str, store_options: dict | None = None) -> bool:
+    """True the first time ``fault`` is asked to fire in the run whose markers live at ``marker_uri``.
+
+    After a failure Ray Train restarts the worker group from an earlier snapshot or checkpoint, so
+    step S comes round again and the fault must not fire twice. The fact that it fired is a marker
+    object in the object store, written *before* the fault strikes. The store rather than a named
+    Ray actor: the fact must outlive the worker and, for ``node_loss``, the node; the store under the
+    run's checkpoint URI is what the run resumes from, so wherever it can resume the marker is seen.
+    """
+    store = open_store(marker_uri, **(store_options or {}))
+    marker = join(
+        marker_uri,
+        f"{fault.kind}-step{fault.step}" + (f"-node{fault.node}" if fault.node is not None else "") + ".fired",
+    )
+    if store.exists(marker):
+        log.info("fault %s already fired in this run (%s); continuing", fault, marker)
+        return False
+    store.write_text(marker, note + "\n")
+    return True
+
+
+def local_marker_uri(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else "file://" + str(Path(path_or_uri).resolve())
+
+
+def fault_store_options(cfg: LifecycleConfig) -> dict:
+    """``open_store`` options for a marker URI from ``cfg.storage``'s S3 settings."""
+    s = cfg.storage
+    return {"s3_endpoint": s.s3_endpoint, "s3_secure": s.s3_secure, "s3_region": s.s3_region}
+
+
 class FaultInjector(Callback):
     """Kills rank 0's worker process after the step of each ``worker_crash`` fault, once per run.
 
-    After the crash Ray Train restarts the worker group from an earlier checkpoint (or snapshot),
-    so step S comes round again; the fault must not fire twice. The fact that it fired is kept as a
-    marker object under ``marker_uri`` in the object store (``file://`` or ``s3://``, or a local
-    directory), written before the process dies. The store rather than a named detached Ray actor,
-    because the fact must outlive more than the worker: an actor lives on one node and dies with it
-    under ``node_loss``, and it needs its own clean-up; the store under the run's checkpoint URI is
-    what Ray Train itself resumes from, so wherever the run can resume the marker is visible, and it
-    disappears with the run's checkpoints. Give each run its own ``marker_uri`` (e.g.
-    ``<checkpoint_uri>/<stage>/faults``).
+    Give each run its own ``marker_uri`` (e.g. ``<checkpoint_uri>/<stage>/faults``): see :func:`fire_once`.
     """
 
     def __init__(self, faults: Sequence[Fault | str], marker_uri: str, store_options: dict | None = None) -> None:
         parsed = [f if isinstance(f, Fault) else parse_fault(f) for f in faults]
-        self.crash_steps = {f.step for f in faults_of_kind(parsed, "worker_crash")}
-        self.marker_uri = marker_uri if "://" in marker_uri else "file://" + str(Path(marker_uri).resolve())
+        self.crashes = {f.step: f for f in faults_of_kind(parsed, "worker_crash")}
+        self.marker_uri = local_marker_uri(marker_uri)
         #: open_store keyword arguments (s3_endpoint, s3_secure, s3_region) for an s3:// marker_uri
         self.store_options = dict(store_options or {})
         self._active = False
 
+    @property
+    def crash_steps(self) -> set[int]:
+        return set(self.crashes)
+
     @classmethod
     def from_config(cls, cfg: LifecycleConfig, marker_uri: str) -> FaultInjector:
         """The injector of ``cfg.resilience.faults``, reaching ``marker_uri`` with ``cfg.storage``'s S3 settings."""
-        options = {"s3_endpoint": cfg.storage.s3_endpoint, "s3_secure": cfg.storage.s3_secure}
-        return cls(parse_faults(cfg.resilience.faults), marker_uri, {**options, "s3_region": cfg.storage.s3_region})
+        return cls(parse_faults(cfg.resilience.faults), marker_uri, fault_store_options(cfg))
 
     def pre_train(self, state: TrainState) -> None:
-        self._active = state.rank == 0 and bool(self.crash_steps)
-
-    def marker(self, step: int) -> str:
-        return join(self.marker_uri, f"worker_crash-step{step}.fired")
+        self._active = state.rank == 0 and bool(self.crashes)
 
     def post_step(self, state: TrainState) -> None:
-        if not self._active or state.step not in self.crash_steps:
+        fault = self.crashes.get(state.step) if self._active else None
+        if fault is None:
             return
-        store = open_store(self.marker_uri, **self.store_options)
-        marker = self.marker(state.step)
-        if store.exists(marker):
-            log.info("fault worker_crash@step=%d already fired in this run (%s); continuing", state.step, marker)
+        if not fire_once(self.marker_uri, fault, f"rank {state.rank}, pid {os.getpid()}", self.store_options):
             return
-        store.write_text(marker, f"rank {state.rank}, pid {os.getpid()}\n")
-        log.warning("injecting fault worker_crash@step=%d: exiting rank 0 (pid %d)", state.step, os.getpid())
-        logging.shutdown()  # flush every handler: os._exit skips interpreter clean-up
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        log.warning("injecting fault %s: exiting rank 0 (pid %d)", fault, os.getpid())
+        exit_now()
+
+
+def exit_now() -> None:
+    """Die like a crashed process: no clean-up, but flush the logs first so the cause is on record."""
+    logging.shutdown()  # os._exit skips interpreter clean-up
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+class NodeKiller:
+    """Keeper mixin for ``node_loss``: take down this keeper's whole node.
+
+    Killing the raylet is what losing the machine looks like to Ray: the GCS marks the node dead,
+    every process on it (training worker, this keeper) loses its raylet and exits, and its objects
+    are gone. On KubeRay the pod then restarts and joins as a replacement node. Ray starts actor
+    processes as descendants of their node's raylet, so the raylet is found among our ancestors.
+    """
+
+    def kill_node(self) -> None:
+        import signal
+
+        import psutil
+
+        process = psutil.Process()
+        while process is not None and "raylet" not in process.name():
+            process = process.parent()
+        if process is None:
+            raise RuntimeError("node_loss: no raylet among this keeper's ancestor processes")
+        log.warning("injecting node_loss: killing raylet pid %d of this node", process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        exit_now()

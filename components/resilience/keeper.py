@@ -17,6 +17,13 @@ enforce every rule once, under one lock, and a backend implements only the three
   is never silently thrown away.
 - **Memory budget.** ``resilience.keeper_memory_mb`` must fit two versions of the declared snapshot
   size (checked at construction with a ``ConfigError`` that names the fix) and is enforced on ``put``.
+- **Back-pressure.** ``put(..., wait_s=T)`` waits up to ``T`` seconds for the version being written
+  to be committed or dropped before refusing a newer one: a fast rank's next snapshot queues behind
+  the slowest rank's current one instead of failing.
+- **Generations (fencing).** Every restart of the worker group starts a new generation
+  (:meth:`start_generation`); pieces from an older generation are refused. A dead trainer's hand-off
+  can still be in flight inside a keeper when the new group restores; without the fence its stale
+  piece could become "the version being written" and block the new group's snapshots.
 
 ``MemoryKeeper`` keeps pieces in a dict in its own process. On a cluster it runs as one detached Ray
 actor per node (``keeper_actor.py``), so a crashed training worker loses nothing.
@@ -47,12 +54,20 @@ class IncompleteVersionError(RecoveryError):
     """A commit named pieces this keeper does not hold intact; nothing changed."""
 
 
+class StaleWriterError(RecoveryError):
+    """A piece from a worker group older than the keeper's current generation (fenced off)."""
+
+
 @dataclass(frozen=True)
 class KeeperStatus:
     committed: int | None
     writing: int | None
     bytes_used: int
     pieces: int
+    generation: int = 0
+    #: the newest training step a trainer reported (``note_progress``) and when (epoch seconds)
+    progress_step: int | None = None
+    progress_time: float | None = None
 
 
 def check_keeper_budget(budget_mb: int, expected_version_bytes: int) -> None:
@@ -85,10 +100,13 @@ class Keeper(ABC):
         check_keeper_budget(budget_mb, expected_version_bytes)
         self.budget_bytes = budget_mb * MIB
         self._lock = threading.Lock()
+        self._decided = threading.Condition(self._lock)  # notified whenever the version being written ends
         self._sizes: dict[int, dict[PieceId, int]] = {}  # version -> piece -> bytes held
         self._committed: int | None = None
         self._writing: int | None = None
         self._used = 0
+        self._generation = 0
+        self._progress: tuple[int, float] | None = None
 
     # ------------------------------------------------------------------ storage hooks (backends)
 
@@ -106,12 +124,25 @@ class Keeper(ABC):
 
     # ------------------------------------------------------------------ public, guarded API
 
-    def put(self, piece: Piece) -> None:
-        """Store a piece of the version being written (which becomes ``piece.id.version`` if none is)."""
+    def put(self, piece: Piece, *, generation: int | None = None, wait_s: float = 0.0) -> None:
+        """Store a piece of the version being written (which becomes ``piece.id.version`` if none is).
+
+        ``generation`` (when given) must not be older than the keeper's; ``wait_s`` is how long to
+        wait for another version being written to end before refusing this one.
+        """
         if not piece.is_intact():  # hashed outside the lock: it is the slow part of a put
             raise DataError(f"keeper refused piece {piece.id}: its bytes do not match its checksum")
         version, size = piece.id.version, len(piece.data)
         with self._lock:
+            if wait_s > 0:
+                self._decided.wait_for(
+                    lambda: self._writing in (None, version) or self._fenced(generation), timeout=wait_s
+                )
+            if self._fenced(generation):
+                raise StaleWriterError(
+                    f"keeper refused piece {piece.id}: it comes from worker-group generation {generation}, "
+                    f"the keeper serves generation {self._generation} (a writer from before a restart)"
+                )
             if self._committed is not None and version <= self._committed:
                 raise RecoveryError(
                     f"keeper refused piece {piece.id}: version {version} is not newer than the committed "
@@ -182,6 +213,7 @@ class Keeper(ABC):
             for other in [v for v in self._sizes if v != version]:
                 self._drop_locked(other)
             self._committed, self._writing = version, None
+            self._decided.notify_all()
 
     def newest_committed(self) -> int | None:
         with self._lock:
@@ -200,7 +232,31 @@ class Keeper(ABC):
     def status(self) -> KeeperStatus:
         with self._lock:
             count = sum(len(ids) for ids in self._sizes.values())
-            return KeeperStatus(self._committed, self._writing, self._used, count)
+            step, at = self._progress or (None, None)
+            return KeeperStatus(self._committed, self._writing, self._used, count, self._generation, step, at)
+
+    def start_generation(self, generation: int, keep: int | None) -> None:
+        """Fence off writers older than ``generation`` and keep only version ``keep`` (if committed).
+
+        Called by a restarted worker group once it has restored: ``keep`` is the version it restored
+        from memory (``None`` after restoring from elsewhere), and every other version goes, so the
+        group's next snapshots (``keep + 1`` onwards) are newer than anything held.
+        """
+        with self._lock:
+            if generation < self._generation:
+                raise StaleWriterError(f"generation {generation} is older than the keeper's {self._generation}")
+            self._generation = generation
+            for version in [v for v in self._sizes if not (v == keep and v == self._committed)]:
+                self._drop_locked(version)
+            if keep != self._committed:
+                self._committed = None
+            self._decided.notify_all()
+
+    def note_progress(self, step: int, at: float) -> None:
+        """Remember the newest step a trainer finished and when: recovery measures steps and time lost."""
+        with self._lock:
+            if self._progress is None or step >= self._progress[0]:
+                self._progress = (step, at)
 
     def inject_corruption(self, piece_id: PieceId) -> None:
         """Flip one byte of a stored piece, keeping its old checksum (fault injection: corrupt_piece)."""
@@ -238,6 +294,10 @@ class Keeper(ABC):
             self._committed = None
         if self._writing == version:
             self._writing = None
+        self._decided.notify_all()
+
+    def _fenced(self, generation: int | None) -> bool:
+        return generation is not None and generation < self._generation
 
 
 class MemoryKeeper(Keeper):

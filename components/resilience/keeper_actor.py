@@ -8,8 +8,11 @@ Why these Ray options:
 - ``NodeAffinitySchedulingStrategy(node_id, soft=False)``: a keeper holds its node's share of the
   snapshot; one that drifted to another node would turn one node loss into two.
 - ``num_cpus=0``: keepers mostly sit on memory, they must not take a training slot.
-- ``max_concurrency``: a recovering reader need not wait behind a writer's argument transfer; the
-  keeper's own lock keeps state changes atomic.
+- ``max_concurrency``: a recovering reader need not wait behind a writer's argument transfer, and
+  puts waiting for the previous version to be decided (back-pressure) must not starve the commit
+  that decides it; the keeper's own lock keeps state changes atomic.
+- ``runtime_env`` with :data:`~components.resilience.codec.MALLOC_REUSE_ENV`: keepers encode every
+  snapshot; glibc must keep freed piece memory warm instead of unmapping it each time.
 
 Pieces reach a keeper as ordinary call arguments. Ray copies a ``bytes`` argument into the keeper's
 own heap when it deserializes it, so the keeper owns its copy; the trainer never ``ray.put``s snapshot
@@ -28,12 +31,16 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from components.common.config import LifecycleConfig
 from components.common.errors import RecoveryError
 from components.common.log import get_logger
+from components.resilience.codec import MALLOC_REUSE_ENV
+from components.resilience.faults import NodeKiller
 from components.resilience.keeper import MemoryKeeper, check_keeper_budget
+from components.resilience.persist import PersistingKeeper
+from components.resilience.spread import SnapshotSpreader
 
 log = get_logger(__name__)
 
 #: concurrent calls a keeper actor serves (puts from the node's ranks, reads during recovery)
-KEEPER_CONCURRENCY = 4
+KEEPER_CONCURRENCY = 16
 #: seconds to wait for a freshly placed keeper to answer
 START_TIMEOUT_S = 120.0
 #: attempts to replace a keeper that was killed just before start_keepers asked for it
@@ -48,11 +55,75 @@ def keeper_name(run_name: str, node_id: str) -> str:
     return f"lmforge-keeper-{run_name}-{node_id[:8]}"
 
 
-class NodeKeeper(MemoryKeeper):
-    """The keeper as it runs inside its actor: a memory keeper that can tell which node it is on."""
+class NodeKeeper(SnapshotSpreader, PersistingKeeper, NodeKiller, MemoryKeeper):
+    """The keeper as it runs inside its actor: a memory keeper that knows its node, encodes and spreads
+    its node's snapshots (``spread.py``), persists committed versions (``persist.py``) and can take its
+    node down on an injected ``node_loss`` (``faults.py``)."""
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    # ------------------------------------------------------------------ named blobs (dcp_storage.py)
+    # Besides snapshot pieces a keeper holds named, checksummed blobs: the bytes of
+    # torch.distributed.checkpoint saves that target memory (``KeeperStorageWriter``). They share the
+    # keeper's budget and lock with the pieces, since both are this node's host memory. (The imports
+    # are local to keep this addition to the class itself while keeper.py is being edited.)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # whatever the keeper's constructor takes; blobs add no setting
+        self._blobs: dict[str, tuple[bytes, str]] = {}  # key -> (data, checksum)
+
+    def put_blob(self, key: str, data: bytes, checksum: str) -> None:
+        """Store (or replace) blob ``key``; refused if damaged in transit or above the memory budget."""
+        from components.common.errors import ConfigError, DataError
+        from components.resilience.keeper import MIB
+        from components.resilience.piece import checksum as checksum_of
+
+        if checksum_of(data) != checksum:  # hashed outside the lock, as Keeper.put does
+            raise DataError(f"keeper refused blob {key!r}: its bytes do not match its checksum")
+        with self._lock:
+            replaced = len(self._blobs[key][0]) if key in self._blobs else 0
+            if self._used - replaced + len(data) > self.budget_bytes:
+                raise ConfigError(
+                    f"keeper memory budget exceeded storing blob {key!r} ({len(data) / MIB:.1f} MiB): "
+                    f"{self._used / MIB:.1f} of resilience.keeper_memory_mb={self.budget_bytes // MIB} in use. "
+                    f"Raise resilience.keeper_memory_mb, or drop checkpoints no longer needed"
+                )
+            self._blobs[key] = (data, checksum)
+            self._used += len(data) - replaced
+
+    def get_blob(self, key: str) -> tuple[bytes, str]:
+        """``(data, checksum)`` of blob ``key`` as stored; the reader verifies it (after the transfer)."""
+        from components.resilience.keeper import MissingPieceError
+
+        with self._lock:
+            if key not in self._blobs:
+                raise MissingPieceError(f"blob {key!r} is not held by this keeper")
+            return self._blobs[key]
+
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(key for key in self._blobs if key.startswith(prefix))
+
+    def drop_blobs(self, prefix: str) -> int:
+        """Forget every blob whose key starts with ``prefix``; returns how many were dropped."""
+        with self._lock:
+            keys = [key for key in self._blobs if key.startswith(prefix)]
+            for key in keys:
+                self._used -= len(self._blobs.pop(key)[0])
+            return len(keys)
+
+    def inject_blob_corruption(self, key: str) -> None:
+        """Flip one byte of a stored blob, keeping its old checksum (fault injection, as for pieces)."""
+        from components.resilience.keeper import MissingPieceError
+
+        with self._lock:
+            if key not in self._blobs:
+                raise MissingPieceError(f"cannot corrupt blob {key!r}: not held by this keeper")
+            data, stored_checksum = self._blobs[key]
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0xFF
+            self._blobs[key] = (bytes(damaged), stored_checksum)
 
 
 def start_keepers(run_name: str, cfg: LifecycleConfig, *, expected_version_bytes: int) -> dict[str, ActorHandle]:
@@ -103,6 +174,7 @@ def _keeper_on(node_id: str, run_name: str, cfg: LifecycleConfig, expected_versi
             num_cpus=0,
             max_concurrency=KEEPER_CONCURRENCY,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            runtime_env={"env_vars": MALLOC_REUSE_ENV},
         )
         .remote(cfg.resilience.keeper_memory_mb, expected_version_bytes)
     )

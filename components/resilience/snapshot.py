@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from components.common.errors import ConfigError
-from components.resilience.layout import SnapshotLayout
+from components.resilience.layout import DEFAULT_META_CAPACITY, SnapshotLayout
 from components.resilience.ownership import owned_names, parameter_sizes
 from components.resilience.piece import checksum
 from components.resilience.state import capture_meta, copy_tensors, write_meta
@@ -78,10 +78,11 @@ class SnapshotStats:
 
 
 class SnapshotEngine:
-    def __init__(self, max_in_flight: int = 1, sink: Sink | None = None) -> None:
+    def __init__(self, max_in_flight: int = 1, sink: Sink | None = None, curve_tail: int = 0) -> None:
         if max_in_flight < 1:
             raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight, self.sink = max_in_flight, sink
+        self.curve_tail = curve_tail  # loss/LR curve points carried in each snapshot's meta
         self.layout: SnapshotLayout | None = None
         self.stats = SnapshotStats()
         self._buffers: list[torch.Tensor] = []
@@ -110,7 +111,7 @@ class SnapshotEngine:
             t0 = t1
         tensors = self.layout.live_tensors(state.module, state.optimizer)
         slot = self._free.get()  # blocks while max_in_flight snapshots are in flight
-        write_meta(self._buffers[slot], self.layout, capture_meta(state))
+        write_meta(self._buffers[slot], self.layout, capture_meta(state, self.curve_tail))
         if self._stream is not None:
             copying = self._queue_gpu_copy(self._views[slot], tensors)
         else:
@@ -149,7 +150,9 @@ class SnapshotEngine:
     def _allocate(self, state: Any) -> None:
         # FSDP2 seam: there every rank owns its local shards; ownership would be "all names".
         owned = owned_names(parameter_sizes(state.module), state.rank, state.world_size)
-        self.layout = SnapshotLayout.build(state.module, state.optimizer, owned)
+        # ~80 bytes of JSON per curve point (two curves), on top of the RNG streams
+        capacity = DEFAULT_META_CAPACITY + 80 * self.curve_tail
+        self.layout = SnapshotLayout.build(state.module, state.optimizer, owned, meta_capacity=capacity)
         tensors = self.layout.live_tensors(state.module, state.optimizer)
         cuda = torch.cuda.is_available()
         # Pinned host memory lets the GPU DMA engine copy while compute kernels run.

@@ -7,7 +7,9 @@ What a snapshot holds (the complete resume state, nothing the run can recompute)
 * a JSON *meta* region: the step (which is also the data-loader position, since a batch is a pure
   function of ``(seed, step, rank)``), the LR scheduler's ``state_dict``, the optimizer's per-group
   hyperparameters (the scheduler writes ``lr`` into them), and the Python, NumPy, torch and CUDA RNG
-  states of this process.
+  states of this process;
+* the tail of the loss and LR curves (``curve_tail`` steps), so a run restored from a snapshot newer
+  than its last persistent checkpoint still reports every step's loss.
 
 JSON rather than pickle: a snapshot comes back from another process (a keeper) and unpickling
 would run whatever code those bytes name; JSON round-trips Python floats exactly. The unused tail
@@ -47,8 +49,9 @@ def as_byte_tensor(buffer: Buffer) -> torch.Tensor:
         return torch.frombuffer(buffer, dtype=torch.uint8)
 
 
-def capture_meta(state: Any) -> bytes:
-    """The non-tensor state of a ``TrainState`` at this instant, as JSON bytes."""
+def capture_meta(state: Any, curve_tail: int = 0) -> bytes:
+    """The non-tensor state of a ``TrainState`` at this instant, as JSON bytes (plus the newest
+    ``curve_tail`` loss and LR curve points)."""
     rng = capture_rng()
     rng["torch"] = _b64(rng["torch"])
     if "cuda" in rng:
@@ -60,6 +63,8 @@ def capture_meta(state: Any) -> bytes:
         "optimizer_groups": [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups],
         "rng": rng,
     }
+    if curve_tail > 0:
+        meta["curve"] = {"loss": state.loss_curve[-curve_tail:], "lr": state.lr_curve[-curve_tail:]}
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
@@ -103,26 +108,36 @@ def unpack_from(buffer: Buffer, layout: SnapshotLayout, state: Any) -> int:
     """Restore this rank's part of the training state from ``buffer`` into the live ``state``.
 
     Writes the owned parameters and their optimizer state in place (creating optimizer state a
-    fresh optimizer does not have yet), loads the scheduler, the optimizer's group hyperparameters
-    and this process's RNG streams, and sets ``state.step``. Returns the restored step.
+    fresh optimizer does not have yet), then :func:`restore_meta`. Returns the restored step.
 
-    With DDP, parameters this rank does not own keep their old values here: the owners must
-    broadcast them afterwards (``ownership.owners`` says who). A snapshot taken from a different
-    model raises :class:`RecoveryError` naming the first differing tensor, before anything changes.
+    With DDP, parameters this rank does not own keep their old values here: restore the other
+    ranks' snapshots with :func:`restore_tensors` (``ownership.owners`` says who owns what). A
+    snapshot taken from a different model raises :class:`RecoveryError` naming the first differing
+    tensor, before anything changes.
     """
     buf = _checked(buffer, layout)
     meta = read_meta(buf, layout)
-    groups = meta["optimizer_groups"]
-    if len(groups) != len(state.optimizer.param_groups):
-        raise RecoveryError(
-            f"snapshot has {len(groups)} optimizer parameter groups, this optimizer {len(state.optimizer.param_groups)}; "
-            "restore with the optimizer the snapshot was taken from"
-        )
+    _check_groups(meta, state)
+    restore_tensors(buf, layout, state)
+    return restore_meta(buf, layout, state, meta)
+
+
+def restore_tensors(buffer: Buffer, layout: SnapshotLayout, state: Any) -> None:
+    """Copy the snapshot's tensors (one rank's parameters and their optimizer state) into ``state``."""
+    buf = _checked(buffer, layout)
     tensors = layout.live_tensors(state.module, state.optimizer, create_missing=True)
     with torch.no_grad():
         for tensor, view in zip(tensors, layout.byte_views(buf), strict=True):
             tensor.copy_(view)
-    for live, saved in zip(state.optimizer.param_groups, groups, strict=True):
+
+
+def restore_meta(buffer: Buffer, layout: SnapshotLayout, state: Any, meta: dict | None = None) -> int:
+    """Restore the non-tensor state: optimizer hyperparameters, LR scheduler, this process's RNG
+    streams, the step, and the loss/LR curve tail (merged after the points ``state`` already has).
+    Returns the restored step."""
+    meta = meta if meta is not None else read_meta(_checked(buffer, layout), layout)
+    _check_groups(meta, state)
+    for live, saved in zip(state.optimizer.param_groups, meta["optimizer_groups"], strict=True):
         for key, value in saved.items():
             live[key] = tuple(value) if isinstance(live.get(key), tuple) else value  # JSON turned betas into a list
     state.scheduler.load_state_dict(meta["scheduler"])
@@ -134,7 +149,26 @@ def unpack_from(buffer: Buffer, layout: SnapshotLayout, state: Any) -> int:
         rng["cuda"] = _unb64(rng["cuda"])
     restore_rng(rng)
     state.step = meta["step"]
+    curve = meta.get("curve")
+    if curve:
+        state.loss_curve = _merged(state.loss_curve, curve["loss"], state.step)
+        state.lr_curve = _merged(state.lr_curve, curve["lr"], state.step)
     return state.step
+
+
+def _merged(known: list, tail: list, step: int) -> list:
+    """``known`` up to the tail's first step, then the tail: one point per step up to ``step``."""
+    first = tail[0][0] if tail else step + 1
+    return [p for p in known if p[0] < first] + [list(p) for p in tail if p[0] <= step]
+
+
+def _check_groups(meta: dict, state: Any) -> None:
+    groups = meta["optimizer_groups"]
+    if len(groups) != len(state.optimizer.param_groups):
+        raise RecoveryError(
+            f"snapshot has {len(groups)} optimizer parameter groups, this optimizer {len(state.optimizer.param_groups)}; "
+            "restore with the optimizer the snapshot was taken from"
+        )
 
 
 def _checked(buffer: Buffer, layout: SnapshotLayout) -> torch.Tensor:

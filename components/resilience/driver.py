@@ -1,0 +1,111 @@
+"""The driver's side of in-memory fault tolerance: check the cluster, start the keepers, build the callbacks.
+
+Called by ``components/pretrain/trainer.py`` before ``TorchTrainer.fit``. Everything that can be
+known before training is checked here, so an impossible setting fails in seconds with a message
+that says what to change (``k + m`` above the node count, a keeper budget below the snapshot size,
+a fault that needs keepers while they are off), instead of minutes into a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from components.common.config import LifecycleConfig
+from components.common.errors import ConfigError
+from components.common.log import get_logger
+from components.common.storage import join
+from components.pretrain.callbacks import Callback
+from components.resilience.callback import ResilienceCallback, ResilienceTarget
+from components.resilience.faults import FaultInjector, fault_store_options, local_marker_uri, parse_faults
+from components.resilience.placement import check_node_count
+
+log = get_logger(__name__)
+
+
+def keeper_run_name(checkpoint_uri: str, stage: str) -> str:
+    """One set of keepers per (checkpoint location, stage): a retried step finds its predecessor's."""
+    return f"{stage}-{hashlib.sha1(f'{checkpoint_uri}|{stage}'.encode()).hexdigest()[:12]}"
+
+
+def state_bytes_estimate(cfg: LifecycleConfig, vocab_size: int) -> int:
+    """Bytes of parameters plus AdamW's two moments for ``cfg.model`` (built on the meta device: no memory)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from components.common.models import llama_config
+
+    with torch.device("meta"):
+        config = llama_config(
+            cfg.model.preset,
+            vocab_size=vocab_size,
+            seq_len=cfg.model.seq_len,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        model = LlamaForCausalLM(config)
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tuple[Callback, ...]:
+    """The worker-crash injector for ``cfg.resilience.faults`` (empty when none is configured)."""
+    faults = parse_faults(cfg.resilience.faults)
+    keeper_faults = [str(f) for f in faults if f.kind != "worker_crash"]
+    if keeper_faults and not cfg.resilience.enabled:
+        raise ConfigError(
+            f"resilience.faults: {', '.join(keeper_faults)} act on snapshot keepers; "
+            "set resilience.enabled=true or remove them"
+        )
+    if not any(f.kind == "worker_crash" for f in faults):
+        return ()
+    return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), fault_store_options(cfg)),)
+
+
+def markers_uri(checkpoint_uri: str, stage: str) -> str:
+    return join(local_marker_uri(checkpoint_uri), stage, "faults")
+
+
+def resilience_callbacks(
+    cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str, vocab_size: int, mlflow: tuple[str, str] | None = None
+) -> tuple[Callback, ...]:
+    """Check the cluster and the budget, start the keepers, and return the callbacks for the workers
+    (the resilience callback first, so a fault at step S strikes after snapshot S has begun)."""
+    import ray
+
+    from components.resilience.keeper import check_keeper_budget
+    from components.resilience.keeper_actor import start_keepers
+
+    callbacks: list[Callback] = []
+    if cfg.resilience.enabled:
+        r = cfg.resilience
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        check_node_count(r.k, r.m, len(nodes))
+        workers = cfg.pretrain.num_workers
+        # Each node holds at most one piece per group, about (k + m) / nodes of all pieces.
+        per_piece = -(-state_bytes_estimate(cfg, vocab_size) // (workers * r.k))
+        per_node = min(workers, -(-workers * (r.k + r.m) // len(nodes)))
+        check_keeper_budget(r.keeper_memory_mb, per_node * per_piece)
+        run_name = keeper_run_name(checkpoint_uri, stage)
+        start_keepers(run_name, cfg, expected_version_bytes=per_node * per_piece)
+        target = ResilienceTarget(
+            run_name=run_name,
+            snapshots_uri=join(local_marker_uri(checkpoint_uri), stage, "snapshots"),
+            markers_uri=markers_uri(checkpoint_uri, stage),
+            store_options=fault_store_options(cfg),
+            mlflow=mlflow,
+        )
+        callbacks.append(ResilienceCallback(cfg, target, parse_faults(r.faults)))
+        log.info(
+            "in-memory snapshots every %d step(s), %s k=%d m=%d over %d nodes; persisted every %d snapshots",
+            r.snapshot_every, r.scheme, r.k, r.m, len(nodes), r.persist_every,
+        )  # fmt: skip
+    callbacks += fault_callbacks(cfg, checkpoint_uri, stage)
+    return tuple(callbacks)
+
+
+def release_keepers(cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str) -> None:
+    """Stop the run's keepers after a successful fit (their memory is no longer needed)."""
+    if cfg.resilience.enabled:
+        from components.resilience.keeper_actor import stop_keepers
+
+        stop_keepers(keeper_run_name(checkpoint_uri, stage))

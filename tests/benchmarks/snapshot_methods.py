@@ -1,0 +1,187 @@
+"""What the snapshot benchmarks compare: ways of saving the training state every N steps, as callbacks,
+and a Ray Train worker loop that measures each one in turn on the same workers.
+
+- ``none``: no saving (the throughput baseline, measured first and last);
+- ``torch_save``: rank 0 ``torch.save``s model + optimizer state to local disk, synchronously (the
+  classic checkpoint: every rank waits for it at the next all-reduce);
+- ``dcp_async``: ``torch.distributed.checkpoint.async_save`` to local disk, on its own gloo group,
+  at most one save in flight (the trainer waits for the previous one before starting the next);
+- ``memory``: lmforge's in-memory, erasure-coded snapshots (``components/resilience``).
+
+Stall = time the trainer thread spends in the method per save, on the critical path. This module is
+pickled by value to the Ray workers (see ``test_snapshot_cost.py``), so it imports lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from components.pretrain.callbacks import Callback
+
+
+class TorchSaveEvery(Callback):
+    def __init__(self, every: int, directory: str) -> None:
+        self.every, self.directory = every, directory
+        self.saves, self.stall = 0, 0.0
+
+    def post_step(self, state: Any) -> None:
+        import torch
+
+        if state.step % self.every or state.rank != 0:
+            return
+        t0 = time.perf_counter()
+        state_dict = {"model": state.module.state_dict(), "optimizer": state.optimizer.state_dict()}
+        torch.save(state_dict, Path(self.directory) / "checkpoint.pt")
+        self.stall += time.perf_counter() - t0
+        self.saves += 1
+
+
+class DcpAsyncSaveEvery(Callback):
+    def __init__(self, every: int, directory: str) -> None:
+        self.every, self.directory = every, directory
+        self.saves, self.stall = 0, 0.0
+        self._pending = None
+        self._group = None
+
+    def pre_train(self, state: Any) -> None:
+        import torch.distributed as dist
+
+        # async_save's background collectives need a group of their own (torch's recommendation)
+        self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+    def post_step(self, state: Any) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        if state.step % self.every:
+            return
+        t0 = time.perf_counter()
+        if self._pending is not None:
+            self._pending.result()  # at most one save in flight
+        model_state, optim_state = get_state_dict(state.module, state.optimizer)
+        self._pending = dcp.async_save(
+            {"model": model_state, "optimizer": optim_state},
+            checkpoint_id=str(Path(self.directory) / f"step-{state.step:06d}"),
+            process_group=self._group,
+        )
+        self.stall += time.perf_counter() - t0
+        self.saves += 1
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+
+
+def method_callbacks(method: str, every: int, cfg: Any, scratch: str, run: str) -> list[Callback]:
+    """``cfg`` is the run config; for ``memory`` its ``resilience`` section (with ``snapshot_every = every``)."""
+    if method == "none":
+        return []
+    if method == "torch_save":
+        return [TorchSaveEvery(every, scratch)]
+    if method == "dcp_async":
+        return [DcpAsyncSaveEvery(every, scratch)]
+    if method == "memory":
+        from components.resilience.callback import ResilienceCallback, ResilienceTarget
+
+        target = ResilienceTarget(
+            run_name=run, snapshots_uri=f"file://{scratch}/snapshots", markers_uri=f"file://{scratch}/faults"
+        )
+        return [ResilienceCallback(cfg, target)]
+    raise ValueError(f"unknown method {method!r}")
+
+
+def bench_loop(config: dict) -> None:
+    """Ray Train worker: for each (method, interval, cfg) of ``config["plan"]`` build a fresh model,
+    warm up, then time ``config["steps"]`` steps; rank 0 writes the results to ``config["out"]``."""
+    import tempfile
+
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from components.pretrain.loop import build_state, train_step
+    from components.resilience.keeper_actor import stop_keepers
+
+    spec, plan = config["spec"], config["plan"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    results = []
+    for n, (method, every, cfg) in enumerate(plan):
+        state, _ = build_state(spec, rank, world, None)
+        run = f"bench-{config['tag']}-{n}"
+        with tempfile.TemporaryDirectory(prefix="lmbench-") as scratch:
+            if world > 1:
+                # one directory for every rank (DCP writes from all of them): rank 0's
+                box = [scratch]
+                dist.broadcast_object_list(box, src=0)
+                scratch = box[0] if rank else scratch
+            callbacks = method_callbacks(method, every, cfg, scratch, run)
+            for cb in callbacks:
+                cb.pre_train(state)
+            for _ in range(config["warmup"]):
+                train_step(state, callbacks, device=device, grad_clip=1.0)
+            stall0 = _stall(callbacks)
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(config["steps"]):
+                train_step(state, callbacks, device=device, grad_clip=1.0)
+            dist.barrier()
+            elapsed = time.perf_counter() - t0
+            saves, stall = (a - b for a, b in zip(_stall(callbacks), stall0, strict=True))
+            extra = _keeper_memory(callbacks, world) if method == "memory" else {}
+            for cb in callbacks:
+                cb.close()
+            dist.barrier()
+            if method == "memory" and rank == 0:
+                stop_keepers(run)
+        results.append(
+            {
+                "method": method,
+                "every": every,
+                "steps_per_second": config["steps"] / elapsed,
+                "saves": saves,
+                "stall_ms": 1e3 * stall / saves if saves else 0.0,
+                "scheme": f"{cfg.resilience.scheme} k={cfg.resilience.k} m={cfg.resilience.m}" if cfg else "",
+                **extra,
+            }
+        )
+    if rank == 0:
+        Path(config["out"]).write_text(json.dumps(results, indent=1))
+
+
+def _stall(callbacks: list[Callback]) -> tuple[int, float]:
+    for cb in callbacks:
+        if hasattr(cb, "engine"):  # ResilienceCallback: begin + fence on the trainer thread
+            s = cb.engine.stats
+            return s.snapshots, s.begin_seconds + s.fence_seconds
+        return cb.saves, cb.stall
+    return 0, 0.0
+
+
+def _keeper_memory(callbacks: list[Callback], world: int) -> dict:
+    """Keeper bytes per snapshot version vs the training state, once the last snapshot is committed."""
+    import ray
+    import torch.distributed as dist
+
+    cb = callbacks[0]
+    cb.engine.wait()
+    payload = [cb.engine.layout.total_bytes]
+    if world > 1:
+        payload = [None] * world
+        dist.all_gather_object(payload, cb.engine.layout.total_bytes)
+    dist.barrier()  # every rank's last snapshot is committed (rank 0's wait covers the commit)
+    if cb.coordinator is None:
+        return {}
+    statuses = ray.get([k.status.remote() for k in cb.keepers.values()])
+    held = [s.bytes_used for s in statuses]
+    training_nodes = len({nodes[0] for nodes in cb.placement.groups})
+    return {
+        "keeper_bytes_total": sum(held),
+        "state_bytes_total": sum(payload),
+        "keeper_bytes_max_node": max(held),
+        "state_bytes_per_training_node": sum(payload) / training_nodes,
+    }

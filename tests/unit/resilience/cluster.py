@@ -1,0 +1,106 @@
+"""A real multi-node Ray cluster for training under faults (tests and benchmarks share it).
+
+``training_cluster`` starts, on 127.0.0.1, a head with no CPUs (training never lands there, so
+losing a training node never kills the GCS), two 1-CPU nodes for the two training workers and
+one keeper-only node: four nodes, four keepers. ``train_replacing_lost_nodes`` plays KubeRay's
+part after a ``node_loss``: every node that dies is replaced by a fresh 1-CPU node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0)) -> Iterator[Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="lmr", dir="/tmp")  # short: AF_UNIX socket paths are limited
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "node_ip_address": "127.0.0.1",
+            "temp_dir": temp_dir,
+            "include_dashboard": False,
+            # a killed node is declared dead after a few seconds instead of ~30
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        },
+    )
+    try:
+        for cpus in worker_cpus:
+            cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        yield cluster
+    finally:
+        ray.shutdown()
+        with contextlib.suppress(Exception):  # nodes killed by node_loss are already gone
+            cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict]) -> dict:
+    """Run ``train()`` while every node that dies is replaced by a fresh 1-CPU node.
+
+    Training runs on a thread and the watcher on the main thread, because ``Cluster.add_node``
+    installs signal handlers, which Python allows only there. Returns the summary plus
+    ``replacement_nodes`` (how many joined).
+    """
+    import ray
+
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = train()
+        except BaseException as e:  # re-raised on the main thread below
+            result["error"] = e
+
+    seen = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}  # lost before this run
+    joined = 0
+    trainer = threading.Thread(target=run, daemon=True)
+    trainer.start()
+    while trainer.is_alive():
+        for node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen:
+            seen.add(node)
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            joined += 1
+        trainer.join(timeout=0.2)
+    if "error" in result:
+        raise result["error"]
+    return {**result["summary"], "replacement_nodes": joined}
+
+
+def train_spec(cfg: Any, dataset: Any) -> Any:
+    """The TrainSpec ``pretrain`` would build for ``cfg`` on ``dataset``."""
+    from pathlib import Path
+
+    from components.pretrain.spec import TrainSpec
+
+    p = cfg.pretrain
+    return TrainSpec(
+        cfg=cfg,
+        stage="pretrain",
+        dataset_dir=str(dataset),
+        tokenizer_dir=str(Path(dataset) / "tokenizer"),
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        warmup_steps=p.warmup_steps,
+        min_lr_ratio=p.min_lr_ratio,
+    )
