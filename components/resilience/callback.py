@@ -12,8 +12,9 @@ Per worker group (a fresh start, or Ray Train's restart after a failure), in ``p
 
 Then every ``snapshot_every`` steps ``post_step`` begins an asynchronous snapshot (``snapshot.py``)
 whose hand-off goes to the node's keeper and, on rank 0, through the commit (``sink.py``);
-``pre_optimizer_step`` fences it. Rank 0 also tells its keepers each finished step (so a recovery
-knows how many steps were lost and since when), and executes the ``node_loss`` and
+``pre_optimizer_step`` fences it. Every keeper notes the newest snapshot step it received a piece
+of and when, so a recovery knows how many steps were lost and since when (to within one snapshot
+interval: a per-step note would cost a Ray call every step). Rank 0 executes the ``node_loss`` and
 ``corrupt_piece`` faults, which act on keepers (``faults.py``).
 
 What a recovery did (tier, version, seconds, steps lost) is logged, sent to MLflow when a run id is
@@ -127,18 +128,15 @@ class ResilienceCallback(Callback):
             generation=plan["generation"],
             coordinator=self.coordinator,
         )
-        self.engine = SnapshotEngine(self.r.max_in_flight, sink, curve_tail=self.curve_tail)
+        # No whole-buffer checksum: the keeper checksums every piece it makes.
+        self.engine = SnapshotEngine(self.r.max_in_flight, sink, curve_tail=self.curve_tail, whole_checksum=False)
 
     def pre_optimizer_step(self, state: TrainState) -> None:
         self.engine.fence()
 
     def post_step(self, state: TrainState) -> None:
-        if state.rank == 0:
-            now = time.time()
-            for node in self.placement.groups[0]:  # fire and forget: never waits on a keeper
-                self.keepers[node].note_progress.remote(state.step, now)
-            if self._pending is not None:
-                self._report_recovery(now)
+        if state.rank == 0 and self._pending is not None:
+            self._report_recovery(time.time())
         if state.step % self.r.snapshot_every == 0:
             self.engine.begin(state)
         if state.rank == 0:

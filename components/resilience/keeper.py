@@ -32,6 +32,7 @@ actor per node (``keeper_actor.py``), so a crashed training worker loses nothing
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import astuple, dataclass
 
@@ -65,7 +66,7 @@ class KeeperStatus:
     bytes_used: int
     pieces: int
     generation: int = 0
-    #: the newest training step a trainer reported (``note_progress``) and when (epoch seconds)
+    #: the newest step this keeper received a snapshot piece of, and when (epoch seconds)
     progress_step: int | None = None
     progress_time: float | None = None
 
@@ -100,7 +101,7 @@ class Keeper(ABC):
         check_keeper_budget(budget_mb, expected_version_bytes)
         self.budget_bytes = budget_mb * MIB
         self._lock = threading.Lock()
-        self._decided = threading.Condition(self._lock)  # notified whenever the version being written ends
+        self._changed = threading.Condition(self._lock)  # notified on every put, commit and drop
         self._sizes: dict[int, dict[PieceId, int]] = {}  # version -> piece -> bytes held
         self._committed: int | None = None
         self._writing: int | None = None
@@ -135,7 +136,7 @@ class Keeper(ABC):
         version, size = piece.id.version, len(piece.data)
         with self._lock:
             if wait_s > 0:
-                self._decided.wait_for(
+                self._changed.wait_for(
                     lambda: self._writing in (None, version) or self._fenced(generation), timeout=wait_s
                 )
             if self._fenced(generation):
@@ -164,6 +165,11 @@ class Keeper(ABC):
             self._sizes.setdefault(version, {})[piece.id] = size
             self._used += size - replaced
             self._writing = version
+            # A piece of step `version` exists, so the run got that far: every holder of a piece
+            # remembers it, and a recovery learns the failed run's progress from any survivor.
+            if self._progress is None or version > self._progress[0]:
+                self._progress = (version, time.time())
+            self._changed.notify_all()
 
     def get(self, piece_id: PieceId) -> Piece:
         """Return an intact piece of the committed version, else raise ``MissingPieceError``."""
@@ -213,7 +219,15 @@ class Keeper(ABC):
             for other in [v for v in self._sizes if v != version]:
                 self._drop_locked(other)
             self._committed, self._writing = version, None
-            self._decided.notify_all()
+            self._changed.notify_all()
+
+    def wait_for_pieces(self, version: int, expected: set[PieceId], timeout_s: float) -> bool:
+        """Block until every ``expected`` piece of ``version`` is stored (True) or ``timeout_s`` passes.
+
+        The commit coordinator waits here instead of polling: a put wakes it.
+        """
+        with self._lock:
+            return self._changed.wait_for(lambda: expected <= self._sizes.get(version, {}).keys(), timeout=timeout_s)
 
     def newest_committed(self) -> int | None:
         with self._lock:
@@ -250,13 +264,7 @@ class Keeper(ABC):
                 self._drop_locked(version)
             if keep != self._committed:
                 self._committed = None
-            self._decided.notify_all()
-
-    def note_progress(self, step: int, at: float) -> None:
-        """Remember the newest step a trainer finished and when: recovery measures steps and time lost."""
-        with self._lock:
-            if self._progress is None or step >= self._progress[0]:
-                self._progress = (step, at)
+            self._changed.notify_all()
 
     def inject_corruption(self, piece_id: PieceId) -> None:
         """Flip one byte of a stored piece, keeping its old checksum (fault injection: corrupt_piece)."""
@@ -294,7 +302,7 @@ class Keeper(ABC):
             self._committed = None
         if self._writing == version:
             self._writing = None
-        self._decided.notify_all()
+        self._changed.notify_all()
 
     def _fenced(self, generation: int | None) -> bool:
         return generation is not None and generation < self._generation

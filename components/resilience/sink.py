@@ -14,7 +14,7 @@ until every piece is stored).
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,7 +36,6 @@ log = get_logger(__name__)
 COMPLETE_TIMEOUT_S = 120.0
 #: seconds a put may wait for the previous version to be decided (back-pressure)
 PUT_WAIT_S = 120.0
-_POLL_S = 0.002
 
 
 @dataclass
@@ -71,18 +70,18 @@ class Coordinator:
         return outcome
 
     def _wait_complete(self, version: int, expected: dict) -> None:
-        """Return once every keeper holds its expected pieces, a keeper is lost, or the deadline passes."""
-        waiting = {node for node, ids in expected.items() if ids}
-        deadline = time.monotonic() + COMPLETE_TIMEOUT_S
-        while waiting and time.monotonic() < deadline:
-            refs = {node: self.keepers[node].pieces.remote(version) for node in waiting if node in self.keepers}
-            try:
-                held = {node: set(ray.get(ref)) for node, ref in refs.items()}
-            except UNREACHABLE:
-                return  # a keeper is gone: commit_version finds out which and aborts
-            waiting = {node for node in waiting if not expected[node] <= held.get(node, set())}
-            if waiting:
-                time.sleep(_POLL_S)
+        """Return once every keeper holds its expected pieces, a keeper is lost, or the deadline passes.
+
+        Each keeper blocks in ``wait_for_pieces`` until its last expected piece arrives: no polling,
+        which on a CPU box would steal the cores training runs on.
+        """
+        calls = [
+            self.keepers[node].wait_for_pieces.remote(version, ids, COMPLETE_TIMEOUT_S)
+            for node, ids in expected.items()
+            if ids and node in self.keepers
+        ]
+        with contextlib.suppress(*UNREACHABLE):  # a keeper is gone: commit_version finds out which and aborts
+            ray.get(calls)
 
 
 class KeeperSink:

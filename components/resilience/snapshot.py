@@ -53,7 +53,7 @@ class Snapshot:
     version: int  # the step the state was taken at
     data: memoryview  # layout.total_bytes bytes of a reused buffer: valid until that buffer is reused
     layout: SnapshotLayout
-    checksum: str  # piece.checksum (xxh3-128) of data
+    checksum: str  # piece.checksum (xxh3-128) of data; "" when the engine leaves checksums to the sink
 
 
 @dataclass
@@ -78,11 +78,15 @@ class SnapshotStats:
 
 
 class SnapshotEngine:
-    def __init__(self, max_in_flight: int = 1, sink: Sink | None = None, curve_tail: int = 0) -> None:
+    def __init__(
+        self, max_in_flight: int = 1, sink: Sink | None = None, curve_tail: int = 0, whole_checksum: bool = True
+    ) -> None:
         if max_in_flight < 1:
             raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight, self.sink = max_in_flight, sink
         self.curve_tail = curve_tail  # loss/LR curve points carried in each snapshot's meta
+        # A checksum of the whole buffer; off when the sink checksums pieces itself (one hash pass less).
+        self.whole_checksum = whole_checksum
         self.layout: SnapshotLayout | None = None
         self.stats = SnapshotStats()
         self._buffers: list[torch.Tensor] = []
@@ -190,7 +194,7 @@ class SnapshotEngine:
             copying.result()
             t0 = time.perf_counter()
             data = memoryview(self._buffers[slot].numpy())
-            snapshot = Snapshot(version, data, self.layout, checksum(data))
+            snapshot = Snapshot(version, data, self.layout, checksum(data) if self.whole_checksum else "")
             if self.sink is not None:
                 self.sink(version, data, self.layout)
             self.stats.handoff_seconds += time.perf_counter() - t0

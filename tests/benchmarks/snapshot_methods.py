@@ -133,6 +133,12 @@ def bench_loop(config: dict) -> None:
             elapsed = time.perf_counter() - t0
             saves, stall = (a - b for a, b in zip(_stall(callbacks), stall0, strict=True))
             extra = _keeper_memory(callbacks, world) if method == "memory" else {}
+            if method == "memory":  # where the stall goes: begin (meta, waiting for a free buffer) vs fence
+                s = callbacks[0].engine.stats
+                extra |= {
+                    "begin_ms": 1e3 * s.begin_seconds / s.snapshots,
+                    "fence_ms": 1e3 * s.fence_seconds / s.snapshots,
+                }
             for cb in callbacks:
                 cb.close()
             dist.barrier()

@@ -54,7 +54,7 @@ def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset
     )
     (recovery,) = summary["callbacks"]["ResilienceCallback"]["recoveries"]
     assert recovery["tier"] == tier
-    failed_at = recovery["failed_at_step"] or FAULT_STEP
+    failed_at = recovery["failed_at_step"]
     print(
         f"\n[bench] recovery tier {tier}: {recovery['recovery_seconds']:.1f} s from the last progress report to "
         f"the first step after resume (restore inside the workers {recovery['restore_seconds']:.2f} s); "
