@@ -11,44 +11,20 @@ its log.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from components.common.errors import ConfigError, DataError
 from components.common.log import get_logger
+from components.common.ray_session import ray_session
 
 log = get_logger(__name__)
 EXECUTORS = ("local", "ray")
 # Ray reserves memory per task; datatrove's default (2 GB per CPU) would not fit small nodes, and the
 # per-document steps stream, so a modest reservation is honest.
 RAY_MEM_PER_CPU_GB = 0.5
-
-
-@contextlib.contextmanager
-def ray_session(address: str, num_cpus: int) -> Iterator[None]:
-    """Use the Ray this process is connected to, else start (``local``) or join ``address``; shut down only ours."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    temp_dir = None
-    if address == "local":
-        # A short path: Ray's unix sockets live under it and socket paths are limited to ~107 bytes.
-        temp_dir = f"/tmp/lmforge-curate-ray-{os.getpid()}"
-        ray.init(address="local", num_cpus=max(2, num_cpus), include_dashboard=False, _temp_dir=temp_dir)
-    else:
-        ray.init(address=address)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def run_pipeline(
@@ -69,7 +45,7 @@ def run_pipeline(
     else:
         from datatrove.executor.ray import RayPipelineExecutor
 
-        with ray_session(ray_address, workers):
+        with ray_session(ray_address, workers, name="lmforge-curate"):
             RayPipelineExecutor(
                 list(pipeline),
                 tasks=tasks,

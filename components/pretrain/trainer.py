@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
+from components.common.ray_session import ray_session as common_ray_session
 from components.common.tokenizer import load_tokenizer
 from components.pretrain.callbacks import Callback, MlflowCurveLogger
 from components.pretrain.checkpoint import MODEL_DIR, read_summary
@@ -119,9 +120,8 @@ def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_
         extra = resilience_callbacks(
             cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
         )
-        spec = dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks))
-        if mlflow_run_id:
-            spec = _with_callbacks(spec, MlflowCurveLogger(tracking_uri(cfg), mlflow_run_id, cfg.pretrain.log_every))
+        curves = (MlflowCurveLogger(tracking_uri(cfg), mlflow_run_id, cfg.pretrain.log_every),) if mlflow else ()
+        spec = dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks, *curves))
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"spec": spec},
@@ -163,10 +163,6 @@ def load_model(model_dir: Path):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def _with_callbacks(spec: TrainSpec, *extra: Callback) -> TrainSpec:
-    return dataclasses.replace(spec, callbacks=(*spec.callbacks, *extra))
-
-
 def ray_storage(cfg: LifecycleConfig, checkpoint_uri: str):
     """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig`` from a store URI."""
     parsed = urlparse(checkpoint_uri)
@@ -192,30 +188,7 @@ def ray_storage(cfg: LifecycleConfig, checkpoint_uri: str):
     raise StorageError(f"checkpoint URI {checkpoint_uri!r}: use file:///abs/path or s3://bucket/prefix")
 
 
-@contextlib.contextmanager
-def ray_session(cfg: LifecycleConfig) -> Iterator[None]:
-    """Use the Ray this process is already connected to, else start or join the configured one.
-
-    Only a Ray started or joined here is shut down on exit; an existing connection (a test's shared
-    cluster, a notebook) is left as it was.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = cfg.pretrain.ray_address
-    temp_dir = None
-    if address == "local":
-        # A short path: Ray's unix sockets live under it and socket paths are limited to ~107 bytes.
-        temp_dir = f"/tmp/lmforge-ray-{os.getpid()}"
-        workers = cfg.pretrain.num_workers
-        ray.init(address="local", num_cpus=max(2, workers), include_dashboard=False, _temp_dir=temp_dir)
-    else:
-        ray.init(address=address)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)  # session logs only; a leftover is harmless
+def ray_session(cfg: LifecycleConfig) -> contextlib.AbstractContextManager[None]:
+    """Ray for a training stage: ``pretrain.ray_address`` with ``pretrain.num_workers`` CPUs when local
+    (see :func:`components.common.ray_session.ray_session`)."""
+    return common_ray_session(cfg.pretrain.ray_address, cfg.pretrain.num_workers)
