@@ -34,7 +34,7 @@ import torch.distributed as dist
 from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
-from components.pretrain.callbacks import Callback, TrainState
+from components.pretrain.callbacks import TrainState
 from components.resilience.codec import make_codec
 from components.resilience.commit import newest_common_committed
 from components.resilience.faults import Fault, fire_once
@@ -52,6 +52,7 @@ from components.resilience.recovery import (
 )
 from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
+from components.resilience.snapshot_callback import SnapshotCallback
 
 log = get_logger(__name__)
 
@@ -67,21 +68,24 @@ class ResilienceTarget:
     mlflow: tuple[str, str] | None = None  # (tracking URI, run id) to report recoveries to
 
 
-class ResilienceCallback(Callback):
-    """Recover the newest intact state on start; snapshot to the keepers every ``snapshot_every`` steps."""
+class ResilienceCallback(SnapshotCallback):
+    """Recover the newest intact state on start; snapshot to the keepers every ``snapshot_every`` steps.
+
+    A :class:`SnapshotCallback` (fence before the optimizer step, snapshot in ``post_step``, close the
+    engine without hiding the loop's own error) whose engine hands each snapshot to the keepers.
+    """
 
     def __init__(self, cfg: Any, target: ResilienceTarget, faults: tuple[Fault, ...] = ()) -> None:
+        super().__init__(every=cfg.resilience.snapshot_every, max_in_flight=cfg.resilience.max_in_flight)
         self.cfg, self.target = cfg, target
         self.r = cfg.resilience
         self.faults = tuple(f for f in faults if f.kind in ("node_loss", "corrupt_piece"))
         # enough curve points to bridge the gap back to the last persistent checkpoint
         self.curve_tail = cfg.pretrain.checkpoint_every + self.r.snapshot_every
         self.recoveries: list[dict] = []
-        self.engine: SnapshotEngine | None = None
         self.coordinator: Coordinator | None = None
         self._pending: RecoveryRecord | None = None
         self._failed_at_time: float | None = None
-        self._failed = False
 
     # ------------------------------------------------------------------ loop events
 
@@ -131,29 +135,12 @@ class ResilienceCallback(Callback):
         # No whole-buffer checksum: the keeper checksums every piece it makes.
         self.engine = SnapshotEngine(self.r.max_in_flight, sink, curve_tail=self.curve_tail, whole_checksum=False)
 
-    def pre_optimizer_step(self, state: TrainState) -> None:
-        self.engine.fence()
-
     def post_step(self, state: TrainState) -> None:
         if state.rank == 0 and self._pending is not None:
             self._report_recovery(time.time())
-        if state.step % self.r.snapshot_every == 0:
-            self.engine.begin(state)
+        super().post_step(state)  # begins the snapshot of every `snapshot_every`-th step
         if state.rank == 0:
             self._inject(state)
-
-    def on_error(self, exc: BaseException) -> None:
-        self._failed = True
-
-    def close(self) -> None:
-        if self.engine is None:
-            return
-        try:
-            self.engine.close()
-        except Exception:
-            if not self._failed:
-                raise
-            log.exception("snapshot engine failed while the training loop was failing too")
 
     def state_dict(self) -> dict:
         out: dict[str, Any] = {"recoveries": self.recoveries}
@@ -205,10 +192,11 @@ class ResilienceCallback(Callback):
             attempts.append(("memory", plan["version"]))
         attempts += [("persistent", v) for v in plan["persisted"]]
         fallbacks = []
+        store = open_store(self.target.snapshots_uri, **self.target.store_options) if plan["persisted"] else None
         for tier, version in attempts:
             error, framed, decoded = "", None, False
             try:
-                fetched = [self._fetch(tier, version, group, plan) for group in range(state.world_size)]
+                fetched = [self._fetch(tier, version, group, plan, store) for group in range(state.world_size)]
                 framed = check_groups([payload for payload, _ in fetched], state)
                 decoded = any(d for _, d in fetched)
             except Exception as e:  # any failure of a tier means: try the next one (and say why)
@@ -224,11 +212,9 @@ class ResilienceCallback(Callback):
         tier = "checkpoint" if state.step > 0 else "none"
         return RecoveryRecord(tier, state.step if state.step > 0 else None, 0.0, fallbacks=fallbacks)
 
-    def _fetch(self, tier: str, version: int, group: int, plan: dict) -> tuple[bytes, bool]:
+    def _fetch(self, tier: str, version: int, group: int, plan: dict, store: Any) -> tuple[bytes, bool]:
         if tier == "memory":
-            held = {int(g): {int(i): n for i, n in pieces.items()} for g, pieces in plan["inventory"].items()}
-            return group_from_keepers(self.keepers, held, version, group, self.codec)
-        store = open_store(self.target.snapshots_uri, **self.target.store_options)
+            return group_from_keepers(self.keepers, plan["inventory"], version, group, self.codec)
         return group_from_store(store, self.target.snapshots_uri, version, group, self.codec)
 
     def _report_recovery(self, now: float) -> None:

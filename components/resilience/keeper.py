@@ -261,9 +261,7 @@ class Keeper(ABC):
                 raise StaleWriterError(f"generation {generation} is older than the keeper's {self._generation}")
             self._generation = generation
             for version in [v for v in self._sizes if not (v == keep and v == self._committed)]:
-                self._drop_locked(version)
-            if keep != self._committed:
-                self._committed = None
+                self._drop_locked(version)  # dropping the committed version also clears it
             self._changed.notify_all()
 
     def inject_corruption(self, piece_id: PieceId) -> None:

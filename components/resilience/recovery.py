@@ -37,8 +37,6 @@ from components.resilience.state import restore_meta, restore_tensors
 
 log = get_logger(__name__)
 
-TIERS = ("memory", "decode", "persistent", "checkpoint", "none")
-
 #: group -> piece index -> node id of a keeper holding it intact
 Inventory = dict[int, dict[int, str]]
 

@@ -101,7 +101,6 @@ class KeeperSink:
         nodes = placement.groups[rank]
         self.holders = [(node, keepers[node]) for node in nodes]
         self.home = keepers[nodes[0]]  # the keeper on this rank's own node encodes
-        self.stored = 0
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
         payload = frame(layout, data)
@@ -113,6 +112,5 @@ class KeeperSink:
             )
         except UNREACHABLE as e:
             raise RecoveryError(f"snapshot version {version}: the keeper of rank {self.rank}'s node is gone") from e
-        self.stored += 1
         if self.coordinator is not None:
             self.coordinator.settle(version)

@@ -2,7 +2,7 @@
 
 ``post_step`` begins a snapshot every ``every`` steps; ``pre_optimizer_step`` fences, so the
 optimizer never writes what a copy is still reading. Completed snapshots go to a ``sink``: the
-keepers (a later piece of issue 3) plug in there; until then :class:`KeepLastSnapshot` holds the
+keepers plug in there (``callback.py``, ``sink.py``); without a sink :class:`KeepLastSnapshot` holds the
 newest one in this process's memory, which is enough to restore after an in-process error and to
 test the round trip. ``state_dict`` reports the engine's timings, so the training summary shows
 the stall each snapshot costs the critical path next to the time its copy took.

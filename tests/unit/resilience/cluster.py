@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster for training under faults (tests and benchmarks share it).
 
-``training_cluster`` starts, on 127.0.0.1, a head with no CPUs (training never lands there, so
+``training_cluster`` starts, on 127.0.0.1, by default a head with no CPUs (training never lands there, so
 losing a training node never kills the GCS), two 1-CPU nodes for the two training workers and
 one keeper-only node: four nodes, four keepers. ``train_replacing_lost_nodes`` plays KubeRay's
 part after a ``node_loss``: every node that dies is replaced by a fresh 1-CPU node.
@@ -18,7 +18,8 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0)) -> Iterator[Any]:
+def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0), head_cpus: int = 0) -> Iterator[Any]:
+    """Head with ``head_cpus`` plus one node per entry of ``worker_cpus``, connected; torn down on exit."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -29,7 +30,7 @@ def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0)) -> Iterator[Any]:
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 0,
+            "num_cpus": head_cpus,
             "node_ip_address": "127.0.0.1",
             "temp_dir": temp_dir,
             "include_dashboard": False,
