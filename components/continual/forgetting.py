@@ -3,14 +3,14 @@
 Continual pretraining first *loses* old-domain performance sharply after the switch and then partly
 recovers it (the "stability gap", De Lange et al., 2023); before/after numbers alone hide that dip.
 :class:`OldHeldoutProbe` is a loop callback that, on rank 0, measures the old held-out loss with the
-same :func:`~components.evaluate.perplexity.heldout_loss` (same windows) as the before/after
+same :func:`~components.training.heldout.heldout_loss` (same windows) as the before/after
 numbers, a handful of times per run, so the curve and the endpoints are comparable. The other
 ranks simply wait at the next all-reduce; the cost is a few forward passes over the held-out split.
 """
 
 from __future__ import annotations
 
-from components.pretrain.callbacks import Callback, TrainState
+from components.training.callbacks import Callback, TrainState
 
 
 class OldHeldoutProbe(Callback):
@@ -24,7 +24,7 @@ class OldHeldoutProbe(Callback):
         self.curve: list[list[float]] = []
 
     def post_step(self, state: TrainState) -> None:
-        from components.evaluate.perplexity import heldout_loss
+        from components.training.heldout import heldout_loss
 
         if state.rank != 0 or state.step % self.every:
             return

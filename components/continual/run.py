@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from components import resilience
 from components.common.config import LifecycleConfig
 from components.common.errors import DataError
 from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.continual.forgetting import OldHeldoutProbe, stability_gap
-from components.pretrain.callbacks import Callback
-from components.pretrain.checkpoint import MODEL_DIR
-from components.pretrain.spec import TrainSpec
-from components.pretrain.trainer import load_model, run_training, training_metrics
+from components.training.callbacks import Callback
+from components.training.checkpoint import MODEL_DIR
+from components.training.driver import load_model, run_training, training_metrics
+from components.training.spec import TrainSpec
 
 log = get_logger("lmforge.continual")
 
@@ -76,6 +77,7 @@ def continual(
         warmup_steps=c.warmup_steps,
         min_lr_ratio=c.min_lr_ratio,
         callbacks=(probe, *callbacks),
+        plugins=(resilience.PLUGIN,),
     )
     summary = run_training(spec, out_dir=Path(out_dir), checkpoint_uri=checkpoint_uri, mlflow_run_id=mlflow_run_id)
     old_after, new_after = _heldout_losses(cfg, load_model(Path(out_dir) / MODEL_DIR), old_dataset_dir, dataset_dir)
@@ -130,7 +132,7 @@ def check_model_tokenizer(model_dir: Path, dataset_dir: Path) -> None:
 
 
 def _heldout_losses(cfg: LifecycleConfig, model, old_dataset_dir: Path, dataset_dir: Path) -> tuple[float, float]:
-    from components.evaluate.perplexity import heldout_loss
+    from components.training.heldout import heldout_loss
 
     e = cfg.evaluate
     old, new = (

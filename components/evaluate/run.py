@@ -22,7 +22,7 @@ from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.tokenizer import load_tokenizer
 from components.evaluate import harness
-from components.evaluate.perplexity import heldout_loss, perplexity
+from components.training.heldout import heldout_loss, perplexity
 
 log = get_logger("lmforge.evaluate")
 
@@ -31,7 +31,7 @@ def load_model(model_dir: Path):
     """The model to evaluate (plain or torchao-quantized), in eval mode on the best available device."""
     import torch
 
-    from components.quantize.load import load_model as load_any_model
+    from components.common.model_loading import load_model as load_any_model
 
     return load_any_model(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
 

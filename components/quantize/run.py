@@ -15,7 +15,7 @@ embedding matrix (a large share of a small model) stays fp32. Quantizing it too
 embedding stayed fp32 and ``lm_head`` came back missing on reload. The report counts the linear
 layers that really hold int8 weights after the reload, so such limits show in the numbers.
 
-Quality is the held-out perplexity of the curated dataset (:mod:`components.evaluate.perplexity`),
+Quality is the held-out perplexity of the curated dataset (:mod:`components.training.heldout`),
 before and after, measured on the model as reloaded from ``out_dir/model``.
 """
 
@@ -28,8 +28,7 @@ from typing import Any
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
-from components.evaluate.perplexity import heldout_loss, perplexity
-from components.quantize.load import (
+from components.common.model_loading import (
     is_quantized,
     is_weight_file,
     linear_names,
@@ -37,6 +36,7 @@ from components.quantize.load import (
     quantized_linear_names,
     weights_size_bytes,
 )
+from components.training.heldout import heldout_loss, perplexity
 
 log = get_logger("lmforge.quantize")
 

@@ -34,7 +34,6 @@ import torch.distributed as dist
 from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
-from components.pretrain.callbacks import TrainState
 from components.resilience.codec import make_codec
 from components.resilience.commit import newest_common_committed
 from components.resilience.faults import Fault, fire_once
@@ -53,6 +52,7 @@ from components.resilience.recovery import (
 from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
+from components.training.callbacks import TrainState
 
 log = get_logger(__name__)
 

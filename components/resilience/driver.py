@@ -1,6 +1,7 @@
 """The driver's side of in-memory fault tolerance: check the cluster, start the keepers, build the callbacks.
 
-Called by ``components/pretrain/trainer.py`` before ``TorchTrainer.fit``. Everything that can be
+Plugged into the training engine (``components/training/driver.py``) by the training stages through
+:func:`training_callbacks`, which runs before ``TorchTrainer.fit``. Everything that can be
 known before training is checked here, so an impossible setting fails in seconds with a message
 that says what to change (``k + m`` above the node count, a keeper budget below the snapshot size,
 a fault that needs keepers while they are off), instead of minutes into a run.
@@ -8,16 +9,18 @@ a fault that needs keepers while they are off), instead of minutes into a run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.common.storage import join
-from components.pretrain.callbacks import Callback
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
 from components.resilience.faults import FaultInjector, fault_store_options, local_marker_uri, parse_faults
 from components.resilience.placement import check_node_count
+from components.training.callbacks import Callback
 
 log = get_logger(__name__)
 
@@ -101,6 +104,25 @@ def resilience_callbacks(
         )  # fmt: skip
     callbacks += fault_callbacks(cfg, checkpoint_uri, stage)
     return tuple(callbacks)
+
+
+@contextlib.contextmanager
+def training_callbacks(spec, *, checkpoint_uri: str, mlflow_run_id: str = "") -> Iterator[tuple[Callback, ...]]:
+    """The engine's plugin (``TrainSpec.plugins``): snapshot and fault callbacks for one fit.
+
+    Entered on the Ray driver before the fit (checks, keepers started), left after it: the keepers
+    are released once the fit succeeded (a failed fit keeps them for the retry that follows).
+    """
+    from components.common.lineage import tracking_uri
+    from components.common.tokenizer import load_tokenizer
+
+    cfg = spec.cfg
+    mlflow = (tracking_uri(cfg), mlflow_run_id) if mlflow_run_id else None
+    vocab_size = len(load_tokenizer(spec.tokenizer_dir))
+    yield resilience_callbacks(
+        cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
+    )
+    release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage)
 
 
 def release_keepers(cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str) -> None:

@@ -33,7 +33,7 @@ from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.common.storage import join, open_store
-from components.pretrain.callbacks import Callback, TrainState
+from components.training.callbacks import Callback, TrainState
 
 log = get_logger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from components.common.log import get_logger
-from components.pretrain.callbacks import Callback, TrainState
 from components.resilience.layout import SnapshotLayout
 from components.resilience.snapshot import Sink, SnapshotEngine
+from components.training.callbacks import Callback, TrainState
 
 log = get_logger(__name__)
 

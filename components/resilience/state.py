@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from components.common.errors import RecoveryError
-from components.pretrain.checkpoint import capture_rng, restore_rng
 from components.resilience.layout import META_HEADER, SnapshotLayout
+from components.training.checkpoint import capture_rng, restore_rng
 
 Buffer = torch.Tensor | memoryview | bytearray | bytes
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.pretrain.callbacks import Callback
+from components.training.callbacks import Callback
 
 
 class TorchSaveEvery(Callback):
@@ -102,8 +102,8 @@ def bench_loop(config: dict) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
-    from components.pretrain.loop import build_state, train_step
     from components.resilience.keeper_actor import stop_keepers
+    from components.training.loop import build_state, train_step
 
     spec, plan = config["spec"], config["plan"]
     ctx = ray.train.get_context()

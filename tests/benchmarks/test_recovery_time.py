@@ -35,7 +35,7 @@ def cluster():
 
 @pytest.mark.parametrize("tier", list(TIERS))
 def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset, tmp_path, tier):
-    from components.pretrain.trainer import run_training
+    from components.training.driver import run_training
 
     cfg = make_config(
         "pretrain.steps=30",

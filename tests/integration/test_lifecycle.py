@@ -42,8 +42,8 @@ def test_manifest_token_counts_match_the_shard_files(lifecycle_run):
 def test_final_model_loads_and_generates(lifecycle_run):
     import torch
 
+    from components.common.model_loading import load_model
     from components.common.tokenizer import load_tokenizer
-    from components.quantize.load import load_model
 
     path = Path(lifecycle_run["record"]["model_uri"].removeprefix("file://"))
     model, tok = load_model(path), load_tokenizer(path)

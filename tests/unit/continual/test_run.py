@@ -11,7 +11,7 @@ import pytest
 from components.common.config import load_config
 from components.common.errors import DataError
 from components.continual.run import continual
-from components.pretrain.trainer import ray_session
+from components.training.driver import ray_session
 
 STEPS, WARMUP, PROBE_EVERY, LR = 12, 4, 4, 2e-3
 

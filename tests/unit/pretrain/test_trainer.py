@@ -13,8 +13,9 @@ import torch
 from components.common import lineage
 from components.common.config import load_config
 from components.common.errors import StorageError
-from components.pretrain.callbacks import Callback
-from components.pretrain.trainer import pretrain, ray_session, ray_storage
+from components.pretrain.trainer import pretrain
+from components.training.callbacks import Callback
+from components.training.driver import ray_session, ray_storage
 
 STEPS, CHECKPOINT_EVERY, CRASH_AFTER = 20, 5, 7
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.common.config import load_config
-from components.quantize.load import load_model, quantized_linear_names
+from components.common.model_loading import load_model, quantized_linear_names
 from components.quantize.run import quantize
 
 # The tiny preset has 2 layers x (q, k, v, o, gate, up, down) linears; lm_head is tied to the

@@ -91,7 +91,8 @@ def train_spec(cfg: Any, dataset: Any) -> Any:
     """The TrainSpec ``pretrain`` would build for ``cfg`` on ``dataset``."""
     from pathlib import Path
 
-    from components.pretrain.spec import TrainSpec
+    from components import resilience
+    from components.training.spec import TrainSpec
 
     p = cfg.pretrain
     return TrainSpec(
@@ -104,4 +105,5 @@ def train_spec(cfg: Any, dataset: Any) -> Any:
         lr=p.lr,
         warmup_steps=p.warmup_steps,
         min_lr_ratio=p.min_lr_ratio,
+        plugins=(resilience.PLUGIN,),
     )

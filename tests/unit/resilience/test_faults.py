@@ -75,7 +75,7 @@ def test_faults_of_kind_selects_in_step_order():
 WORKER = textwrap.dedent(
     """
     import sys
-    from components.pretrain.callbacks import TrainState
+    from components.training.callbacks import TrainState
     from components.resilience.faults import FaultInjector
 
     rank, marker_dir = int(sys.argv[1]), sys.argv[2]

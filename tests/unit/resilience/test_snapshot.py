@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from components.pretrain.callbacks import Callback
 from components.resilience.layout import SnapshotLayout
 from components.resilience.ownership import owned_names, parameter_sizes
 from components.resilience.piece import checksum
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
 from components.resilience.state import pack_into, unpack_from
+from components.training.callbacks import Callback
 from tests.unit.resilience.tiny_training import make_state, run_steps
 
 COPY_DELAY = 0.05

@@ -1,4 +1,4 @@
-"""A tiny Llama training state and a step function mirroring ``components/pretrain/loop.py``, without
+"""A tiny Llama training state and a step function mirroring ``components/training/loop.py``, without
 Ray: forward → backward → clip → ``pre_optimizer_step`` → optimizer and LR step → ``post_step``.
 
 Attention dropout is on, so every forward pass draws from the torch RNG: a restore that missed the
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from components.common.models import llama_config
-from components.pretrain.callbacks import TrainState
-from components.pretrain.loop import _adamw
-from components.pretrain.schedule import warmup_cosine
+from components.training.callbacks import TrainState
+from components.training.loop import _adamw
+from components.training.schedule import warmup_cosine
 
 VOCAB, SEQ_LEN, BATCH = 512, 32, 4
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from components.pretrain.schedule import lr_multiplier, warmup_cosine
+from components.training.schedule import lr_multiplier, warmup_cosine
 
 
 def _lrs(steps: int, warmup: int, min_ratio: float, peak: float = 2.0) -> list[float]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.common.errors import RecoveryError
-from components.pretrain.checkpoint import STATE_FILE, capture_rng, read_train_state, restore_rng
+from components.training.checkpoint import STATE_FILE, capture_rng, read_train_state, restore_rng
 
 KEY = {"stage": "pretrain", "steps": 20, "batch_size": 8, "world_size": 2}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.common.config import LifecycleConfig, versioned_dict
-from components.pretrain.callbacks import Callback
+from components.training.callbacks import Callback
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrainSpec:
     replay_dir: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
     callbacks: tuple[Callback, ...] = ()
+    plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
 
     def resume_key(self, world_size: int) -> dict:
         """The values that must match for a checkpoint of this run to be resumable."""

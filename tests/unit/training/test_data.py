@@ -5,7 +5,7 @@ import pytest
 
 from components.common.errors import ConfigError
 from components.common.shards import TokenWindows
-from components.pretrain.data import NEW, REPLAY, ResumableBatches
+from components.training.data import NEW, REPLAY, ResumableBatches
 
 SEQ = 32
 

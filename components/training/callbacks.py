@@ -25,7 +25,7 @@ from typing import Any
 class TrainState:
     """What one worker's loop holds; callbacks read it, only the loop mutates it."""
 
-    spec: Any  # the run's TrainSpec (components.pretrain.spec)
+    spec: Any  # the run's TrainSpec (components.training.spec)
     rank: int
     world_size: int
     model: Any  # as trained: DDP-wrapped when world_size > 1

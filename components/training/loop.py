@@ -4,10 +4,10 @@ Read it top to bottom, nanoGPT style: build (or resume) → for each step: batch
 → clip → optimizer and LR step → mean loss over ranks → callbacks → maybe checkpoint. Distributed
 differences are the DDP wrapper from ``prepare_model`` and one all-reduce of the loss for logging.
 Everything else (MLflow, forgetting probes, in-memory snapshots, fault injection) is a
-:class:`~components.pretrain.callbacks.Callback`.
+:class:`~components.training.callbacks.Callback`.
 
 Pretraining and continual pretraining both run this loop; a
-:class:`~components.pretrain.spec.TrainSpec` says which model to start from, which data (and replay
+:class:`~components.training.spec.TrainSpec` says which model to start from, which data (and replay
 data) to read and which schedule to follow.
 """
 
@@ -23,8 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from components.common.errors import DataError
-from components.pretrain.callbacks import Callback, TrainState
-from components.pretrain.checkpoint import (
+from components.training.callbacks import Callback, TrainState
+from components.training.checkpoint import (
     MODEL_DIR,
     capture_rng,
     read_summary,
@@ -32,9 +32,9 @@ from components.pretrain.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
-from components.pretrain.data import ResumableBatches
-from components.pretrain.schedule import warmup_cosine
-from components.pretrain.spec import TrainSpec
+from components.training.data import ResumableBatches
+from components.training.schedule import warmup_cosine
+from components.training.spec import TrainSpec
 
 
 def train_loop_per_worker(config: dict) -> None:
