@@ -61,6 +61,15 @@ class StorageConfig:
     s3_endpoint: str = knob("", "S3/MinIO endpoint host:port for s3:// URIs ('' = AWS).", versioned=False)
     s3_secure: bool = knob(True, "Use TLS to reach the S3 endpoint.", versioned=False)
     s3_region: str = knob("us-east-1", "Region sent to the S3 endpoint.", versioned=False)
+    s3_max_attempts: int = knob(
+        6,
+        "Attempts per S3 request before a transient error (connection reset, 5xx, throttling) fails the step; "
+        "1 = no retry.",
+        versioned=False,
+    )
+    s3_backoff_seconds: float = knob(
+        0.5, "Delay before the first S3 retry; doubles with each retry (with jitter), capped at 20 s.", versioned=False
+    )
 
 
 @_frozen
@@ -247,9 +256,22 @@ class PretrainConfig:
     keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run; older ones are deleted.", versioned=False)
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
+    launcher: str = knob(
+        "ray",
+        "How a training step runs its Ray Train job: 'ray' drives it from the step itself on pretrain.ray_address; "
+        "'rayjob' creates a KubeRay RayJob (settings under cluster.*) and follows it (pretrain and continual).",
+        versioned=False,
+    )
     ray_address: str = knob(
         "local",
-        "Ray cluster: 'local' starts one inside this step; ray://head:10001 joins a KubeRay cluster.",
+        "launcher=ray: 'local' starts a Ray inside this step; 'auto' joins the Ray of this node; "
+        "ray://head:10001 joins an existing RayCluster as a Ray Client.",
+        versioned=False,
+    )
+    data_cache_dir: str = knob(
+        "",
+        "Node-local directory where training workers keep whole shards (and the start model) downloaded from the "
+        "store, once per node; '' = stream each window with a ranged read, prefetching the next step's batch.",
         versioned=False,
     )
 
@@ -339,6 +361,77 @@ class ResilienceConfig:
 
 
 @_frozen
+class ClusterConfig:
+    """Where and how steps and Ray jobs run on Kubernetes; read when compiling and by the RayJob launcher."""
+
+    namespace: str = knob(
+        "", "Namespace of the RayJobs training steps create ('' = the step pod's own namespace).", versioned=False
+    )
+    image: str = knob(
+        "",
+        "Image of the Ray head and CPU workers ('' = the image this step runs in, $LMFORGE_IMAGE, else the "
+        "compiled default).",
+        versioned=False,
+    )
+    gpu_image: str = knob(
+        "", "CUDA image for GPU Ray workers and GPU pipeline steps ('' = components/common/images.py).", versioned=False
+    )
+    s3_secret: str = knob(
+        "lmforge-s3",
+        "Secret whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY reach every step and Ray pod as env.",
+        versioned=False,
+    )
+    ray_token_secret: str = knob(
+        "",
+        "Secret with key 'token' for Ray's token authentication (RAY_AUTH_MODE=token on head, workers and "
+        "driver); '' = no token.",
+        versioned=False,
+    )
+    head_cpu: str = knob("2", "CPU request and limit of the Ray head pod.", versioned=False)
+    head_memory: str = knob(
+        "8Gi", "Memory request and limit of the Ray head pod (it runs the Ray Train driver).", versioned=False
+    )
+    worker_cpu: str = knob("8", "CPU request and limit of one Ray worker pod.", versioned=False)
+    worker_memory: str = knob("64Gi", "Memory request and limit of one Ray worker pod.", versioned=False)
+    gpus_per_worker_pod: int = knob(
+        1,
+        "GPUs per Ray worker pod when pretrain.use_gpu (replicas = ceil(pretrain.num_workers / this)); "
+        "also the GPU count of GPU pipeline steps.",
+        versioned=False,
+    )
+    gpu_resource: str = knob("nvidia.com/gpu", "Kubernetes extended resource name of a GPU.", versioned=False)
+    shm_size: str = knob(
+        "8Gi",
+        "Size of the memory-backed /dev/shm of Ray pods (NCCL and torch dataloaders need more than the 64 MiB default).",
+        versioned=False,
+    )
+    tolerations: list = knob(
+        [],
+        "Tolerations of GPU Ray workers and GPU steps, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}].",
+        versioned=False,
+    )
+    node_selector: dict = knob(
+        {},
+        "Node labels GPU Ray workers and GPU steps must match, e.g. {nvidia.com/gpu.present: 'true'}.",
+        versioned=False,
+    )
+    job_ttl_seconds: int = knob(
+        600, "Seconds KubeRay keeps a finished RayJob's cluster before deleting it (for debugging).", versioned=False
+    )
+    job_deadline_seconds: int = knob(0, "Kill a RayJob running longer than this (0 = no deadline).", versioned=False)
+    gpu_steps: list = knob(
+        ["align", "quantize", "evaluate"],
+        "Pipeline steps that run in gpu_image with gpus_per_worker_pod GPUs, tolerations and node_selector.",
+        versioned=False,
+    )
+    step_memory: dict = knob(
+        {},
+        "Memory request and limit per pipeline step, e.g. {align: 64Gi} (steps not named keep the compiled defaults).",
+        versioned=False,
+    )
+
+
+@_frozen
 class LifecycleConfig:
     run: RunConfig = section(RunConfig, "Run-wide settings.")
     storage: StorageConfig = section(StorageConfig, "Object store (local directory or S3/MinIO).")
@@ -353,6 +446,9 @@ class LifecycleConfig:
     evaluate: EvaluateConfig = section(EvaluateConfig, "Evaluation and promotion metrics.")
     register: RegisterConfig = section(RegisterConfig, "Model registry.")
     resilience: ResilienceConfig = section(ResilienceConfig, "In-memory, erasure-coded snapshots for pretraining.")
+    cluster: ClusterConfig = section(
+        ClusterConfig, "Kubernetes placement of steps and of the RayJobs training creates."
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -404,6 +500,14 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(r.persist_every >= 1, "resilience.persist_every", "must be >= 1")
     need(r.max_in_flight >= 1, "resilience.max_in_flight", "must be >= 1")
     need(r.keeper_memory_mb > 0, "resilience.keeper_memory_mb", "must be > 0")
+    need(
+        cfg.pretrain.launcher in {"ray", "rayjob"},
+        "pretrain.launcher",
+        f"must be ray or rayjob, got {cfg.pretrain.launcher!r}",
+    )
+    need(cfg.storage.s3_max_attempts >= 1, "storage.s3_max_attempts", "must be >= 1 (1 = no retry)")
+    need(cfg.storage.s3_backoff_seconds >= 0, "storage.s3_backoff_seconds", "must be >= 0")
+    need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
         need(
