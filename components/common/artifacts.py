@@ -32,13 +32,14 @@ def store_root(cfg: LifecycleConfig) -> str:
     return cfg.storage.uri.rstrip("/") if cfg.storage.uri else "file://" + str(resolve_home(cfg) / "store")
 
 
+def store_options(cfg: LifecycleConfig) -> dict:
+    """The ``open_store`` keyword arguments of ``cfg.storage`` (plain values: they travel to Ray workers)."""
+    s = cfg.storage
+    return {"s3_endpoint": s.s3_endpoint, "s3_secure": s.s3_secure, "s3_region": s.s3_region}
+
+
 def open_run_store(cfg: LifecycleConfig) -> ObjectStore:
-    return open_store(
-        store_root(cfg),
-        s3_endpoint=cfg.storage.s3_endpoint,
-        s3_secure=cfg.storage.s3_secure,
-        s3_region=cfg.storage.s3_region,
-    )
+    return open_store(store_root(cfg), **store_options(cfg))
 
 
 def content_hash(stage: str, config: Any, inputs: dict[str, str]) -> str:

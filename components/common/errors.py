@@ -23,3 +23,7 @@ class StorageError(LmforgeError):
 
 class RecoveryError(LmforgeError):
     """Training state could not be restored from any tier (memory, parity, persistent checkpoint)."""
+
+
+class TrainingJobError(LmforgeError):
+    """A training job (a KubeRay RayJob) failed or could not be followed; the message names the job and why."""

@@ -6,8 +6,9 @@ A curated dataset directory holds::
     tokenizer/               the HF tokenizer the tokens were made with
     <split>/shard-00000.bin  flat little-endian token ids, documents separated by EOS
 
-Shards are raw arrays rather than Arrow or Parquet because training reads random windows from them
-with ``np.memmap``: no decoding, no copy, constant memory however large the corpus.
+Shards are raw arrays rather than Arrow or Parquet because training reads random windows from them:
+from local disk with ``np.memmap`` (no decoding, no copy, constant memory however large the corpus),
+from the object store with one ranged read per window (a byte offset is all it takes to find one).
 """
 
 from __future__ import annotations
@@ -64,7 +65,16 @@ class ShardWriter:
         return {"shards": self.shards, "tokens": sum(s["tokens"] for s in self.shards), "documents": self.documents}
 
 
-def read_manifest(root: str | Path) -> dict:
+def read_manifest(root: str | Path, *, store_options: dict | None = None) -> dict:
+    """The manifest of a curated dataset: a local directory or a store URI (``file://``, ``s3://``)."""
+    if is_uri(root):
+        from components.common.storage import join, open_store
+
+        uri = join(str(root), MANIFEST)
+        store = open_store(uri, **(store_options or {}))
+        if not store.exists(uri):
+            raise DataError(f"{root}: not a curated dataset (no {MANIFEST})")
+        return json.loads(store.read_text(uri))
     path = Path(root) / MANIFEST
     try:
         return json.loads(path.read_text())
@@ -72,32 +82,92 @@ def read_manifest(root: str | Path) -> dict:
         raise DataError(f"{path}: not a curated dataset (no {MANIFEST})") from e
 
 
-class TokenWindows:
-    """Fixed-length windows over one split's shards, read lazily with ``np.memmap``.
+def is_uri(source: str | Path) -> bool:
+    return isinstance(source, str) and "://" in source
 
-    Window ``i`` covers tokens ``[i*length, (i+1)*length)`` of the split's concatenated stream; a
-    window that straddles two shards is stitched together.
+
+class _MappedShard:
+    """A shard on this machine's disk, read through ``np.memmap`` (no copy, constant memory)."""
+
+    remote = False
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self._map = np.memmap(path, dtype=dtype, mode="r")
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        return np.asarray(self._map[start : start + count], dtype=np.int64)
+
+
+class _RangedShard:
+    """A shard in the object store, read window by window with ranged GETs (streamed; nothing cached).
+
+    The store client is opened lazily, in the process that reads: a worker receives this object by
+    pickling, and an S3 client (sockets, a connection pool) must not cross processes.
     """
 
-    def __init__(self, root: str | Path, split: str, length: int, verify: bool = False) -> None:
-        root = Path(root)
-        manifest = read_manifest(root)
+    remote = True
+
+    def __init__(self, uri: str, dtype: np.dtype, store_options: dict) -> None:
+        self.uri, self.dtype, self.store_options = uri, dtype, store_options
+        self._store = None
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        if self._store is None:
+            from components.common.storage import open_store
+
+            self._store = open_store(self.uri, **self.store_options)
+        size = self.dtype.itemsize
+        data = self._store.read_range(self.uri, start * size, count * size)
+        return np.frombuffer(data, dtype=self.dtype).astype(np.int64)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+
+class TokenWindows:
+    """Fixed-length windows over one split's shards, wherever the dataset lives.
+
+    Window ``i`` covers tokens ``[i*length, (i+1)*length)`` of the split's concatenated stream; a
+    window that straddles two shards is stitched together. ``source`` is a local dataset directory or
+    a store URI. ``file://`` shards are memory-mapped in place; ``s3://`` shards are either streamed
+    (each window one ranged GET: a training step needs a few hundred KB, never the whole corpus) or,
+    with ``cache_dir``, downloaded once per node into that directory (checked against the manifest's
+    sha256) and memory-mapped: the better choice when a node reads the same shards many times.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        split: str,
+        length: int,
+        *,
+        verify: bool = False,
+        store_options: dict | None = None,
+        cache_dir: str | Path = "",
+    ) -> None:
+        store_options = dict(store_options or {})
+        manifest = read_manifest(source, store_options=store_options)
         if split not in manifest["splits"]:
-            raise DataError(f"{root}: no split {split!r}; has {', '.join(manifest['splits'])}")
+            raise DataError(f"{source}: no split {split!r}; has {', '.join(manifest['splits'])}")
         dtype = np.dtype(manifest["dtype"])
-        self.length = length
-        self._maps, self._starts = [], []
+        self.source, self.length = str(source), length
+        self._shards: list[_MappedShard | _RangedShard] = []
+        self._starts: list[int] = []
+        self._sizes: list[int] = []
         total = 0
         for shard in manifest["splits"][split]["shards"]:
-            path = root / shard["path"]
-            if verify and file_digest(path) != shard["sha256"]:
-                raise DataError(f"{path}: checksum mismatch against {root / MANIFEST}")
-            self._maps.append(np.memmap(path, dtype=dtype, mode="r"))
+            self._shards.append(_open_shard(source, shard, dtype, verify, store_options, cache_dir))
             self._starts.append(total)
+            self._sizes.append(shard["tokens"])
             total += shard["tokens"]
         self.tokens = total
         if total < length:
-            raise DataError(f"{root}/{split}: {total} tokens, fewer than one window of {length}")
+            raise DataError(f"{source}/{split}: {total} tokens, fewer than one window of {length}")
+
+    @property
+    def remote(self) -> bool:
+        """Whether reading a window costs a network round trip (worth doing several at once)."""
+        return any(s.remote for s in self._shards)
 
     def __len__(self) -> int:
         return self.tokens // self.length
@@ -109,13 +179,33 @@ class TokenWindows:
         parts = []
         k = bisect.bisect_right(self._starts, start) - 1
         while start < end:
-            m = self._maps[k]
             lo = start - self._starts[k]
-            take = min(end - start, len(m) - lo)
-            parts.append(np.asarray(m[lo : lo + take], dtype=np.int64))
+            take = min(end - start, self._sizes[k] - lo)
+            parts.append(self._shards[k].read(lo, take))
             start += take
             k += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _open_shard(
+    source: str | Path, shard: dict, dtype: np.dtype, verify: bool, store_options: dict, cache_dir: str | Path
+) -> _MappedShard | _RangedShard:
+    if not is_uri(source) or str(source).startswith("file://"):
+        root = Path(str(source).removeprefix("file://"))
+        path = root / shard["path"]
+        if verify and file_digest(path) != shard["sha256"]:
+            raise DataError(f"{path}: checksum mismatch against {root / MANIFEST}")
+        return _MappedShard(path, dtype)
+    from components.common.storage import join
+
+    uri = join(str(source), shard["path"])
+    if cache_dir:
+        from components.common.node_cache import cached_object
+        from components.common.storage import open_store
+
+        path = cached_object(open_store(uri, **store_options), uri, Path(cache_dir), sha256=shard["sha256"])
+        return _MappedShard(path, dtype)
+    return _RangedShard(uri, dtype, store_options)
 
 
 def write_manifest(root: str | Path, *, dtype: np.dtype, tokenizer_digest: str, splits: dict, **extra) -> dict:

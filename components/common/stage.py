@@ -54,6 +54,10 @@ class StageContext:
     def out_dir(self) -> Path:
         return self.out.local
 
+    def input_uri(self, name: str, *parts: str) -> str:
+        """The store URI of input ``name`` (and a path inside it), for code that reads from the store itself."""
+        return join(self.input_pointers[name]["uri"], *parts)
+
     def scratch_uri(self, kind: str) -> str:
         """A store location tied to this output, for state written *during* the stage (checkpoints)."""
         return join(store_root(self.cfg), kind, self.out.digest)

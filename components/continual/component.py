@@ -39,11 +39,13 @@ def continual(
         parent_run_id=lineage_run_id,
         input_pointer_paths={"base_model": base_model.path, "dataset": dataset.path, "old_dataset": old_dataset.path},
         sections=("continual", "pretrain", "model"),
+        fetch_inputs=False,  # the Ray Train workers read model and shards from the store themselves
         fn=lambda ctx: adapt(
             ctx.cfg,
-            model_dir=ctx.inputs["base_model"] / "model",
-            dataset_dir=ctx.inputs["dataset"],
-            old_dataset_dir=ctx.inputs["old_dataset"],
+            model_uri=ctx.input_uri("base_model", "model"),
+            dataset_uri=ctx.input_uri("dataset"),
+            old_dataset_uri=ctx.input_uri("old_dataset"),
+            output_uri=ctx.out.uri,
             out_dir=ctx.out_dir,
             checkpoint_uri=ctx.scratch_uri("checkpoints"),
             mlflow_run_id=ctx.mlflow_run_id,

@@ -35,9 +35,11 @@ def pretrain(
         parent_run_id=lineage_run_id,
         input_pointer_paths={"dataset": dataset.path},
         sections=("pretrain", "model"),
+        fetch_inputs=False,  # the Ray Train workers read the shards from the store themselves
         fn=lambda ctx: train(
             ctx.cfg,
-            dataset_dir=ctx.inputs["dataset"],
+            dataset_uri=ctx.input_uri("dataset"),
+            output_uri=ctx.out.uri,
             out_dir=ctx.out_dir,
             checkpoint_uri=ctx.scratch_uri("checkpoints"),
             mlflow_run_id=ctx.mlflow_run_id,

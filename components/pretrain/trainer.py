@@ -1,19 +1,15 @@
-"""The pretraining stage: a Ray Train ``TorchTrainer`` fit, then the model and its report.
+"""The pretraining stage: a model trained from scratch on the training engine, with resilience wired in.
 
-:func:`run_training` is the one driver-side routine that pretraining and continual pretraining
-share: connect to Ray, run :func:`~components.training.loop.train_loop_per_worker` on
-``pretrain.num_workers`` workers, and copy the final checkpoint's HF model to ``out_dir/model``.
-
-Resuming is Ray Train's own: checkpoints go to ``RunConfig(storage_path=<checkpoint_uri>, name=<stage>)``
-and Ray Train V2 keeps a snapshot of them there. A new fit with the same storage path and name (a
-retried pipeline step, a rerun after a crash) reloads that snapshot, and ``ray.train.get_checkpoint()``
-in the workers returns the latest checkpoint; within one fit, ``FailureConfig(max_failures)``
-restarts the worker group from it. The driver reads the result from ``result.checkpoint`` (not from a
-worker's disk), so workers may live on other nodes and checkpoints in S3.
+The engine (``components/training``) runs the Ray Train fit wherever ``pretrain.launcher`` says; this
+stage says what to train (the curated corpus, the preset, the schedule of ``pretrain.*``), asks the
+workers for the held-out loss at the end (a probe: the driver holds no model), and plugs in the
+in-memory snapshots of ``components/resilience`` (:data:`components.resilience.PLUGIN`). Inputs and
+outputs are store URIs: the workers read the shards and write the model themselves.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +19,9 @@ from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.training.callbacks import Callback
-from components.training.checkpoint import MODEL_DIR
-from components.training.driver import load_model, run_training, training_metrics
-from components.training.spec import TrainSpec
+from components.training.driver import training_metrics
+from components.training.launch import train
+from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.pretrain")
 
@@ -33,58 +29,64 @@ log = get_logger("lmforge.pretrain")
 def pretrain(
     cfg: LifecycleConfig,
     *,
-    dataset_dir: Path,
+    dataset_uri: str,
+    output_uri: str,
     out_dir: Path,
     checkpoint_uri: str,
     mlflow_run_id: str = "",
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Pretrain a Llama on ``dataset_dir``'s train split; the model goes to ``out_dir/model``.
+    """Pretrain a Llama on the train split of ``dataset_uri``; the workers write the model to ``output_uri/model``.
 
     Args:
         cfg: the run config (``model`` and ``pretrain`` sections; ``model.init_from`` may name an HF
-            model directory to start from instead of a random init).
-        dataset_dir: curated dataset (manifest, tokenizer, shards).
-        out_dir: receives ``model/`` (HF model + tokenizer) and ``loss_curve.json``.
+            model to start from instead of a random init: a store URI, or a local directory on a
+            single machine).
+        dataset_uri: curated dataset (manifest, tokenizer, shards) in the store.
+        output_uri: the stage's output in the store: ``model/`` and the training summary go there.
+        out_dir: local directory for the small files the step publishes itself (``loss_curve.json``).
         checkpoint_uri: ``file://`` or ``s3://`` location of this stage's checkpoints; a previous
             attempt's checkpoints there are resumed from.
         mlflow_run_id: run to log the per-step ``train_loss`` and ``lr`` curves to ('' = none).
-        callbacks: extra loop callbacks (snapshots, fault injection), pickled to every worker.
+        callbacks: extra loop callbacks (tests), pickled to every worker; only with ``pretrain.launcher=ray``.
 
     Returns:
         ``{"metrics": {...}, "loss_curve": [[step, loss], ...], "lr_curve": [[step, lr], ...]}``.
     """
-    from components.training.heldout import heldout_loss
-
-    p = cfg.pretrain
-    init_from = cfg.model.init_from
-    if init_from and not Path(init_from).is_dir():
-        raise ConfigError(f"model.init_from: {init_from!r} is not a local HF model directory")
+    p, e = cfg.pretrain, cfg.evaluate
     spec = TrainSpec(
         cfg=cfg,
         stage="pretrain",
-        dataset_dir=str(dataset_dir),
-        tokenizer_dir=str(Path(dataset_dir) / "tokenizer"),
-        init_model_dir=init_from,
+        dataset_uri=dataset_uri,
+        output_uri=output_uri,
+        checkpoint_uri=checkpoint_uri,
+        init_model_uri=init_model_uri(cfg.model.init_from),
         steps=p.steps,
         batch_size=p.batch_size,
         lr=p.lr,
         warmup_steps=p.warmup_steps,
         min_lr_ratio=p.min_lr_ratio,
-        callbacks=tuple(callbacks),
+        probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
+        mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),
+        callbacks=tuple(callbacks),
     )
-    summary = run_training(spec, out_dir=out_dir, checkpoint_uri=checkpoint_uri, mlflow_run_id=mlflow_run_id)
-    model = load_model(Path(out_dir) / MODEL_DIR)
-    metrics = {
-        **training_metrics(summary),
-        "heldout_loss": heldout_loss(
-            model,
-            dataset_dir,
-            seq_len=cfg.model.seq_len,
-            max_tokens=cfg.evaluate.heldout_max_tokens,
-            batch_size=cfg.evaluate.batch_size,
-        ),
-    }
+    summary = train(spec)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
+    heldout = summary["callbacks"]["probes"]["curves"]["heldout"]
+    metrics = {**training_metrics(summary), "heldout_loss": heldout[-1][1]}
     log.info("pretrain done: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {"metrics": metrics, "loss_curve": summary["loss_curve"], "lr_curve": summary["lr_curve"]}
+
+
+def init_model_uri(init_from: str) -> str:
+    """``model.init_from`` as a store URI ('' = random init): an s3:// or file:// URI, or a local directory."""
+    if not init_from or "://" in init_from:
+        return init_from
+    path = Path(init_from).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model.init_from: {init_from!r} is neither a store URI (s3://…, file://…) nor a local HF model directory"
+        )
+    return path.resolve().as_uri()

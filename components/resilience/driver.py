@@ -21,6 +21,7 @@ from components.resilience.callback import ResilienceCallback, ResilienceTarget
 from components.resilience.faults import FaultInjector, fault_store_options, local_marker_uri, parse_faults
 from components.resilience.placement import check_node_count
 from components.training.callbacks import Callback
+from components.training.spec import TrainSpec
 
 log = get_logger(__name__)
 
@@ -107,22 +108,26 @@ def resilience_callbacks(
 
 
 @contextlib.contextmanager
-def training_callbacks(spec, *, checkpoint_uri: str, mlflow_run_id: str = "") -> Iterator[tuple[Callback, ...]]:
+def training_callbacks(spec: TrainSpec) -> Iterator[tuple[Callback, ...]]:
     """The engine's plugin (``TrainSpec.plugins``): snapshot and fault callbacks for one fit.
 
     Entered on the Ray driver before the fit (checks, keepers started), left after it: the keepers
     are released once the fit succeeded (a failed fit keeps them for the retry that follows).
     """
+    from components.common.artifacts import store_options
     from components.common.lineage import tracking_uri
     from components.common.tokenizer import load_tokenizer
+    from components.training.inputs import local_copy
 
     cfg = spec.cfg
-    mlflow = (tracking_uri(cfg), mlflow_run_id) if mlflow_run_id else None
-    vocab_size = len(load_tokenizer(spec.tokenizer_dir))
+    mlflow = (tracking_uri(cfg), spec.mlflow_run_id) if spec.mlflow_run_id else None
+    vocab_size = 0
+    if cfg.resilience.enabled:  # the keeper budget is estimated from the model's size
+        vocab_size = len(load_tokenizer(local_copy(spec.tokenizer_uri, store_options=store_options(cfg))))
     yield resilience_callbacks(
-        cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
+        cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
     )
-    release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage=spec.stage)
+    release_keepers(cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage)
 
 
 def release_keepers(cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str) -> None:

@@ -14,11 +14,19 @@ state saved and fast-forwarded on resume.
 Replay: of each rank's ``batch_size`` rows, ``floor((s+1)·B·f) - floor(s·B·f)`` come from the old
 corpus at step ``s``. The count varies by at most one between steps, and over any run the replayed
 share is exactly ``f`` (a fixed ``round(B·f)`` would give 1/8 instead of 0.1 at B = 8).
+
+Where the data lives: the corpora are store URIs (``file://`` or ``s3://``), read by
+:class:`~components.common.shards.TokenWindows` on whichever host the worker runs. When windows come
+over the network, the rows of a batch are fetched concurrently and the next step's batch is fetched
+while this step trains (:meth:`ResumableBatches.prefetch`): a batch is a pure function of the step,
+so the next one is known in advance and prefetching cannot change what is trained on.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,23 +43,31 @@ class ResumableBatches:
 
     def __init__(
         self,
-        dataset_dir: str | Path,
+        dataset: str | Path,
         *,
         seq_len: int,
         batch_size: int,
         seed: int,
-        replay_dir: str | Path | None = None,
+        replay: str | Path | None = None,
         replay_fraction: float = 0.0,
+        store_options: dict | None = None,
+        cache_dir: str | Path = "",
     ) -> None:
         if not 0.0 <= replay_fraction < 1.0:
             raise ConfigError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
-        if replay_fraction > 0 and not replay_dir:
+        if replay_fraction > 0 and not replay:
             raise ConfigError(f"replay_fraction={replay_fraction} needs a replay dataset; none was given")
         self.batch_size, self.seed, self.replay_fraction = batch_size, seed, replay_fraction
-        self.sources = [TokenWindows(dataset_dir, "train", seq_len + 1)]
+        opened = {"store_options": store_options, "cache_dir": cache_dir}
+        self.sources = [TokenWindows(dataset, "train", seq_len + 1, **opened)]
         if replay_fraction > 0:
-            self.sources.append(TokenWindows(replay_dir, "train", seq_len + 1))
+            self.sources.append(TokenWindows(replay, "train", seq_len + 1, **opened))
         self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._perms_lock = threading.Lock()  # the prefetch thread plans too
+        # Remote windows: one ranged GET per row, so a batch's rows are fetched concurrently.
+        remote = any(s.remote for s in self.sources)
+        self._pool = ThreadPoolExecutor(max_workers=min(16, batch_size + 1)) if remote else None
+        self._ahead: tuple[tuple[int, int, int], Future] | None = None
 
     def _replayed_before(self, step: int) -> int:
         # 1e-9 absorbs float error such as 5 * 8 * 0.1 = 4.000000000000001 vs 3.9999...
@@ -76,7 +92,24 @@ class ResumableBatches:
 
     def batch(self, step: int, rank: int, world_size: int) -> torch.Tensor:
         """``[batch_size, seq_len + 1]`` int64 token ids for this rank at ``step``."""
-        rows = [self.sources[source][index] for source, index in self.plan(step, rank, world_size)]
+        key = (step, rank, world_size)
+        if self._ahead is not None and self._ahead[0] == key:
+            ahead, self._ahead = self._ahead[1], None
+            return ahead.result()
+        return self._read(key)
+
+    def prefetch(self, step: int, rank: int, world_size: int) -> None:
+        """Start reading the batch of ``step`` in the background (only worth it for remote windows)."""
+        if self._pool is not None and (self._ahead is None or self._ahead[0] != (step, rank, world_size)):
+            key = (step, rank, world_size)
+            self._ahead = (key, self._pool.submit(self._read, key))
+
+    def _read(self, key: tuple[int, int, int]) -> torch.Tensor:
+        plan = self.plan(*key)
+        if self._pool is None:
+            rows = [self.sources[source][index] for source, index in plan]
+        else:
+            rows = list(self._pool.map(lambda row: self.sources[row[0]][row[1]], plan))
         return torch.from_numpy(np.stack(rows))
 
     def _window(self, source: int, position: int) -> int:
@@ -86,9 +119,10 @@ class ResumableBatches:
 
     def _permutation(self, source: int, epoch: int) -> np.ndarray:
         key = (source, epoch)
-        if key not in self._perms:
-            # A step spans at most two epochs of a source, so older ones can go.
-            self._perms = {k: v for k, v in self._perms.items() if k[0] != source or k[1] >= epoch - 1}
-            rng = np.random.default_rng([self.seed, source, epoch])
-            self._perms[key] = rng.permutation(len(self.sources[source]))
-        return self._perms[key]
+        with self._perms_lock:
+            if key not in self._perms:
+                # A step spans at most two epochs of a source, so older ones can go.
+                self._perms = {k: v for k, v in self._perms.items() if k[0] != source or k[1] >= epoch - 1}
+                rng = np.random.default_rng([self.seed, source, epoch])
+                self._perms[key] = rng.permutation(len(self.sources[source]))
+            return self._perms[key]

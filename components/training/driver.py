@@ -3,7 +3,8 @@
 :func:`run_training` is what pretraining and continual pretraining share: connect to Ray, build the
 callbacks the stage's plugins contribute on the driver (in-memory snapshots start their keepers
 here), run :func:`~components.training.loop.train_loop_per_worker` on ``pretrain.num_workers``
-workers, and copy the final checkpoint's HF model to ``out_dir/model``.
+workers, and read back the summary rank 0 published in the store next to the model. The driver
+holds no model and no data: it can be a small pod, a RayJob's head, or a laptop.
 
 Plugins are named by ``"module:function"`` strings in the spec (``TrainSpec.plugins``) rather than
 imported here: the engine sits below every stage and below ``components/resilience``, so a layer
@@ -25,17 +26,16 @@ import dataclasses
 import importlib
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
 from components.common.ray_session import ray_session as common_ray_session
+from components.common.storage import open_store
 from components.training.callbacks import MlflowCurveLogger
-from components.training.checkpoint import MODEL_DIR, read_summary
 from components.training.loop import train_loop_per_worker
 from components.training.spec import TrainSpec
 
@@ -53,15 +53,23 @@ def load_plugin(path: str):
         raise ConfigError(f"training plugin {path!r} cannot be loaded: {e}") from e
 
 
-def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_run_id: str = "") -> dict[str, Any]:
-    """Fit ``spec`` on Ray Train (resuming from ``checkpoint_uri``); returns the final checkpoint's summary."""
+def run_training(spec: TrainSpec) -> dict[str, Any]:
+    """Fit ``spec`` on Ray Train (resuming from its checkpoints); returns the training summary.
+
+    The workers publish the model and the summary under ``spec.output_uri``; this reads the summary
+    back from the store, so the driver never holds the model and may run on any host. A run whose
+    summary is already there (a re-run of a finished step) is not trained again.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from components.common.lineage import tracking_uri
 
     cfg = spec.cfg
-    storage_path, filesystem = ray_storage(cfg, checkpoint_uri)
+    if (done := read_training_summary(spec)) is not None:
+        log.info("%s: %s already holds a finished run; reusing it", spec.stage, spec.output_uri)
+        return done
+    storage_path, filesystem = ray_storage(cfg, spec.checkpoint_uri)
     run_config = RunConfig(
         name=spec.stage,
         storage_path=storage_path,
@@ -73,26 +81,29 @@ def run_training(spec: TrainSpec, *, out_dir: Path, checkpoint_uri: str, mlflow_
         # Plugin callbacks come first: a fault at step S strikes after snapshot S has begun.
         extra = []
         for path in spec.plugins:
-            extra += plugins.enter_context(
-                load_plugin(path)(spec, checkpoint_uri=checkpoint_uri, mlflow_run_id=mlflow_run_id)
-            )
-        curves = (MlflowCurveLogger(tracking_uri(cfg), mlflow_run_id, cfg.pretrain.log_every),) if mlflow_run_id else ()
-        spec = dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks, *curves))
+            extra += plugins.enter_context(load_plugin(path)(spec))
+        curves = ()
+        if spec.mlflow_run_id:
+            curves = (MlflowCurveLogger(tracking_uri(cfg), spec.mlflow_run_id, cfg.pretrain.log_every),)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"spec": spec},
+            train_loop_config={"spec": dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks, *curves))},
             scaling_config=ScalingConfig(num_workers=cfg.pretrain.num_workers, use_gpu=cfg.pretrain.use_gpu),
             run_config=run_config,
         )
-        result = trainer.fit()
-    if result.checkpoint is None:
-        raise RecoveryError(f"{spec.stage} finished without a checkpoint under {checkpoint_uri}/{spec.stage}")
-    out_dir = Path(out_dir)
-    with result.checkpoint.as_directory() as ckpt:
-        shutil.copytree(Path(ckpt) / MODEL_DIR, out_dir / MODEL_DIR, dirs_exist_ok=True)
-        summary = read_summary(Path(ckpt))
-    (out_dir / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
+        trainer.fit()
+    summary = read_training_summary(spec)
+    if summary is None:
+        raise RecoveryError(f"{spec.stage}: the fit ended but no worker published {spec.summary_uri}")
     return summary
+
+
+def read_training_summary(spec: TrainSpec) -> dict[str, Any] | None:
+    """The summary rank 0 published under ``spec.output_uri``, or None if the run has not finished."""
+    store = open_store(spec.summary_uri, **store_options(spec.cfg))
+    if not store.exists(spec.summary_uri):
+        return None
+    return json.loads(store.read_text(spec.summary_uri))
 
 
 def training_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -107,15 +118,6 @@ def training_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "parameters": float(summary["parameters"]),
         "resumed_from_step": float(summary["resumed_from_step"]),
     }
-
-
-def load_model(model_dir: Path):
-    """The HF model in ``model_dir``, on a GPU when the driver has one (for held-out evaluation)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(model_dir)
-    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def ray_storage(cfg: LifecycleConfig, checkpoint_uri: str):

@@ -1,14 +1,17 @@
 """Held-out loss and perplexity of a causal LM on a curated dataset's token shards.
 
-Every stage that reports "loss on held-out data" (continual's forgetting, quantization's delta,
-evaluation's headline number) calls :func:`heldout_loss`, so the numbers are comparable across
-stages: same windows (the first ``max_tokens`` tokens of the split, cut into ``seq_len`` windows),
-same token-weighted mean of next-token cross-entropy.
+Every number called "loss on held-out data" (pretraining's result, continual's forgetting,
+quantization's delta, evaluation's headline) comes from here, so they are comparable across stages:
+same windows (the first ``max_tokens`` tokens of the split, cut into ``seq_len + 1``-token windows),
+same token-weighted mean of next-token cross-entropy. Training measures it on its workers, each rank
+a share of the windows (:func:`loss_sums` + an all-reduce, ``probes.py``); single-process stages call
+:func:`heldout_loss`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +20,28 @@ import torch
 from components.common.shards import TokenWindows
 
 
+def heldout_windows(
+    dataset: str | Path, *, split: str, seq_len: int, store_options: dict | None = None, cache_dir=""
+) -> TokenWindows:
+    """The windows of ``split`` of a dataset (a local directory or a store URI)."""
+    return TokenWindows(dataset, split, seq_len + 1, store_options=store_options, cache_dir=cache_dir)
+
+
+def window_count(windows: TokenWindows, max_tokens: int) -> int:
+    """How many leading windows make up "the first ``max_tokens`` tokens" (at least one)."""
+    return max(1, min(len(windows), max_tokens // windows.length))
+
+
 @torch.no_grad()
-def heldout_loss(
-    model,
-    dataset_dir: str | Path,
-    *,
-    split: str = "heldout",
-    seq_len: int = 128,
-    max_tokens: int = 50_000,
-    batch_size: int = 8,
-) -> float:
-    """Mean next-token cross-entropy (nats per token) of ``model`` on ``split`` of ``dataset_dir``."""
-    windows = TokenWindows(dataset_dir, split, seq_len + 1)
-    n = max(1, min(len(windows), max_tokens // (seq_len + 1)))
+def loss_sums(model, windows: TokenWindows, indices: Sequence[int], batch_size: int) -> tuple[float, int]:
+    """(summed next-token cross-entropy in nats, number of predicted tokens) over the given windows."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, n, batch_size):
-        batch = torch.from_numpy(np.stack([windows[i] for i in range(start, min(n, start + batch_size))])).to(device)
+    for start in range(0, len(indices), batch_size):
+        rows = [windows[i] for i in indices[start : start + batch_size]]
+        batch = torch.from_numpy(np.stack(rows)).to(device)
         logits = model(input_ids=batch[:, :-1]).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
@@ -43,6 +49,22 @@ def heldout_loss(
         total += loss.item()
         count += batch[:, 1:].numel()
     model.train(was_training)
+    return total, count
+
+
+def heldout_loss(
+    model,
+    dataset: str | Path,
+    *,
+    split: str = "heldout",
+    seq_len: int = 128,
+    max_tokens: int = 50_000,
+    batch_size: int = 8,
+    store_options: dict | None = None,
+) -> float:
+    """Mean next-token cross-entropy (nats per token) of ``model`` on ``split`` of ``dataset``."""
+    windows = heldout_windows(dataset, split=split, seq_len=seq_len, store_options=store_options)
+    total, count = loss_sums(model, windows, range(window_count(windows, max_tokens)), batch_size)
     return total / count
 
 

@@ -8,12 +8,16 @@ Everything else (MLflow, forgetting probes, in-memory snapshots, fault injection
 
 Pretraining and continual pretraining both run this loop; a
 :class:`~components.training.spec.TrainSpec` says which model to start from, which data (and replay
-data) to read and which schedule to follow.
+data) to read and which schedule to follow. Everything is read from and written to the object store
+by the workers themselves (shards, start model, checkpoints through Ray Train's ``storage_path``), and
+at the end rank 0 publishes the model and the training summary under ``spec.output_uri``
+(:func:`publish`): the driver only ever sees URIs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +26,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from components.common.artifacts import store_options
 from components.common.errors import DataError
+from components.common.storage import join, open_store
 from components.training.callbacks import Callback, TrainState
 from components.training.checkpoint import (
     MODEL_DIR,
@@ -33,6 +39,8 @@ from components.training.checkpoint import (
     write_checkpoint,
 )
 from components.training.data import ResumableBatches
+from components.training.inputs import local_copy
+from components.training.probes import HeldoutProbes
 from components.training.schedule import warmup_cosine
 from components.training.spec import TrainSpec
 
@@ -49,6 +57,16 @@ def train_loop_per_worker(config: dict) -> None:
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
         state, summary = build_state(spec, rank, world_size, Path(resume_dir) if resume_dir else None)
     callbacks = list(spec.callbacks)
+    if spec.probes:  # after the plugins' callbacks, which may restore newer weights in pre_train
+        callbacks.append(
+            HeldoutProbes(
+                spec.probes,
+                total_steps=spec.steps,
+                seq_len=spec.cfg.model.seq_len,
+                store_options=store_options(spec.cfg),
+                cache_dir=spec.cfg.pretrain.data_cache_dir,
+            )
+        )
     for cb in callbacks:
         cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
 
@@ -61,6 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
             train_step(state, callbacks, device=device, grad_clip=grad_clip)
             if state.step % every == 0 or state.step == spec.steps:
                 _checkpoint_and_report(state, callbacks)
+        publish(state, callbacks)
     except BaseException as exc:
         for cb in callbacks:
             cb.on_error(exc)
@@ -74,6 +93,8 @@ def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_cli
     """One optimizer step on this rank's batch of ``state.step``, with the callbacks around it."""
     t0 = time.perf_counter()
     batch = state.batches.batch(state.step, state.rank, state.world_size).to(device)
+    if state.step + 1 < state.spec.steps:
+        state.batches.prefetch(state.step + 1, state.rank, state.world_size)
     logits = state.model(input_ids=batch[:, :-1]).logits
     loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
     state.optimizer.zero_grad(set_to_none=True)
@@ -105,12 +126,15 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
     from components.common.tokenizer import load_tokenizer
 
     cfg = spec.cfg
+    options, cache = store_options(cfg), cfg.pretrain.data_cache_dir
     torch.manual_seed(cfg.run.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-    tokenizer = load_tokenizer(spec.tokenizer_dir)
+    tokenizer = load_tokenizer(local_copy(spec.tokenizer_uri, store_options=options, cache_dir=cache))
     if resume_dir is not None:
         module = LlamaForCausalLM.from_pretrained(resume_dir / MODEL_DIR)
-    elif spec.init_model_dir:
-        module = LlamaForCausalLM.from_pretrained(spec.init_model_dir)
+    elif spec.init_model_uri:
+        module = LlamaForCausalLM.from_pretrained(
+            local_copy(spec.init_model_uri, store_options=options, cache_dir=cache)
+        )
     else:
         module = LlamaForCausalLM(
             llama_config(
@@ -124,7 +148,7 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
         )
     if module.config.vocab_size < len(tokenizer):
         raise DataError(
-            f"model vocabulary ({module.config.vocab_size}) is smaller than the tokenizer in {spec.tokenizer_dir} "
+            f"model vocabulary ({module.config.vocab_size}) is smaller than the tokenizer in {spec.tokenizer_uri} "
             f"({len(tokenizer)}); start from a model trained with this tokenizer"
         )
     model = ray.train.torch.prepare_model(module)
@@ -133,12 +157,14 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
         optimizer, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_lr_ratio=spec.min_lr_ratio
     )
     batches = ResumableBatches(
-        spec.dataset_dir,
+        spec.dataset_uri,
         seq_len=cfg.model.seq_len,
         batch_size=spec.batch_size,
         seed=cfg.run.seed,
-        replay_dir=spec.replay_dir or None,
+        replay=spec.replay_uri or None,
         replay_fraction=spec.replay_fraction,
+        store_options=options,
+        cache_dir=cache,
     )
     state = TrainState(
         spec=spec,
@@ -198,22 +224,45 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
     with tempfile.TemporaryDirectory(prefix="lmforge-ckpt-") as tmp:
         checkpoint = None
         if state.rank == 0:
-            summary = {
-                "loss_curve": state.loss_curve,
-                "lr_curve": state.lr_curve,
-                "steps": state.step,
-                "tokens_per_second": state.tokens_per_second,
-                "train_tokens_seen": state.step * state.tokens_per_step,
-                "parameters": sum(p.numel() for p in state.module.parameters()),
-                "resumed_from_step": state.start_step,
-                "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
-            }
             write_checkpoint(
                 Path(tmp),
                 state,
                 rng_states=rng_states,
                 resume_key=state.spec.resume_key(state.world_size),
-                summary=summary,
+                summary=training_summary(state, callbacks),
             )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.step:08d}")
+
+
+def training_summary(state: TrainState, callbacks: list[Callback]) -> dict:
+    """What a run reports: curves, throughput, and every callback's results (rank 0's view)."""
+    return {
+        "loss_curve": state.loss_curve,
+        "lr_curve": state.lr_curve,
+        "steps": state.step,
+        "tokens_per_second": state.tokens_per_second,
+        "train_tokens_seen": state.step * state.tokens_per_step,
+        "parameters": sum(p.numel() for p in state.module.parameters()),
+        "resumed_from_step": state.start_step,
+        "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
+    }
+
+
+def publish(state: TrainState, callbacks: list[Callback]) -> None:
+    """Rank 0 uploads the trained HF model (with its tokenizer) and then the summary to ``spec.output_uri``.
+
+    The summary goes last: its presence says the model is complete. Both are overwritten by a re-run
+    (Ray Train restarting after a failure here resumes at the last step and publishes again), so a
+    retried publish is idempotent.
+    """
+    if state.rank == 0:
+        spec = state.spec
+        store = open_store(spec.output_uri, **store_options(spec.cfg))
+        with tempfile.TemporaryDirectory(prefix="lmforge-model-") as tmp:
+            state.module.save_pretrained(tmp)
+            state.tokenizer.save_pretrained(tmp)
+            store.upload_dir(tmp, join(spec.output_uri, MODEL_DIR))
+        store.write_text(spec.summary_uri, json.dumps(training_summary(state, callbacks)))
+    if state.world_size > 1:
+        dist.barrier()  # no rank leaves (and lets the fit end) before the model is in the store

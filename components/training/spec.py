@@ -1,37 +1,74 @@
-"""What one training run is: the picklable description every Ray worker receives.
+"""What one training run is: a description every Ray worker (and a RayJob on another cluster) can read.
 
-A :class:`TrainSpec` is built on the driver (by ``pretrain`` or ``continual``) and shipped to the
-workers inside ``train_loop_config``, so it holds plain values and callback objects only, never
-open files or models. Its :meth:`TrainSpec.resume_key` is stored in every checkpoint: the values
-that give "step S" its meaning (schedule, batch, world size, seed, data mixture).
+A :class:`TrainSpec` is built by a training stage (``pretrain``, ``continual``) and travels to the Ray
+workers inside ``train_loop_config``; with the RayJob launcher it first travels through the object
+store as JSON (:meth:`TrainSpec.to_json`). So it holds plain values and store URIs only, never open
+files, models or local paths: the step that builds it, the Ray driver and the workers may be on
+three different hosts that share nothing but the object store.
+
+Its :meth:`TrainSpec.resume_key` is stored in every checkpoint: the values that give "step S" its
+meaning (schedule, batch, world size, seed, data mixture).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, replace
 
-from components.common.config import LifecycleConfig, versioned_dict
+from components.common.config import LifecycleConfig, from_dict, to_dict, versioned_dict
+from components.common.errors import ConfigError
+from components.common.storage import join
 from components.training.callbacks import Callback
+
+SUMMARY_FILE = "training_summary.json"  # written by rank 0 next to the model, last
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A held-out loss measured on the workers while training (never on the driver, which holds no model).
+
+    The curve gets a point at step 0 when ``at_start`` (before the first update of a fresh run), every
+    ``every`` steps (0 = never in between), and always at the last step.
+    """
+
+    name: str  # key of the curve in the training summary ("heldout", "old_heldout", ...)
+    dataset_uri: str  # curated dataset whose split is measured
+    every: int = 0
+    at_start: bool = False
+    split: str = "heldout"
+    max_tokens: int = 50_000  # the first max_tokens tokens of the split, as everywhere (training/heldout.py)
+    batch_size: int = 8
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything a worker needs; it is pickled to every Ray worker, so it holds plain values."""
+    """Everything a worker needs: plain values and store URIs."""
 
-    cfg: LifecycleConfig  # the resolved run config (seed, model preset, seq_len, optimizer knobs)
-    stage: str  # "pretrain" or "continual"
-    dataset_dir: str  # curated dataset whose train split is trained on
-    tokenizer_dir: str
+    cfg: LifecycleConfig  # the resolved run config (seed, model preset, seq_len, optimizer knobs, storage)
+    stage: str  # "pretrain" or "continual": names the Ray Train run and its checkpoints
+    dataset_uri: str  # curated dataset whose train split is trained on
+    output_uri: str  # rank 0 writes model/ (HF model + tokenizer) and training_summary.json here
+    checkpoint_uri: str  # Ray Train storage: <checkpoint_uri>/<stage>/checkpoint-<step>
     steps: int
     batch_size: int  # sequences per worker per step
     lr: float  # peak LR
     warmup_steps: int
     min_lr_ratio: float
-    init_model_dir: str = ""  # HF model to start from ('' = random init from cfg.model.preset)
-    replay_dir: str = ""  # old corpus mixed into every batch (continual pretraining)
+    init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
+    replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
-    callbacks: tuple[Callback, ...] = ()
+    probes: tuple[Probe, ...] = ()
+    mlflow_run_id: str = ""  # rank 0 logs the loss and LR curves to this run ('' = none)
     plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
+    callbacks: tuple[Callback, ...] = ()  # extra callbacks for in-process launches (tests); not serialisable
+
+    @property
+    def tokenizer_uri(self) -> str:
+        return join(self.dataset_uri, "tokenizer")
+
+    @property
+    def summary_uri(self) -> str:
+        return join(self.output_uri, SUMMARY_FILE)
 
     def resume_key(self, world_size: int) -> dict:
         """The values that must match for a checkpoint of this run to be resumable."""
@@ -50,3 +87,29 @@ class TrainSpec:
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
         }
+
+    def to_json(self) -> str:
+        """The spec as JSON (for a RayJob's driver); in-process callbacks cannot travel this way."""
+        if self.callbacks:
+            names = ", ".join(type(cb).__name__ for cb in self.callbacks)
+            raise ConfigError(
+                f"training callbacks {names} are Python objects and cannot be sent to a RayJob; "
+                "set pretrain.launcher=ray, or contribute them through TrainSpec.plugins"
+            )
+        data = asdict(replace(self, cfg=None, callbacks=()))
+        data["cfg"] = to_dict(self.cfg)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSpec:
+        data = json.loads(text)
+        data.pop("callbacks", None)
+        data["cfg"] = from_dict(LifecycleConfig, data["cfg"])
+        data["probes"] = tuple(Probe(**p) for p in data.get("probes", ()))
+        data["plugins"] = tuple(data.get("plugins", ()))
+        return cls(**data)
+
+
+def probe_points(probe: Probe, step: int, total_steps: int) -> bool:
+    """Whether ``probe`` measures after optimizer step ``step`` (1-based) of a ``total_steps`` run."""
+    return step == total_steps or (probe.every > 0 and step % probe.every == 0)

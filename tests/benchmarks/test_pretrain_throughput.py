@@ -24,7 +24,13 @@ def test_pretrain_throughput_scales_with_workers(make_config, tiny_dataset, tmp_
             "evaluate.heldout_max_tokens=2000",
         )
         out = tmp_path / f"w{workers}"
-        summary = pretrain(cfg, dataset_dir=tiny_dataset, out_dir=out, checkpoint_uri=f"file://{out}/ckpt")
+        summary = pretrain(
+            cfg,
+            dataset_uri=tiny_dataset.as_uri(),
+            output_uri=out.as_uri(),
+            out_dir=out,
+            checkpoint_uri=f"file://{out}/ckpt",
+        )
         m = summary["metrics"]
         assert m["final_loss"] < m["initial_loss"]
         results[workers] = m["tokens_per_second"]

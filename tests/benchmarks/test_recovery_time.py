@@ -48,10 +48,8 @@ def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset
         "resilience.persist_every=5",
         f"resilience.faults={TIERS[tier]}",
     )
-    spec = train_spec(cfg, tiny_dataset)
-    summary = train_replacing_lost_nodes(
-        cluster, lambda: run_training(spec, out_dir=tmp_path / "out", checkpoint_uri=f"file://{tmp_path / 'ckpt'}")
-    )
+    spec = train_spec(cfg, tiny_dataset, tmp_path)
+    summary = train_replacing_lost_nodes(cluster, lambda: run_training(spec))
     (recovery,) = summary["callbacks"]["ResilienceCallback"]["recoveries"]
     assert recovery["tier"] == tier
     failed_at = recovery["failed_at_step"]

@@ -75,7 +75,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
                          "resilience.keeper_memory_mb=2048", "resilience.persist_every=1000")  # fmt: skip
         plan.append(("memory", 4, rs))
     plan.append(("none", 1, None))
-    results = _fit(train_spec(cfg, tiny_dataset), plan, f"snap-{preset}", tmp_path, warmup, steps)
+    results = _fit(train_spec(cfg, tiny_dataset, tmp_path), plan, f"snap-{preset}", tmp_path, warmup, steps)
 
     baseline = sum(r["steps_per_second"] for r in results if r["method"] == "none") / 2
     print(f"\n[bench] snapshot cost, preset {preset}, 2 workers, {steps} timed steps; "

@@ -41,9 +41,10 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
     )
     result = continual(
         cfg,
-        model_dir=tiny_model,
-        dataset_dir=wikitext_dataset,
-        old_dataset_dir=tiny_dataset,
+        model_uri=tiny_model.as_uri(),
+        dataset_uri=wikitext_dataset.as_uri(),
+        old_dataset_uri=tiny_dataset.as_uri(),
+        output_uri=(root / "out").as_uri(),
         out_dir=root / "out",
         checkpoint_uri=(root / "checkpoints").as_uri(),
     )
@@ -122,11 +123,12 @@ def test_corpora_with_different_tokenizers_are_rejected_naming_both(tmp_path, ma
     with pytest.raises(DataError) as err:
         continual(
             make_config(),
-            model_dir=tiny_model,
-            dataset_dir=other,
-            old_dataset_dir=tiny_dataset,
+            model_uri=tiny_model.as_uri(),
+            dataset_uri=other.as_uri(),
+            old_dataset_uri=tiny_dataset.as_uri(),
+            output_uri=(tmp_path / "out").as_uri(),
             out_dir=tmp_path / "out",
             checkpoint_uri=(tmp_path / "ckpt").as_uri(),
         )
-    assert str(other) in str(err.value) and str(tiny_dataset) in str(err.value)
+    assert other.as_uri() in str(err.value) and tiny_dataset.as_uri() in str(err.value)
     assert not (tmp_path / "out").exists()

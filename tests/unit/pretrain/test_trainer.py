@@ -68,14 +68,20 @@ def crashed_then_resumed(ray_cluster, tmp_path_factory, tiny_dataset):
         with pytest.raises(ray.train.TrainingFailedError):
             pretrain(
                 cfg,
-                dataset_dir=tiny_dataset,
-                out_dir=root / "out-crashed",
+                dataset_uri=tiny_dataset.as_uri(),
+                output_uri=(root / "out").as_uri(),
+                out_dir=root / "out",
                 checkpoint_uri=checkpoint_uri,
                 mlflow_run_id=run_id,
                 callbacks=[CrashAfterStep(CRASH_AFTER, str(record))],
             )
         result = pretrain(
-            cfg, dataset_dir=tiny_dataset, out_dir=root / "out", checkpoint_uri=checkpoint_uri, mlflow_run_id=run_id
+            cfg,
+            dataset_uri=tiny_dataset.as_uri(),
+            output_uri=(root / "out").as_uri(),
+            out_dir=root / "out",
+            checkpoint_uri=checkpoint_uri,
+            mlflow_run_id=run_id,
         )
     crashed = [json.loads(line) for line in record.read_text().splitlines()]
     return {"cfg": cfg, "result": result, "out": root / "out", "crashed": crashed, "run_id": run_id}

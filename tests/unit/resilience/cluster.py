@@ -87,19 +87,20 @@ def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict]) -> dict:
     return {**result["summary"], "replacement_nodes": joined}
 
 
-def train_spec(cfg: Any, dataset: Any) -> Any:
-    """The TrainSpec ``pretrain`` would build for ``cfg`` on ``dataset``."""
+def train_spec(cfg: Any, dataset: Any, out: Any) -> Any:
+    """The TrainSpec ``pretrain`` would build for ``cfg`` on ``dataset`` (local dirs), writing under ``out``."""
     from pathlib import Path
 
     from components import resilience
     from components.training.spec import TrainSpec
 
-    p = cfg.pretrain
+    p, out = cfg.pretrain, Path(out)
     return TrainSpec(
         cfg=cfg,
         stage="pretrain",
-        dataset_dir=str(dataset),
-        tokenizer_dir=str(Path(dataset) / "tokenizer"),
+        dataset_uri=Path(dataset).as_uri(),
+        output_uri=(out / "out").as_uri(),
+        checkpoint_uri=(out / "ckpt").as_uri(),
         steps=p.steps,
         batch_size=p.batch_size,
         lr=p.lr,

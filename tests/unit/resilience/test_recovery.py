@@ -42,7 +42,7 @@ def _config(make_config, *overrides: str):
 def _train(cfg, dataset: Path, out: Path) -> dict:
     from components.training.driver import run_training
 
-    return run_training(train_spec(cfg, dataset), out_dir=out / "out", checkpoint_uri=f"file://{out / 'ckpt'}")
+    return run_training(train_spec(cfg, dataset, out))
 
 
 def _train_replacing_lost_nodes(cluster, cfg, dataset: Path, out: Path) -> dict:

@@ -52,7 +52,7 @@ def test_ranks_read_disjoint_windows_and_an_epoch_covers_every_window(tiny_datas
 
 def test_replay_fraction_is_respected_over_a_run(tiny_dataset, wikitext_dataset):
     batches = ResumableBatches(
-        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_dir=wikitext_dataset, replay_fraction=0.1
+        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay=wikitext_dataset, replay_fraction=0.1
     )
     plans = [batches.plan(step, rank, 2) for step in range(100) for rank in range(2)]
     replayed = sum(source == REPLAY for plan in plans for source, _ in plan)
@@ -63,7 +63,7 @@ def test_replay_fraction_is_respected_over_a_run(tiny_dataset, wikitext_dataset)
 
 def test_replayed_rows_come_from_the_old_corpus(tiny_dataset, wikitext_dataset):
     batches = ResumableBatches(
-        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_dir=wikitext_dataset, replay_fraction=0.25
+        tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay=wikitext_dataset, replay_fraction=0.25
     )
     old = TokenWindows(wikitext_dataset, "train", SEQ + 1)
     rows, plan = batches.batch(5, 1, 2).numpy(), batches.plan(5, 1, 2)

@@ -1,0 +1,86 @@
+"""Run a :class:`TrainSpec` where ``pretrain.launcher`` says, and return its summary.
+
+* ``ray`` (the default): this process is the Ray Train driver, on ``pretrain.ray_address`` — a Ray
+  started inside the step (``local``, the embedded default), the node's Ray (``auto``), or an existing
+  RayCluster through Ray Client (``ray://…``).
+* ``rayjob``: this process (a KFP step pod) creates a KubeRay ``RayJob`` whose driver runs
+  :mod:`components.training.job` on the job's own Ray cluster, follows it and removes it. The spec
+  travels through the object store as JSON, the summary comes back the same way: the step and the
+  cluster share nothing else. The RayJob is named after the step's output address, so a KFP retry
+  of the same step re-attaches to its job instead of starting a second one.
+
+Either way a finished run is recognised by the summary under ``spec.output_uri`` and never trained
+twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Any
+
+from components.common.artifacts import store_options
+from components.common.errors import TrainingJobError
+from components.common.log import get_logger
+from components.common.storage import join, open_store
+from components.training.driver import read_training_summary, run_training
+from components.training.spec import TrainSpec
+
+log = get_logger("lmforge.training")
+
+
+def train(spec: TrainSpec) -> dict[str, Any]:
+    """Train ``spec`` with the configured launcher (or reuse a finished run); returns the training summary."""
+    if spec.cfg.pretrain.launcher == "rayjob":
+        return train_on_rayjob(spec)
+    return run_training(spec)
+
+
+def spec_uri(spec: TrainSpec) -> str:
+    """Where the RayJob's driver finds the spec (beside the run's checkpoints)."""
+    return join(spec.checkpoint_uri, spec.stage, "job", "spec.json")
+
+
+def job_entrypoint(spec: TrainSpec) -> str:
+    """The RayJob entrypoint: the job module, the spec's URI and how to reach the store (no secrets)."""
+    options = json.dumps(store_options(spec.cfg), sort_keys=True, separators=(",", ":"))
+    return f"python -m components.training.job {shlex.quote(spec_uri(spec))} --store-options {shlex.quote(options)}"
+
+
+def train_on_rayjob(spec: TrainSpec, *, api_client: Any = None) -> dict[str, Any]:
+    """Create (or re-attach to) this run's RayJob, follow it to the end, and read the summary it published."""
+    from components.common.images import CUDA_IMAGE, IMAGE
+    from components.training.kube_launcher import run_rayjob
+    from components.training.rayjob import build_rayjob, rayjob_name
+
+    if (done := read_training_summary(spec)) is not None:
+        log.info("%s: %s already holds a finished run; reusing it", spec.stage, spec.output_uri)
+        return done
+    cfg, uri = spec.cfg, spec_uri(spec)
+    open_store(uri, **store_options(cfg)).write_text(uri, spec.to_json())
+    digest = spec.output_uri.rstrip("/").rsplit("/", 1)[-1]  # the step's content address
+    name = rayjob_name(spec.stage, digest)
+    manifest = build_rayjob(
+        cfg,
+        name=name,
+        namespace=cfg.cluster.namespace,
+        entrypoint=job_entrypoint(spec),
+        # The step runs in the image it was compiled with; its Ray cluster runs the same code.
+        image=cfg.cluster.image or os.environ.get("LMFORGE_IMAGE", "") or IMAGE,
+        gpu_image=cfg.cluster.gpu_image or CUDA_IMAGE,
+        labels={"lmforge.io/stage": spec.stage},
+    )
+    outcome = run_rayjob(manifest, api_client=api_client, log=lambda line: log.info("[%s] %s", name, line))
+    log.info(
+        "%s: RayJob %s %s after %.0fs%s",
+        spec.stage,
+        name,
+        outcome.job_status,
+        outcome.seconds,
+        f" ({outcome.retries} retries)" if outcome.retries else "",
+    )
+    summary = read_training_summary(spec)
+    if summary is None:
+        raise TrainingJobError(f"RayJob {name} succeeded but published no training summary at {spec.summary_uri}")
+    return summary
