@@ -32,13 +32,24 @@ def store_root(cfg: LifecycleConfig) -> str:
     return cfg.storage.uri.rstrip("/") if cfg.storage.uri else "file://" + str(resolve_home(cfg) / "store")
 
 
+def store_options(cfg: LifecycleConfig) -> dict:
+    """The :func:`~components.common.storage.open_store` keyword arguments from ``cfg.storage``.
+
+    A plain dict so it can travel to Ray actors and workers that open the store themselves.
+    """
+    s = cfg.storage
+    return {
+        "s3_endpoint": s.s3_endpoint,
+        "s3_secure": s.s3_secure,
+        "s3_region": s.s3_region,
+        "max_attempts": s.s3_max_attempts,
+        "backoff_seconds": s.s3_backoff_seconds,
+        "timeout_seconds": s.s3_timeout_seconds,
+    }
+
+
 def open_run_store(cfg: LifecycleConfig) -> ObjectStore:
-    return open_store(
-        store_root(cfg),
-        s3_endpoint=cfg.storage.s3_endpoint,
-        s3_secure=cfg.storage.s3_secure,
-        s3_region=cfg.storage.s3_region,
-    )
+    return open_store(store_root(cfg), **store_options(cfg))
 
 
 def content_hash(stage: str, config: Any, inputs: dict[str, str]) -> str:

@@ -119,3 +119,25 @@ def test_download_replaces_an_earlier_copy(store_and_root, tmp_path):
     store.download_file(join(root, "m.bin"), tmp_path / "m.bin")
     assert (tmp_path / "m.bin").read_bytes() == b"new bytes"
 
+
+def test_store_options_carry_the_s3_settings_and_retry_budget(make_config, s3_server):
+    from components.common.artifacts import open_run_store, store_options
+
+    cfg = make_config(
+        "storage.uri=s3://lmforge-test/run",
+        f"storage.s3_endpoint={s3_server}",
+        "storage.s3_secure=false",
+        "storage.s3_max_attempts=3",
+        "storage.s3_backoff_seconds=0.25",
+        "storage.s3_timeout_seconds=7",
+    )
+    assert store_options(cfg) == {
+        "s3_endpoint": s3_server,
+        "s3_secure": False,
+        "s3_region": "us-east-1",
+        "max_attempts": 3,
+        "backoff_seconds": 0.25,
+        "timeout_seconds": 7.0,
+    }
+    store = open_run_store(cfg)
+    assert (store.max_attempts, store.backoff_seconds) == (3, 0.25)
