@@ -33,9 +33,19 @@ def store_root(cfg: LifecycleConfig) -> str:
 
 
 def store_options(cfg: LifecycleConfig) -> dict:
-    """The ``open_store`` keyword arguments of ``cfg.storage`` (plain values: they travel to Ray workers)."""
+    """The :func:`~components.common.storage.open_store` keyword arguments from ``cfg.storage``.
+
+    A plain dict so it can travel to Ray actors and workers that open the store themselves.
+    """
     s = cfg.storage
-    return {"s3_endpoint": s.s3_endpoint, "s3_secure": s.s3_secure, "s3_region": s.s3_region}
+    return {
+        "s3_endpoint": s.s3_endpoint,
+        "s3_secure": s.s3_secure,
+        "s3_region": s.s3_region,
+        "max_attempts": s.s3_max_attempts,
+        "backoff_seconds": s.s3_backoff_seconds,
+        "timeout_seconds": s.s3_timeout_seconds,
+    }
 
 
 def open_run_store(cfg: LifecycleConfig) -> ObjectStore:

@@ -70,6 +70,12 @@ class StorageConfig:
     s3_backoff_seconds: float = knob(
         0.5, "Delay before the first S3 retry; doubles with each retry (with jitter), capped at 20 s.", versioned=False
     )
+    s3_timeout_seconds: float = knob(
+        60.0,
+        "Longest silence on an S3 connection (read timeout; connect timeout: at most 10 s) before the attempt "
+        "counts as failed and is retried.",
+        versioned=False,
+    )
 
 
 @_frozen
@@ -507,6 +513,7 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(cfg.storage.s3_max_attempts >= 1, "storage.s3_max_attempts", "must be >= 1 (1 = no retry)")
     need(cfg.storage.s3_backoff_seconds >= 0, "storage.s3_backoff_seconds", "must be >= 0")
+    need(cfg.storage.s3_timeout_seconds > 0, "storage.s3_timeout_seconds", "must be > 0")
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:

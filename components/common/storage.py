@@ -5,6 +5,16 @@ hold the same key layout (``<root>/<kind>/<content-hash>/...``), so a run on a l
 the cluster differ only in ``storage.uri``. The public methods check the URI once and add it to
 every error; a backend implements only the ``_``-prefixed hooks.
 
+The S3 backend (:mod:`components.common.s3_store`) retries transient failures (connection resets,
+timeouts, 5xx, throttling) inside its hooks with a bounded budget, so every caller of this seam
+gets the same retry rules without knowing about them. Training workers stream token windows with
+:meth:`ObjectStore.read_range`; whole objects and prefixes they need on disk come through the
+per-node cache (:mod:`components.common.node_cache`). Ray Train writes checkpoints itself, through
+the pyarrow filesystem :func:`s3_filesystem` builds with the same endpoint and retry budget.
+
+Writes and downloads go through a temporary name and a rename, on both backends, so a reader (or a
+retry after a crash) never finds half an object under its final name.
+
 S3 credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, set from
 a Kubernetes Secret on the cluster), never from config files.
 """
@@ -14,11 +24,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import urlparse
 
 from components.common.errors import StorageError
+
+#: Defaults of the ``storage.s3_*`` config keys, for callers without a config (tests, tools).
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BACKOFF_SECONDS = 0.5
+DEFAULT_TIMEOUT_SECONDS = 60.0
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -40,6 +56,11 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def partial_path(path: Path) -> Path:
+    """A unique hidden sibling of ``path`` to write into before renaming onto ``path``."""
+    return path.with_name(f".{path.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 class ObjectStore(ABC):
     """A flat key space addressed by URIs of one scheme."""
 
@@ -56,6 +77,39 @@ class ObjectStore(ABC):
             raise StorageError(f"no object at {uri}") from e
         except OSError as e:
             raise StorageError(f"cannot read {uri}: {e}") from e
+
+    def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes of the object at ``uri`` from byte ``offset`` on.
+
+        One ranged GET on S3 (retried like every request), so a training worker streams the token
+        windows it needs instead of downloading whole shards. A range that runs past the end of the
+        object is a :class:`StorageError`, never a short result.
+        """
+        if offset < 0 or length < 0:
+            raise StorageError(f"read_range({uri}, offset={offset}, length={length}): both must be >= 0")
+        if length == 0:
+            return b""
+        key = self._key(uri)
+        try:
+            data = self._read_range(key, offset, length)
+        except FileNotFoundError as e:
+            raise StorageError(f"no object at {uri}") from e
+        except OSError as e:
+            raise StorageError(f"cannot read bytes {offset}..{offset + length} of {uri}: {e}") from e
+        if len(data) != length:
+            raise StorageError(
+                f"cannot read bytes {offset}..{offset + length} of {uri}: the object has {self.size(uri)} bytes"
+            )
+        return data
+
+    def size(self, uri: str) -> int:
+        """The object's length in bytes (a HEAD on S3, no download)."""
+        try:
+            return self._size(self._key(uri))
+        except FileNotFoundError as e:
+            raise StorageError(f"no object at {uri}") from e
+        except OSError as e:
+            raise StorageError(f"cannot stat {uri}: {e}") from e
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(delete=False) as tmp:
@@ -78,13 +132,8 @@ class ObjectStore(ABC):
             raise StorageError(f"cannot write {uri} from {path}: {e}") from e
 
     def download_file(self, uri: str, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._download(self._key(uri), Path(path))
-        except FileNotFoundError as e:
-            raise StorageError(f"no object at {uri}") from e
-        except OSError as e:
-            raise StorageError(f"cannot read {uri} into {path}: {e}") from e
+        """Copy one object to ``path``; the file appears under its name only once it is complete."""
+        self._download_key(self._key(uri), Path(path), uri)
 
     def digest(self, uri: str) -> str:
         """A content fingerprint of one object: sha256 locally, the ETag on S3 (no download)."""
@@ -118,12 +167,21 @@ class ObjectStore(ABC):
         if not objects:
             raise StorageError(f"nothing stored under {uri}")
         for key in objects:
-            self._download(key, local_dir / key[len(base) :])
+            self._download_key(key, local_dir / key[len(base) :], self._uri(key))
         return local_dir
 
     def local_dir(self, uri: str, cache: str | Path) -> Path:
         """A local directory holding the objects under ``uri`` (no copy when already local)."""
         return self.download_dir(uri, Path(cache))
+
+    def _download_key(self, key: str, path: Path, uri: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._download(key, path)
+        except FileNotFoundError as e:
+            raise StorageError(f"no object at {uri}") from e
+        except OSError as e:
+            raise StorageError(f"cannot read {uri} into {path}: {e}") from e
 
     def _key(self, uri: str) -> str:
         parsed = urlparse(uri)
@@ -141,10 +199,18 @@ class ObjectStore(ABC):
     def _read(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; fewer only when the object ends first."""
+
+    @abstractmethod
+    def _size(self, key: str) -> int: ...
+
+    @abstractmethod
     def _upload(self, path: Path, key: str) -> None: ...
 
     @abstractmethod
-    def _download(self, key: str, path: Path) -> None: ...
+    def _download(self, key: str, path: Path) -> None:
+        """Write the object to ``path`` through a temporary name; nothing under ``path`` on failure."""
 
     @abstractmethod
     def _list(self, prefix: str) -> list[str]: ...
@@ -170,6 +236,14 @@ class LocalStore(ObjectStore):
     def _read(self, key: str) -> bytes:
         return Path(key).read_bytes()
 
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        with open(key, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def _size(self, key: str) -> int:
+        return Path(key).stat().st_size
+
     def _delete(self, key: str) -> None:
         Path(key).unlink(missing_ok=True)
 
@@ -178,20 +252,26 @@ class LocalStore(ObjectStore):
         if dest.resolve() == path.resolve():
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        self._copy(path, dest)
 
     def _download(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if Path(key).resolve() != path.resolve():
-            shutil.copyfile(key, path)
+            self._copy(Path(key), path)
+
+    @staticmethod
+    def _copy(src: Path, dest: Path) -> None:
+        tmp = partial_path(dest)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _list(self, prefix: str) -> list[str]:
         root = Path(prefix)
         if not root.is_dir():
             return []
-        return [p.as_posix() for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name]
+        return [p.as_posix() for p in root.rglob("*") if p.is_file() and not _is_partial(p.name)]
 
     def _digest(self, key: str) -> str:
         return file_digest(key)
@@ -203,108 +283,86 @@ class LocalStore(ObjectStore):
         return path
 
 
-class S3Store(ObjectStore):
-    """``s3://bucket/key`` on MinIO or any S3-compatible endpoint, through the MinIO SDK."""
-
-    scheme = "s3"
-
-    def __init__(self, endpoint: str, *, secure: bool = True, region: str = "us-east-1") -> None:
-        from minio import Minio
-
-        access = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if not access or not secret:
-            raise StorageError(
-                "s3:// storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment "
-                "(on the cluster they come from the lmforge-s3 Secret)"
-            )
-        endpoint = endpoint or "s3.amazonaws.com"
-        self._client = Minio(endpoint, access_key=access, secret_key=secret, secure=secure, region=region)
-        self._buckets_seen: set[str] = set()
-
-    def _split(self, key: str) -> tuple[str, str]:
-        bucket, _, name = key.partition("/")
-        return bucket, name
-
-    def _uri(self, key: str) -> str:
-        return "s3://" + key
-
-    def _ensure_bucket(self, bucket: str) -> None:
-        if bucket not in self._buckets_seen:
-            if not self._client.bucket_exists(bucket):
-                self._client.make_bucket(bucket)
-            self._buckets_seen.add(bucket)
-
-    def _exists(self, key: str) -> bool:
-        from minio.error import S3Error
-
-        bucket, name = self._split(key)
-        try:
-            self._client.stat_object(bucket, name)
-            return True
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-                return False
-            raise StorageError(f"cannot stat s3://{key}: {e}") from e
-
-    def _read(self, key: str) -> bytes:
-        from minio.error import S3Error
-
-        bucket, name = self._split(key)
-        try:
-            resp = self._client.get_object(bucket, name)
-        except S3Error as e:
-            raise FileNotFoundError(key) from e
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
-
-    def _upload(self, path: Path, key: str) -> None:
-        bucket, name = self._split(key)
-        self._ensure_bucket(bucket)
-        self._client.fput_object(bucket, name, str(path))
-
-    def _delete(self, key: str) -> None:
-        bucket, name = self._split(key)
-        self._client.remove_object(bucket, name)  # S3 DELETE of an absent key succeeds
-
-    def _download(self, key: str, path: Path) -> None:
-        from minio.error import S3Error
-
-        bucket, name = self._split(key)
-        try:
-            self._client.fget_object(bucket, name, str(path))
-        except S3Error as e:
-            raise FileNotFoundError(key) from e
-
-    def _digest(self, key: str) -> str:
-        from minio.error import S3Error
-
-        bucket, name = self._split(key)
-        try:
-            return "etag:" + self._client.stat_object(bucket, name).etag
-        except S3Error as e:
-            raise FileNotFoundError(key) from e
-
-    def _list(self, prefix: str) -> list[str]:
-        from minio.error import S3Error
-
-        bucket, name = self._split(prefix)
-        try:
-            return [f"{bucket}/{o.object_name}" for o in self._client.list_objects(bucket, prefix=name, recursive=True)]
-        except S3Error as e:
-            if e.code == "NoSuchBucket":
-                return []
-            raise StorageError(f"cannot list s3://{prefix}: {e}") from e
+def _is_partial(name: str) -> bool:
+    # ".tmp" is what earlier versions of LocalStore wrote; ".part-" is partial_path's.
+    return name.startswith(".") and (".part-" in name or ".tmp" in name)
 
 
-def open_store(uri: str, *, s3_endpoint: str = "", s3_secure: bool = True, s3_region: str = "us-east-1") -> ObjectStore:
-    """The backend for ``uri``'s scheme."""
+def open_store(
+    uri: str,
+    *,
+    s3_endpoint: str = "",
+    s3_secure: bool = True,
+    s3_region: str = "us-east-1",
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> ObjectStore:
+    """The backend for ``uri``'s scheme; the S3 options are ignored for ``file://``.
+
+    With a config at hand, pass ``**components.common.artifacts.store_options(cfg)``.
+    """
     scheme = urlparse(uri).scheme
     if scheme == "file":
         return LocalStore()
     if scheme == "s3":
-        return S3Store(s3_endpoint, secure=s3_secure, region=s3_region)
+        from components.common.s3_store import S3Store
+
+        return S3Store(
+            s3_endpoint,
+            secure=s3_secure,
+            region=s3_region,
+            max_attempts=max_attempts,
+            backoff_seconds=backoff_seconds,
+            timeout_seconds=timeout_seconds,
+        )
     raise StorageError(f"unsupported storage URI {uri!r}: use file:///abs/path or s3://bucket/prefix")
+
+
+def s3_filesystem(
+    *,
+    s3_endpoint: str = "",
+    s3_secure: bool = True,
+    s3_region: str = "us-east-1",
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+):
+    """The ``pyarrow.fs.S3FileSystem`` through which Ray Train reads and writes checkpoints.
+
+    Same endpoint, TLS and region as :func:`open_store`; the AWS SDK inside pyarrow retries with its
+    standard strategy, whose ``max_attempts`` counts the first attempt as ours does (its backoff is
+    the SDK's own). Its defaults are tight for checkpoint-sized transfers: a 1 s connect timeout and
+    a 3 s request timeout (on Linux, curl's "abort when below 1 byte/s for that long"), so both are
+    raised to ``timeout_seconds`` here (connect: at most 10 s). Credentials are read from the
+    environment here, never from ``~/.aws`` or instance metadata, so a pod without the Secret fails
+    at once with a message instead of after the SDK's metadata probes time out.
+    """
+    from pyarrow.fs import AwsStandardS3RetryStrategy, S3FileSystem
+
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        raise StorageError(
+            "s3:// storage needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment "
+            "(on the cluster they come from the lmforge-s3 Secret)"
+        )
+    return S3FileSystem(
+        access_key=access,
+        secret_key=secret,
+        session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        endpoint_override=s3_endpoint or None,
+        scheme="https" if s3_secure else "http",
+        region=s3_region,
+        allow_bucket_creation=True,
+        retry_strategy=AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        connect_timeout=min(timeout_seconds, 10.0),
+        request_timeout=timeout_seconds,
+    )
+
+
+def __getattr__(name: str):
+    # S3Store lives in its own module (it imports minio and urllib3); keep `from storage import S3Store`.
+    if name == "S3Store":
+        from components.common.s3_store import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

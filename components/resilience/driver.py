@@ -13,12 +13,13 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 
+from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.common.storage import join
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
-from components.resilience.faults import FaultInjector, fault_store_options, local_marker_uri, parse_faults
+from components.resilience.faults import FaultInjector, local_marker_uri, parse_faults
 from components.resilience.placement import check_node_count
 from components.training.callbacks import Callback
 from components.training.spec import TrainSpec
@@ -62,7 +63,7 @@ def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tu
         )
     if not any(f.kind == "worker_crash" for f in faults):
         return ()
-    return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), fault_store_options(cfg)),)
+    return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), store_options(cfg)),)
 
 
 def markers_uri(checkpoint_uri: str, stage: str) -> str:
@@ -95,7 +96,7 @@ def resilience_callbacks(
             run_name=run_name,
             snapshots_uri=join(local_marker_uri(checkpoint_uri), stage, "snapshots"),
             markers_uri=markers_uri(checkpoint_uri, stage),
-            store_options=fault_store_options(cfg),
+            store_options=store_options(cfg),
             mlflow=mlflow,
         )
         callbacks.append(ResilienceCallback(cfg, target, parse_faults(r.faults)))

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
@@ -118,12 +119,6 @@ def local_marker_uri(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else "file://" + str(Path(path_or_uri).resolve())
 
 
-def fault_store_options(cfg: LifecycleConfig) -> dict:
-    """``open_store`` options for a marker URI from ``cfg.storage``'s S3 settings."""
-    s = cfg.storage
-    return {"s3_endpoint": s.s3_endpoint, "s3_secure": s.s3_secure, "s3_region": s.s3_region}
-
-
 class FaultInjector(Callback):
     """Kills rank 0's worker process after the step of each ``worker_crash`` fault, once per run.
 
@@ -134,7 +129,7 @@ class FaultInjector(Callback):
         parsed = [f if isinstance(f, Fault) else parse_fault(f) for f in faults]
         self.crashes = {f.step: f for f in faults_of_kind(parsed, "worker_crash")}
         self.marker_uri = local_marker_uri(marker_uri)
-        #: open_store keyword arguments (s3_endpoint, s3_secure, s3_region) for an s3:// marker_uri
+        #: open_store keyword arguments (see components.common.artifacts.store_options) for an s3:// marker_uri
         self.store_options = dict(store_options or {})
         self._active = False
 
@@ -145,7 +140,7 @@ class FaultInjector(Callback):
     @classmethod
     def from_config(cls, cfg: LifecycleConfig, marker_uri: str) -> FaultInjector:
         """The injector of ``cfg.resilience.faults``, reaching ``marker_uri`` with ``cfg.storage``'s S3 settings."""
-        return cls(parse_faults(cfg.resilience.faults), marker_uri, fault_store_options(cfg))
+        return cls(parse_faults(cfg.resilience.faults), marker_uri, store_options(cfg))
 
     def pre_train(self, state: TrainState) -> None:
         self._active = state.rank == 0 and bool(self.crashes)

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import os
 from typing import Any
 from urllib.parse import urlparse
 
@@ -34,7 +33,7 @@ from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
 from components.common.ray_session import ray_session as common_ray_session
-from components.common.storage import open_store
+from components.common.storage import open_store, s3_filesystem
 from components.training.callbacks import MlflowCurveLogger
 from components.training.loop import train_loop_per_worker
 from components.training.spec import TrainSpec
@@ -126,21 +125,17 @@ def ray_storage(cfg: LifecycleConfig, checkpoint_uri: str):
     if parsed.scheme == "file":
         return parsed.path, None
     if parsed.scheme == "s3":
-        from pyarrow.fs import S3FileSystem
-
-        access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if not access or not secret:
-            raise StorageError(
-                f"checkpoints at {checkpoint_uri} need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+        s = cfg.storage
+        try:
+            filesystem = s3_filesystem(
+                s3_endpoint=s.s3_endpoint,
+                s3_secure=s.s3_secure,
+                s3_region=s.s3_region,
+                max_attempts=s.s3_max_attempts,
+                timeout_seconds=s.s3_timeout_seconds,
             )
-        filesystem = S3FileSystem(
-            access_key=access,
-            secret_key=secret,
-            endpoint_override=cfg.storage.s3_endpoint or None,
-            scheme="https" if cfg.storage.s3_secure else "http",
-            region=cfg.storage.s3_region,
-            allow_bucket_creation=True,
-        )
+        except StorageError as e:
+            raise StorageError(f"checkpoints at {checkpoint_uri}: {e}") from e
         return f"{parsed.netloc}{parsed.path}".rstrip("/"), filesystem
     raise StorageError(f"checkpoint URI {checkpoint_uri!r}: use file:///abs/path or s3://bucket/prefix")
 

@@ -62,3 +62,82 @@ def test_digest_changes_with_content(store_and_root):
     first = store.digest(join(root, "d.txt"))
     store.write_text(join(root, "d.txt"), "two")
     assert store.digest(join(root, "d.txt")) != first
+
+
+def test_read_range_returns_exactly_the_bytes_asked_for(store_and_root):
+    store, root = store_and_root
+    data = bytes(range(256)) * 40
+    store.write_bytes(join(root, "tokens.bin"), data)
+    assert store.read_range(join(root, "tokens.bin"), 1000, 2345) == data[1000:3345]
+    assert store.read_range(join(root, "tokens.bin"), len(data) - 7, 7) == data[-7:]
+
+
+def test_read_range_past_the_end_is_an_error_giving_the_size(store_and_root):
+    store, root = store_and_root
+    store.write_bytes(join(root, "short.bin"), b"0123456789")
+    with pytest.raises(StorageError, match=r"bytes 8\.\.13 of .*short.bin: the object has 10 bytes"):
+        store.read_range(join(root, "short.bin"), 8, 5)
+
+
+def test_read_range_starting_past_the_end_is_an_error(store_and_root):
+    store, root = store_and_root
+    store.write_bytes(join(root, "short.bin"), b"0123456789")
+    with pytest.raises(StorageError, match="the object has 10 bytes"):
+        store.read_range(join(root, "short.bin"), 20, 5)
+
+
+def test_read_range_of_a_missing_object_names_the_uri(store_and_root):
+    store, root = store_and_root
+    with pytest.raises(StorageError, match="no object at .*absent.bin"):
+        store.read_range(join(root, "absent.bin"), 0, 4)
+
+
+def test_size_is_the_object_length(store_and_root):
+    store, root = store_and_root
+    store.write_bytes(join(root, "s.bin"), b"x" * 12345)
+    assert store.size(join(root, "s.bin")) == 12345
+
+
+def test_size_of_a_missing_object_names_the_uri(store_and_root):
+    store, root = store_and_root
+    with pytest.raises(StorageError, match="no object at .*absent.bin"):
+        store.size(join(root, "absent.bin"))
+
+
+def test_failed_download_leaves_nothing_behind(store_and_root, tmp_path):
+    store, root = store_and_root
+    dest = tmp_path / "dl"
+    with pytest.raises(StorageError, match="no object at"):
+        store.download_file(join(root, "absent.bin"), dest / "absent.bin")
+    assert list(dest.iterdir()) == []
+
+
+def test_download_replaces_an_earlier_copy(store_and_root, tmp_path):
+    store, root = store_and_root
+    store.write_bytes(join(root, "m.bin"), b"new bytes")
+    (tmp_path / "m.bin").write_bytes(b"an older, longer copy of the object")
+    store.download_file(join(root, "m.bin"), tmp_path / "m.bin")
+    assert (tmp_path / "m.bin").read_bytes() == b"new bytes"
+
+
+def test_store_options_carry_the_s3_settings_and_retry_budget(make_config, s3_server):
+    from components.common.artifacts import open_run_store, store_options
+
+    cfg = make_config(
+        "storage.uri=s3://lmforge-test/run",
+        f"storage.s3_endpoint={s3_server}",
+        "storage.s3_secure=false",
+        "storage.s3_max_attempts=3",
+        "storage.s3_backoff_seconds=0.25",
+        "storage.s3_timeout_seconds=7",
+    )
+    assert store_options(cfg) == {
+        "s3_endpoint": s3_server,
+        "s3_secure": False,
+        "s3_region": "us-east-1",
+        "max_attempts": 3,
+        "backoff_seconds": 0.25,
+        "timeout_seconds": 7.0,
+    }
+    store = open_run_store(cfg)
+    assert (store.max_attempts, store.backoff_seconds) == (3, 0.25)

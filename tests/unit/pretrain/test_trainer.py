@@ -12,10 +12,9 @@ import torch
 
 from components.common import lineage
 from components.common.config import load_config
-from components.common.errors import StorageError
 from components.pretrain.trainer import pretrain
 from components.training.callbacks import Callback
-from components.training.driver import ray_session, ray_storage
+from components.training.driver import ray_session
 
 STEPS, CHECKPOINT_EVERY, CRASH_AFTER = 20, 5, 7
 
@@ -140,19 +139,3 @@ def test_every_step_loss_and_lr_are_logged_to_mlflow(crashed_then_resumed):
     assert {m.step for m in history} == set(range(1, STEPS + 1))
     logged_lr = {m.step: m.value for m in client.get_metric_history(crashed_then_resumed["run_id"], "lr")}
     assert logged_lr == pytest.approx(dict((int(s), lr) for s, lr in crashed_then_resumed["result"]["lr_curve"]))
-
-
-def test_s3_checkpoint_uri_maps_to_a_pyarrow_filesystem(make_config, monkeypatch):
-    from pyarrow.fs import S3FileSystem
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    cfg = make_config("storage.s3_endpoint=127.0.0.1:9000", "storage.s3_secure=false")
-    path, fs = ray_storage(cfg, "s3://lmforge/checkpoints/abc")
-    assert path == "lmforge/checkpoints/abc" and isinstance(fs, S3FileSystem)
-    assert ray_storage(cfg, "file:///tmp/x/ckpt") == ("/tmp/x/ckpt", None)
-
-
-def test_unknown_checkpoint_scheme_is_a_storage_error(make_config):
-    with pytest.raises(StorageError, match="gs://b/x"):
-        ray_storage(make_config(), "gs://b/x")
