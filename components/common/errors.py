@@ -23,3 +23,8 @@ class StorageError(LmforgeError):
 
 class RecoveryError(LmforgeError):
     """Training state could not be restored from any tier (memory, parity, persistent checkpoint)."""
+
+
+class TrainingJobError(LmforgeError):
+    """A training job on the cluster (a KubeRay RayJob) was rejected, failed or could not be followed;
+    the one-line message names the RayJob and the reason."""
