@@ -389,8 +389,8 @@ class ClusterConfig:
     )
     ray_token_secret: str = knob(
         "",
-        "Secret with key 'token' for Ray's token authentication (RAY_AUTH_MODE=token on head, workers and "
-        "driver); '' = no token.",
+        "Secret with key 'auth_token' (KubeRay's key) for Ray's token authentication: RAY_AUTH_MODE=token and "
+        "RAY_AUTH_TOKEN on head, workers and submitter, and the operator's own job-status calls; '' = no token.",
         versioned=False,
     )
     head_cpu: str = knob("2", "CPU request and limit of the Ray head pod.", versioned=False)

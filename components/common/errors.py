@@ -26,4 +26,5 @@ class RecoveryError(LmforgeError):
 
 
 class TrainingJobError(LmforgeError):
-    """A training job (a KubeRay RayJob) failed or could not be followed; the message names the job and why."""
+    """A training job on the cluster (a KubeRay RayJob) was rejected, failed or could not be followed;
+    the one-line message names the RayJob and the reason."""

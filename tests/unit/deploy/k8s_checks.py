@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import os
 import re
 import tomllib
@@ -25,6 +26,9 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "lmforge"
 K8S = REPO / "k8s"
 IMAGES = REPO / "images"
+# CustomResourceDefinitions copied from KubeRay and Kubeflow Pipelines (see their README): next to the
+# checkout, as ../shared/crds.
+CRDS = REPO.parent / "shared" / "crds"
 # The Kubernetes version manifests are validated against (kubernetes-validate ships its schemas).
 KUBE_VERSION = "1.33.0"
 
@@ -286,6 +290,122 @@ def _validate(doc_yaml: str, version: str) -> None:
     import kubernetes_validate
 
     kubernetes_validate.validate(yaml.safe_load(doc_yaml), version, strict=True)
+
+
+# --- custom resources against their CRDs -------------------------------------------------------
+
+
+def crd_available(api_version: str, kind: str) -> bool:
+    return _crd_validator(api_version, kind) is not None
+
+
+def crd_violations(obj: Obj) -> tuple[list[str], list[str]]:
+    """(schema violations, unknown fields) of a custom resource, each as ``path: message``.
+
+    The schema is the CRD's ``openAPIV3Schema`` for the version ``apiVersion`` names. Unknown fields are
+    reported apart: the API server drops them silently by default and rejects them only under
+    ``fieldValidation=Strict`` (which the RayJob launcher uses), so a misspelled field would otherwise
+    vanish. CEL rules (``x-kubernetes-validations``) are not evaluated here.
+    """
+    validator = _crd_validator(obj.get("apiVersion", ""), obj.get("kind", ""))
+    if validator is None:
+        raise LookupError(f"no CRD for {obj.get('apiVersion')}/{obj.get('kind')} under {CRDS}")
+    invalid, unknown = [], []
+    for error in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = _json_path(error.absolute_path)
+        if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            unknown += [f"{where}.{name}" if where else name for name in extra]
+        else:
+            invalid.append(f"{where or '(root)'}: {error.message}")
+    return invalid, unknown
+
+
+def crd_problems(where: str, obj: Obj) -> list[str]:
+    """Everything a strict API server would refuse in a custom resource (see crd_violations)."""
+    invalid, unknown = crd_violations(obj)
+    return [f"{where}: {p}" for p in invalid] + [f"{where}: unknown field {p}" for p in unknown]
+
+
+def _json_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@functools.cache
+def _crd_validator(api_version: str, kind: str):
+    import jsonschema
+
+    group, _, version = api_version.partition("/")
+    # Files are named <group>_<plural>.yaml (controller-gen); these kinds' plurals are kind + "s". Parsing
+    # a CRD takes about a second, so only the one named is read.
+    path = CRDS / f"{group}_{kind.lower()}s.yaml"
+    if group and path.is_file():
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        if crd["spec"]["group"] != group or crd["spec"]["names"]["kind"] != kind:
+            return None
+        for v in crd["spec"]["versions"]:
+            if v["name"] == version:
+                return jsonschema.Draft7Validator(_closed(v["schema"]["openAPIV3Schema"]))
+    return None
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with ``additionalProperties: false`` wherever properties are listed, i.e. the fields a
+    structural schema would prune, except under ``x-kubernetes-preserve-unknown-fields``."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {
+        k: _closed(v) if k in ("items", "additionalProperties", "anyOf", "allOf", "oneOf", "not") else v
+        for k, v in schema.items()
+    }
+    if "properties" in schema:
+        out["properties"] = {k: _closed(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    return out
+
+
+# --- the example RayJob in k8s/ray ---------------------------------------------------------------
+
+# k8s/ray/rayjob-pretrain.yaml is what components/training/rayjob.py builds for a pretrain step of the
+# 1b profile with these cluster settings; test_k8s_manifests.py checks that the two agree.
+EXAMPLE_RAYJOB_SETTINGS = (
+    "pretrain.launcher=rayjob",
+    "cluster.namespace=lmforge",
+    "cluster.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+    "cluster.shm_size=24Gi",
+    "cluster.job_deadline_seconds=1209600",
+)
+EXAMPLE_DIGEST = "3f9a1c2e7b5d4a60"
+
+
+def example_rayjob() -> Obj:
+    """The RayJob a 1b pretrain step creates (regenerate the YAML with ``write_example_rayjob()``)."""
+    from components.common.config import load_config
+    from components.training.rayjob import build_rayjob, rayjob_name
+
+    cfg = load_config("1b", list(EXAMPLE_RAYJOB_SETTINGS))
+    image, cuda_image = project_images()
+    return build_rayjob(
+        cfg,
+        name=rayjob_name("pretrain", EXAMPLE_DIGEST),
+        namespace=cfg.cluster.namespace,
+        entrypoint=f"python -m components.training.job --spec s3://lmforge/training-jobs/{EXAMPLE_DIGEST}/spec.json",
+        image=image,
+        gpu_image=cuda_image,
+    )
+
+
+def write_example_rayjob() -> None:
+    """Rewrite the YAML body of k8s/ray/rayjob-pretrain.yaml from the builder, keeping its header comment."""
+    path = K8S / "ray" / "rayjob-pretrain.yaml"
+    header = itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines(keepends=True))
+    path.write_text("".join(header) + yaml.safe_dump(example_rayjob(), sort_keys=False, width=120))
 
 
 # --- chart templates without Helm --------------------------------------------------------------

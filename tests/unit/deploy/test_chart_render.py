@@ -14,6 +14,7 @@ from .k8s_checks import (
     CHART,
     REPO,
     check_cli_argv,
+    crd_problems,
     helm,
     k8s_objects,
     metadata_problems,
@@ -76,6 +77,20 @@ def test_rendered_objects_are_named_and_validate_against_kubernetes_schemas(vari
     rendered = objects(variant)
     assert rendered
     assert [p for where, obj in rendered for p in metadata_problems(where, obj) + schema_problems(where, obj)] == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_custom_resources_validate_against_their_crds(variant):
+    """KubeRay and Kubeflow Pipelines objects the chart renders (none today: training steps create their
+    RayJobs) must validate against the CRDs in ../shared/crds; a kind with no CRD there is reported."""
+    problems = []
+    for where, obj in objects(variant):
+        if obj["apiVersion"].split("/")[0] in ("ray.io", "pipelines.kubeflow.org"):
+            try:
+                problems += crd_problems(where, obj)
+            except LookupError as e:
+                problems.append(f"{where}: {e}")
+    assert problems == []
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

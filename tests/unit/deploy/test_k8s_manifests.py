@@ -1,10 +1,9 @@
 """k8s/ checked statically: every manifest parses into named objects that validate against the
-Kubernetes schemas, pods run non-root with resources, RBAC is least-privilege, no credential is
-written down, and the KubeRay, Argo CD and trigger objects say what lmforge needs them to say."""
+Kubernetes schemas (and the KubeRay objects against KubeRay's CRDs), pods run non-root with resources,
+RBAC is least-privilege, no credential is written down, and the KubeRay, Argo CD and trigger objects
+say what lmforge needs them to say; the example RayJob is what the RayJob builder makes."""
 
 from __future__ import annotations
-
-import shlex
 
 import pytest
 import yaml
@@ -15,6 +14,9 @@ from .k8s_checks import (
     K8S,
     REPO,
     check_cli_argv,
+    crd_available,
+    crd_problems,
+    example_rayjob,
     k8s_manifest_files,
     k8s_objects,
     load_documents,
@@ -35,7 +37,7 @@ IDS = [where for where, _ in OBJECTS]
 # a misspelled field would be dropped silently by the API server, so it is caught here.
 RAY_CLUSTER_FIELDS = {
     "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
-    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs",
+    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs", "authOptions",
 }  # fmt: skip
 HEAD_GROUP_FIELDS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
 WORKER_GROUP_FIELDS = {
@@ -65,6 +67,19 @@ def test_every_manifest_parses_into_named_objects(path):
 def test_objects_validate_against_the_kubernetes_schemas(where, obj):
     pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) is not installed")
     assert schema_problems(where, obj) == []
+
+
+CUSTOM = [(where, obj) for where, obj in OBJECTS if crd_available(obj["apiVersion"], obj["kind"])]
+
+
+def test_kuberay_objects_have_their_crds_at_hand():
+    """Guards the CRD check below against running on nothing (../shared/crds missing or renamed)."""
+    assert {obj["kind"] for _, obj in CUSTOM} >= {"RayCluster", "RayJob"}
+
+
+@pytest.mark.parametrize(("where", "obj"), CUSTOM, ids=[where for where, _ in CUSTOM])
+def test_custom_resources_validate_against_their_crds(where, obj):
+    assert crd_problems(where, obj) == []
 
 
 @pytest.mark.parametrize(("where", "obj"), OBJECTS, ids=IDS)
@@ -132,11 +147,10 @@ def test_ray_objects_use_only_kuberay_fields(kind):
     assert all(isinstance(v, str) for v in spec["headGroupSpec"]["rayStartParams"].values())
 
 
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_ray_clusters_have_cpu_and_gpu_worker_groups_on_the_project_images(kind):
+def test_standing_cluster_has_cpu_and_gpu_worker_groups_on_the_project_images():
     image, cuda_image = project_images()
-    (obj,) = objects_of(kind)
-    spec = obj["spec"].get("rayClusterSpec", obj["spec"])
+    (obj,) = objects_of("RayCluster")
+    spec = obj["spec"]
     groups = {g["groupName"]: g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]}
     assert set(groups) == {"cpu", "gpu"}
     assert groups["cpu"]["image"] == image and groups["gpu"]["image"] == cuda_image
@@ -153,12 +167,25 @@ def test_ray_version_is_one_pyproject_allows(kind):
     assert spec["rayVersion"] in ray.specifier
 
 
+def test_rayjob_example_is_what_the_builder_makes_for_the_1b_profile():
+    """If this fails after a change to components/training/rayjob.py, regenerate the example:
+    ``python -c 'from tests.unit.deploy.k8s_checks import write_example_rayjob as w; w()'``."""
+    (job,) = objects_of("RayJob")
+    assert job == example_rayjob()
+
+
 def test_rayjob_gpu_group_matches_the_1b_profile_workers():
     profile = yaml.safe_load((REPO / "pipelines" / "profiles" / "1b.yaml").read_text())
     (job,) = objects_of("RayJob")
-    (gpu,) = [g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    (gpu,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    image, cuda_image = project_images()
     assert profile["pretrain"]["use_gpu"] is True
-    assert gpu["replicas"] == gpu["minReplicas"] == profile["pretrain"]["num_workers"]
+    assert gpu["groupName"] == "gpu" and gpu["template"]["spec"]["containers"][0]["image"] == cuda_image
+    # One GPU per pod (cluster.gpus_per_worker_pod's default), so one pod per Ray Train worker.
+    assert gpu["replicas"] == gpu["minReplicas"] == gpu["maxReplicas"] == profile["pretrain"]["num_workers"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["template"]["spec"]["containers"][0]["image"] == image
 
 
 def test_argocd_application_syncs_the_chart_into_lmforge():
@@ -188,18 +215,12 @@ def test_trigger_submits_continual_when_new_data_lands_under_the_profile_source(
     assert pod["serviceAccountName"] == "lmforge-submitter"
 
 
-def test_trigger_and_rayjob_call_the_cli_with_arguments_it_accepts():
-    """The contract with pipelines/cli.py: the manifests' argv parses with the real parser."""
-    (job,) = objects_of("RayJob")
-    program, *entrypoint = shlex.split(job["spec"]["entrypoint"])
-    assert program == "lmforge"
+def test_trigger_calls_the_cli_with_arguments_it_accepts():
+    """The contract with pipelines/cli.py: the manifest's argv parses with the real parser."""
     (cron,) = objects_of("CronJob")
     trigger_argv = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    parsed = check_cli_argv([entrypoint, trigger_argv])
-    run = parsed[0]
-    assert run.command == "run" and "pretrain.ray_address=auto" in run.set
-    if len(parsed) > 1:
-        assert (parsed[1].command, parsed[1].pipeline, parsed[1].profile) == ("submit", "continual", "1b")
+    (parsed,) = check_cli_argv([trigger_argv])
+    assert (parsed.command, parsed.pipeline, parsed.profile) == ("submit", "continual", "1b")
 
 
 def test_1b_profile_reaches_the_standing_cluster_through_its_head_service():

@@ -8,6 +8,8 @@ import copy
 import pytest
 
 from .k8s_checks import (
+    crd_available,
+    crd_problems,
     pod_security_problems,
     rbac_problems,
     schema_problems,
@@ -23,6 +25,9 @@ try:
 except ImportError:
     HAVE_KV = False
 needs_schemas = pytest.mark.skipif(not HAVE_KV, reason="kubernetes-validate (dev extra) is not installed")
+needs_crds = pytest.mark.skipif(
+    not crd_available("ray.io/v1", "RayCluster"), reason="KubeRay CRDs not found at ../shared/crds (see its README)"
+)
 
 GOOD_POD = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
@@ -177,3 +182,49 @@ def test_schema_check_flags_a_wrong_type_in_a_core_object():
 def test_template_skeleton_keeps_structure_and_drops_actions():
     text = 'metadata:\n  name: {{ .Release.Name }}-x\n  labels:\n    {{- include "l" . | nindent 4 }}\n    a: b\n'
     assert template_skeleton(text) == "metadata:\n  name: TEMPLATED-x\n  labels:\n    a: b"
+
+
+def ray_cluster() -> dict:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "r"},
+        "spec": {
+            "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": copy.deepcopy(GOOD_POD)}},
+            "workerGroupSpecs": [
+                {
+                    "groupName": "gpu",
+                    "replicas": 2,
+                    "minReplicas": 2,
+                    "maxReplicas": 2,
+                    "template": {"spec": copy.deepcopy(GOOD_POD)},
+                }
+            ],
+        },
+    }
+
+
+@needs_crds
+def test_crd_check_accepts_a_valid_ray_cluster():
+    assert crd_problems("r", ray_cluster()) == []
+
+
+@needs_crds
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda s: s["workerGroupSpecs"][0].update(replicas="two"),
+            "workerGroupSpecs[0].replicas: 'two' is not of type 'integer'",
+        ),
+        (lambda s: s["workerGroupSpecs"][0].pop("groupName"), "'groupName' is a required property"),
+        (lambda s: s["headGroupSpec"].update(rayStartParam={}), "unknown field spec.headGroupSpec.rayStartParam"),
+        (lambda s: s["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}), "0 is not of type 'string'"),
+        (lambda s: s.update(authOptions={"mode": "password"}), "'password' is not one of ['disabled', 'token']"),
+    ],
+)
+def test_crd_check_flags_each_violation(mutate, expected):
+    obj = ray_cluster()
+    mutate(obj["spec"])
+    problems = crd_problems("r", obj)
+    assert any(expected in p for p in problems), problems
