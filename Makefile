@@ -5,7 +5,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-IMAGE  ?=
+IMAGE     ?=
+GPU_IMAGE ?=
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -37,8 +38,12 @@ test-integration: venv
 bench: venv  ## benchmarks: print ratios against baselines measured in the same run
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
 
-compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=registry/lmforge:tag to build for your registry)
-	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE=$(IMAGE)) $(BIN)/lmforge compile
+# IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
+# what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).
+compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=repo@sha256:… GPU_IMAGE=repo@sha256:… to pin your images)
+	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE='$(IMAGE)') $(if $(GPU_IMAGE),LMFORGE_COMPILE_GPU_IMAGE='$(GPU_IMAGE)') \
+	  $(BIN)/lmforge compile
+
 
 lint: venv  ## ruff lint and format check
 	$(BIN)/ruff check .
