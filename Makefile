@@ -5,14 +5,15 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-IMAGE  ?=
+IMAGE     ?=
+GPU_IMAGE ?=
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: venv demo test test-unit test-integration bench compile lint format clean
+.PHONY: venv demo test test-unit test-integration bench compile lock lint format clean
 
 venv: $(STAMP)  ## create .venv and install lmforge with its dev tools
 
@@ -37,8 +38,35 @@ test-integration: venv
 bench: venv  ## benchmarks: print ratios against baselines measured in the same run
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
 
-compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=registry/lmforge:tag to build for your registry)
-	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE=$(IMAGE)) $(BIN)/lmforge compile
+# IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
+# what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).
+compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=repo@sha256:… GPU_IMAGE=repo@sha256:… to pin your images)
+	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE='$(IMAGE)') $(if $(GPU_IMAGE),LMFORGE_COMPILE_GPU_IMAGE='$(GPU_IMAGE)') \
+	  $(BIN)/lmforge compile
+
+# The images' lock files (images/README.md, "Lock files"): requirements.lock holds everything both
+# images share, resolved from PyPI without torch; torch-cpu.lock / torch-cuda.lock hold torch's
+# build for each image and what only it needs. Needs uv and the network; run it after any change
+# to pyproject.toml's dependencies (tests/unit/deploy fails until then). Existing pins are kept
+# where still allowed; LOCK_UPGRADE=--upgrade moves everything to the newest allowed versions.
+# TORCH_CPU_SOURCE: where the +cpu torch build comes from (the PyTorch CPU index by default;
+# "--find-links DIR" for a directory of wheels mirrored from it). The loop at the end drops the list
+# of packages left to requirements.lock that uv appends to the torch locks.
+UV               ?= uv
+TORCH_CPU_SOURCE ?= --torch-backend cpu
+LOCK_UPGRADE     ?=
+LOCK_FLAGS = --no-config --quiet --generate-hashes $(LOCK_UPGRADE) \
+	--python-version $$(cat images/python-version) --python-platform x86_64-manylinux_2_39 \
+	--custom-compile-command 'make lock'
+LOCK_SHARED = -c images/requirements.lock $$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' images/requirements.lock)
+
+lock:  ## regenerate images/*.lock from pyproject.toml (needs uv and the network)
+	echo torch | $(UV) pip compile pyproject.toml $(LOCK_FLAGS) --excludes /dev/stdin -o images/requirements.lock
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) $(TORCH_CPU_SOURCE) $(LOCK_SHARED) -o images/torch-cpu.lock
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_SHARED) -o images/torch-cuda.lock
+	for f in images/torch-cpu.lock images/torch-cuda.lock; do \
+	  sed '/^# The following packages were excluded from the output:/,$$d' $$f > $$f.tmp && mv $$f.tmp $$f; \
+	done
 
 lint: venv  ## ruff lint and format check
 	$(BIN)/ruff check .

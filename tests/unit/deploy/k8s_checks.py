@@ -39,17 +39,31 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def project_images() -> tuple[str, str]:
-    """(IMAGE, CUDA_IMAGE) of components/common/images.py as shipped, i.e. without the
-    LMFORGE_COMPILE_IMAGE override a developer may have set."""
-    saved = os.environ.pop("LMFORGE_COMPILE_IMAGE", None)
+COMPILE_IMAGE_VARIABLES = ("LMFORGE_COMPILE_IMAGE", "LMFORGE_COMPILE_GPU_IMAGE")
+
+
+def load_images_module(env: dict[str, str] | None = None):
+    """A fresh copy of components/common/images.py, imported with the compile-time overrides set to
+    ``env`` (unset when absent), so a test sees what a compile with that environment would see. The
+    process environment and ``sys.modules`` are left as they were."""
+    saved = {var: os.environ.pop(var, None) for var in COMPILE_IMAGE_VARIABLES}
+    os.environ.update(env or {})
     try:
         spec = importlib.util.spec_from_file_location("_lmforge_images", REPO / "components" / "common" / "images.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        if saved is not None:
-            os.environ["LMFORGE_COMPILE_IMAGE"] = saved
+        for var in COMPILE_IMAGE_VARIABLES:
+            os.environ.pop(var, None)
+            if saved[var] is not None:
+                os.environ[var] = saved[var]
+    return module
+
+
+def project_images() -> tuple[str, str]:
+    """(IMAGE, CUDA_IMAGE) of components/common/images.py as shipped, i.e. without the
+    LMFORGE_COMPILE_IMAGE / LMFORGE_COMPILE_GPU_IMAGE overrides a developer may have set."""
+    module = load_images_module()
     return module.IMAGE, module.CUDA_IMAGE
 
 

@@ -1,6 +1,11 @@
-"""images/ checked without a Docker engine: the Dockerfiles install the project exactly as
-pyproject.toml declares it (same Python minor, same torch pin), run as uid 1000, carry the git SHA
-and image reference into MLflow's tags, and name the image components/common/images.py names."""
+"""images/ checked without a Docker engine.
+
+The two project images must be able to form one Ray cluster under KubeRay and be rebuilt
+identically: the same Python patch release from images/python-version, the locked dependencies
+installed hash-checked in a builder stage, a slim runtime stage with the tools KubeRay's probes
+call, uid 1000, base images pinned, and the image references components/common/images.py names.
+The lock files' contents are checked in test_image_lock.py.
+"""
 
 from __future__ import annotations
 
@@ -15,30 +20,23 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from .dockerfiles import (
+    PROJECT_IMAGES,
+    PYTHON_VERSION_FILE,
+    SHARED_LOCK,
+    TORCH_LOCKS,
+    args_of,
+    builder_stage,
+    final_stage,
+    global_args,
+    instructions,
+    lock_pins,
+    relative,
+    stages,
+)
 from .k8s_checks import IMAGES, REPO, project_images, pyproject, secret_text_problems
 
-PROJECT_IMAGES = {"cpu": IMAGES / "Dockerfile.cpu", "cuda": IMAGES / "Dockerfile.cuda"}
-
-
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per logical line. Hand-written: joining continuation lines and
-    dropping comments is all these checks need, not worth a parser dependency."""
-    out, pending = [], ""
-    for line in path.read_text().splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if pending and line.lstrip().startswith("#"):
-            continue
-        pending += line.rstrip("\\").strip() + " "
-        if not line.rstrip().endswith("\\"):
-            word, _, rest = pending.strip().partition(" ")
-            out.append((word.upper(), rest.strip()))
-            pending = ""
-    return out
-
-
-def args_of(path: Path, word: str) -> list[str]:
-    return [rest for w, rest in instructions(path) if w == word]
+VENV = "/opt/lmforge/venv"
 
 
 def dependency(name: str) -> Requirement:
@@ -46,57 +44,169 @@ def dependency(name: str) -> Requirement:
     return next(r for r in reqs if r.name == name)
 
 
-def required_python_minor() -> str:
-    spec = SpecifierSet(pyproject()["project"]["requires-python"])
-    minors = [f"3.{m}" for m in range(8, 20) if f"3.{m}.0" in spec]
-    assert len(minors) == 1, f"requires-python {spec} allows {minors}; the images pin one minor"
-    return minors[0]
+def uv_pip_installs(path: Path) -> list[str]:
+    """The arguments of every `uv pip install` the builder runs."""
+    runs = " && ".join(builder_stage(path).args("RUN"))
+    return [part.strip() for part in re.split(r"&&", runs) if part.strip().startswith("uv pip install")]
 
 
-def test_cpu_image_is_python_slim_of_the_required_minor():
-    assert args_of(PROJECT_IMAGES["cpu"], "FROM") == [f"python:{required_python_minor()}-slim"]
+# --- one Python patch release for every Ray node ---------------------------------------------------
 
 
-def test_cuda_image_installs_the_required_python_minor_on_a_cuda_base():
-    minor = required_python_minor()
-    runs = " ".join(args_of(PROJECT_IMAGES["cuda"], "RUN"))
-    assert f"uv python install {minor}" in runs and f"--python {minor}" in runs
-    assert args_of(PROJECT_IMAGES["cuda"], "FROM")[-1].startswith("nvidia/cuda:")
-
-
-@pytest.mark.parametrize(("name", "index"), [("cpu", "/whl/cpu"), ("cuda", "/whl/${TORCH_CUDA}")])
-def test_images_pin_the_torch_of_pyproject_from_the_pytorch_index(name, index):
-    (pin,) = dependency("torch").specifier
-    assert pin.operator == "==", "pyproject.toml must pin torch exactly"
-    torch_runs = [r for r in args_of(PROJECT_IMAGES[name], "RUN") if "pip install torch" in r]
-    assert torch_runs == [f"pip install torch=={pin.version} --index-url https://download.pytorch.org{index}"]
+def test_python_version_file_names_one_patch_release_of_the_required_minor():
+    version = PYTHON_VERSION_FILE.read_text().strip()
+    assert re.fullmatch(r"3\.\d+\.\d+", version), f"{relative(PYTHON_VERSION_FILE)}: {version!r} is not X.Y.Z"
+    assert version in SpecifierSet(pyproject()["project"]["requires-python"])
 
 
 @pytest.mark.parametrize("name", PROJECT_IMAGES)
-def test_images_install_the_copied_project_with_pip(name):
-    steps = instructions(PROJECT_IMAGES[name])
-    copies = [i for i, (w, rest) in enumerate(steps) if w == "COPY" and not rest.startswith("--from")]
-    assert [steps[i][1].split()[0] for i in copies] == ["pyproject.toml", "components/", "pipelines/"]
-    project_install = [i for i, (w, r) in enumerate(steps) if w == "RUN" and re.search(r"\bpip install \.(\s|$)", r)]
-    assert len(project_install) == 1 and project_install[0] > max(copies)
-    # Nothing but the torch build and the project is pip-installed: dependencies come from pyproject.toml only.
-    (pin,) = dependency("torch").specifier
-    installed = [t for w, rest in steps if w == "RUN" for t in re.findall(r"pip install (\S+)", rest)]
-    assert sorted(installed) == [".", f"torch=={pin.version}"]
+def test_images_create_the_venv_with_the_python_of_the_version_file(name):
+    builder = builder_stage(PROJECT_IMAGES[name])
+    assert "images/python-version images/" in builder.args("COPY")
+    assert 'uv venv --python "$(cat images/python-version)" "$VIRTUAL_ENV"' in builder.args("RUN")
+    # only-managed: uv must not fall back to an interpreter the base image happens to ship.
+    assert "UV_PYTHON_PREFERENCE=only-managed" in " ".join(builder.args("ENV"))
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_images_name_no_other_python_release(name):
+    text = " ".join(rest for _, rest in instructions(PROJECT_IMAGES[name]))
+    assert not re.search(r"(?<![\d.])3\.\d{2}(?![\d])", text), "a Python version outside images/python-version"
+    assert not any(s.base.startswith("python:") for s in stages(PROJECT_IMAGES[name]))
+
+
+def test_images_install_python_with_the_same_uv_release():
+    # The uv release decides which python-build-standalone build a patch version resolves to.
+    cpu, cuda = (global_args(PROJECT_IMAGES[n])["UV_IMAGE"] for n in ("cpu", "cuda"))
+    assert cpu == cuda
+
+
+def test_lock_is_resolved_for_the_images_python():
+    makefile = (REPO / "Makefile").read_text()
+    assert "--python-version $$(cat images/python-version)" in makefile
+    assert "--python-platform x86_64-manylinux" in makefile
+
+
+# --- multi-stage, installs only from the locks -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_runtime_stage_receives_only_the_interpreter_and_venv_from_the_builder(name):
+    path = PROJECT_IMAGES[name]
+    runtime = final_stage(path)
+    assert runtime.name is None and runtime.base == builder_stage(path).base
+    copied = sorted(rest for rest in runtime.args("COPY"))
+    assert copied == ["--from=builder /opt/lmforge/venv /opt/lmforge/venv", "--from=builder /opt/python /opt/python"]
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_runtime_stage_installs_no_python_packages(name):
+    runs = " ".join(final_stage(PROJECT_IMAGES[name]).args("RUN"))
+    assert not re.search(r"\b(pip|uv)\b", runs)
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_images_install_dependencies_only_from_their_locks_with_hashes(name):
+    installs = uv_pip_installs(PROJECT_IMAGES[name])
+    from_locks = [i for i in installs if " -r " in i]
+    assert [re.search(r"-r (\S+)", i)[1] for i in from_locks] == [
+        relative(SHARED_LOCK),
+        relative(TORCH_LOCKS[name]),
+    ]
+    for install in from_locks:
+        assert "--require-hashes" in install and "--no-deps" in install, install
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_images_install_the_project_without_dependencies_and_check_the_result(name):
+    installs = uv_pip_installs(PROJECT_IMAGES[name])
+    (project,) = [i for i in installs if " -r " not in i]
+    assert project.endswith(" .") and "--no-deps" in project
+    # --no-deps everywhere: `uv pip check` is what proves the locks cover pyproject.toml.
+    assert "uv pip check" in " ".join(builder_stage(PROJECT_IMAGES[name]).args("RUN"))
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_sdists_and_the_project_build_with_hash_checked_build_dependencies(name):
+    for install in uv_pip_installs(PROJECT_IMAGES[name]):
+        if "torch" in install:
+            continue  # the torch locks hold wheels only
+        assert f"--build-constraints {relative(SHARED_LOCK)} --require-build-hashes" in install, install
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_locks_are_copied_before_the_sources_so_code_changes_keep_the_dependency_layers(name):
+    copies = [rest.split()[0] for rest in builder_stage(PROJECT_IMAGES[name]).args("COPY") if "--from" not in rest]
+    assert copies.index(relative(SHARED_LOCK)) < copies.index("pyproject.toml")
+    assert copies[-3:] == ["pyproject.toml", "components/", "pipelines/"]
+
+
+def test_cpu_image_takes_the_cpu_torch_build_from_the_pytorch_cpu_index():
+    (install,) = [i for i in uv_pip_installs(PROJECT_IMAGES["cpu"]) if relative(TORCH_LOCKS["cpu"]) in i]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in install
+    assert lock_pins(TORCH_LOCKS["cpu"])["torch"].version.local == "cpu"
+
+
+def test_cuda_image_base_has_the_cuda_release_of_the_torch_build():
+    base = final_stage(PROJECT_IMAGES["cuda"]).base
+    base_cuda = re.match(r"nvidia/cuda:(\d+\.\d+)\.\d+-base-", base)
+    assert base_cuda, f"{base}: expected the nvidia/cuda base flavour (torch's wheels bring the CUDA libraries)"
+    runtime = lock_pins(TORCH_LOCKS["cuda"])["nvidia-cuda-runtime"].version
+    assert base_cuda[1] == f"{runtime.major}.{runtime.minor}"
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_images_fail_the_build_without_ray_default_extras(name):
+    # The job API client and Ray Client import only with ray[default]: the RayJob submitter,
+    # `ray job submit` and ray:// need them, KubeRay's probes need its dashboard agent.
+    runs = " ".join(builder_stage(PROJECT_IMAGES[name]).args("RUN"))
+    assert "from ray.job_submission import JobSubmissionClient" in runs and "ray.util.client" in runs
+
+
+# --- base images, user, probes, secrets --------------------------------------------------------------
+
+EXACT_TAG = re.compile(r":(?:[^:/@]*\d+\.\d+\.\d+[^:/@]*|[a-z]+-\d{8}(?:\.\d+)?)$")
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_base_images_are_pinned_to_exact_releases(name):
+    aliases = {s.name for s in stages(PROJECT_IMAGES[name]) if s.name}
+    for stage in stages(PROJECT_IMAGES[name]):
+        if stage.base in aliases:
+            continue
+        pinned = "@sha256:" in stage.base or EXACT_TAG.search(stage.base)
+        assert pinned and not stage.base.endswith(":latest"), f"{name}: FROM {stage.base} can move"
 
 
 @pytest.mark.parametrize("path", [*PROJECT_IMAGES.values(), IMAGES / "Dockerfile.mlflow"])
 def test_images_run_as_uid_1000(path):
-    assert args_of(path, "USER")[-1] in ("1000", "1000:1000")
-    assert "--uid 1000" in " ".join(args_of(path, "RUN"))
+    assert final_stage(path).args("USER")[-1] in ("1000", "1000:1000")
+    assert "--uid 1000" in " ".join(final_stage(path).args("RUN"))
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_runtime_has_the_tools_kuberay_probes_call(name):
+    # Without HTTP probes KubeRay runs `bash -c "wget … | grep success"` in the Ray container.
+    runs = " ".join(final_stage(PROJECT_IMAGES[name]).args("RUN"))
+    assert re.search(r"apt-get install [^&]*\bwget\b", runs)
+    for tool in ("bash", "wget", "grep"):
+        assert f"command -v {tool}" in runs
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_venv_stays_on_path_in_login_shells(name):
+    # KubeRay before 1.4 starts `ray start` through `bash -lc`.
+    runs = " ".join(final_stage(PROJECT_IMAGES[name]).args("RUN"))
+    assert f'PATH="{VENV}/bin:$PATH"\' > /etc/profile.d/' in runs
+    assert f"PATH={VENV}/bin:$PATH" in " ".join(final_stage(PROJECT_IMAGES[name]).args("ENV"))
 
 
 @pytest.mark.parametrize("name", PROJECT_IMAGES)
 def test_images_carry_git_sha_and_image_reference_as_env(name):
-    args = args_of(PROJECT_IMAGES[name], "ARG")
-    env = " ".join(args_of(PROJECT_IMAGES[name], "ENV"))
+    runtime = final_stage(PROJECT_IMAGES[name])
+    env = " ".join(runtime.args("ENV"))
     for var in ("LMFORGE_GIT_SHA", "LMFORGE_IMAGE"):
-        assert any(a.split("=")[0] == var for a in args)
+        assert any(a.split("=")[0] == var for a in runtime.args("ARG"))
         assert f"{var}=${{{var}}}" in env
 
 
@@ -125,6 +235,9 @@ def test_mlflow_server_image_satisfies_the_client_range():
     assert f"image: ghcr.io/lmforge/mlflow-server:{pin}\n" in values
 
 
+# --- build context -------------------------------------------------------------------------------------
+
+
 def dockerignored(path: str) -> bool:
     """Docker's .dockerignore rule: the last pattern matching the path or a parent decides."""
     patterns = [
@@ -141,20 +254,32 @@ def dockerignored(path: str) -> bool:
     return excluded
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "components/common/config.py", "pipelines/profiles/1b.yaml"])
-def test_dockerignore_sends_the_project(path):
-    assert not dockerignored(path)
+def copied_into_images() -> list[str]:
+    """Every context path a COPY of the project images names."""
+    paths = set()
+    for path in PROJECT_IMAGES.values():
+        for rest in args_of(path, "COPY"):
+            if not rest.startswith("--from"):
+                paths.update(rest.split()[:-1])
+    return sorted(paths)
+
+
+@pytest.mark.parametrize("path", ["components/common/config.py", "pipelines/profiles/1b.yaml", *copied_into_images()])
+def test_dockerignore_sends_what_the_images_copy(path):
+    assert not dockerignored(path.rstrip("/"))
 
 
 @pytest.mark.parametrize(
-    "path", [".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".lmforge/store/x", "components/__pycache__/a.pyc"]
+    "path",
+    [".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".lmforge/store/x", "components/__pycache__/a.pyc"]
+    + ["images/Dockerfile.cpu", "images/README.md"],
 )
 def test_dockerignore_keeps_local_state_out_of_the_context(path):
     assert dockerignored(path)
 
 
 def test_build_context_installs_profiles_data_and_compiled_pipelines(tmp_path):
-    """What `COPY` + `pip install .` put into the image: the wheel built from exactly the copied files."""
+    """What `COPY` + `uv pip install .` put into the image: the wheel built from exactly the copied files."""
     context = tmp_path / "context"
     context.mkdir()
     shutil.copy2(REPO / "pyproject.toml", context / "pyproject.toml")
