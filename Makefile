@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 IMAGE  ?=
+PROFILE ?=
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -37,8 +38,8 @@ test-integration: venv
 bench: venv  ## benchmarks: print ratios against baselines measured in the same run
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
 
-compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=registry/lmforge:tag to build for your registry)
-	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE=$(IMAGE)) $(BIN)/lmforge compile
+compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=registry/lmforge:tag for your registry, PROFILE=1b+cluster for a 1B pipeline)
+	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE=$(IMAGE)) $(BIN)/lmforge compile $(if $(PROFILE),--profile $(PROFILE))
 
 lint: venv  ## ruff lint and format check
 	$(BIN)/ruff check .
