@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 IMAGE     ?=
 GPU_IMAGE ?=
+PROFILE   ?=
 
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
@@ -40,9 +41,10 @@ bench: venv  ## benchmarks: print ratios against baselines measured in the same 
 
 # IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
 # what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).
-compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=repo@sha256:… GPU_IMAGE=repo@sha256:… to pin your images)
+# PROFILE: the profile the compiled pipelines default to and are sized for (default small+cluster).
+compile: venv  ## write pipelines/compiled/*.yaml (IMAGE=repo@sha256:… GPU_IMAGE=repo@sha256:… to pin your images, PROFILE=1b+cluster for a 1B pipeline)
 	$(if $(IMAGE),LMFORGE_COMPILE_IMAGE='$(IMAGE)') $(if $(GPU_IMAGE),LMFORGE_COMPILE_GPU_IMAGE='$(GPU_IMAGE)') \
-	  $(BIN)/lmforge compile
+	  $(BIN)/lmforge compile $(if $(PROFILE),--profile $(PROFILE))
 
 # The images' lock files (images/README.md, "Lock files"): requirements.lock holds everything both
 # images share, resolved from PyPI without torch; torch-cpu.lock / torch-cuda.lock hold torch's

@@ -4,13 +4,16 @@
 
     lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR]   run the DAG locally (kfp.local)
     lmforge run continual [--set continual.source=NEW ...] [--home DIR]        retrain the champion on new data
-    lmforge compile [--check]                                                  write/check pipelines/compiled/*.yaml
+    lmforge compile [--profile small+cluster] [--set k=v ...] [--check]        write/check pipelines/compiled/*.yaml
     lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]          run on a Kubeflow Pipelines endpoint
     lmforge config [--profile P] [--set k=v ...] [--keys]                      show the resolved config / every key
     lmforge mlflow-ui [--home DIR] [--port 5000]                               browse runs, lineage and the registry
 
-New behaviour is a config key (``--set``), never a new flag. Errors that lmforge raises on purpose
-(a bad key, a missing file) print one line naming the culprit and exit with status 2.
+A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
+'+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
+MLflow server, KubeRay jobs; pipelines/profiles/cluster.yaml). New behaviour is a config key
+(``--set``), never a new flag. Errors that lmforge raises on purpose (a bad key, a missing file)
+print one line naming the culprit and exit with status 2.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pathlib import Path
 
 from components.common.config import describe, load_config, resolve_home, to_dict
 from components.common.errors import LmforgeError
+from pipelines.compile import COMPILE_PROFILE, PIPELINES
 
-PIPELINES = {"lifecycle": "pipelines.lifecycle:lifecycle", "continual": "pipelines.continual:continual_pipeline"}
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 # Local runs never reach a hub, and Ray must stay on loopback (it would otherwise advertise the
@@ -42,13 +45,6 @@ OFFLINE_ENV = {
 }
 
 
-def _pipeline(name: str):
-    if name not in PIPELINES:
-        raise LmforgeError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINES)}")
-    module, attr = PIPELINES[name].split(":")
-    return getattr(__import__(module, fromlist=[attr]), attr)
-
-
 def _resolved(args) -> tuple[list[str], object]:
     """Overrides with ``run.home`` made absolute (steps may run in another working directory)."""
     overrides = list(args.set or [])
@@ -60,6 +56,7 @@ def _resolved(args) -> tuple[list[str], object]:
 
 def cmd_run(args) -> int:
     from components.common.sources import resolve_source
+    from pipelines.compile import build_pipeline
     from pipelines.local import run_local
 
     for k, v in OFFLINE_ENV.items():
@@ -72,7 +69,9 @@ def cmd_run(args) -> int:
             if not source.startswith("s3://"):
                 resolve_source(source)
     started = time.time()
-    result = run_local(_pipeline(args.pipeline), args.profile, overrides, resolve_home(cfg))
+    # The local graph is placed from the run's own config: kfp.local ignores images and resources,
+    # and honours retries only where the profile asks for them (the cluster overlay does).
+    result = run_local(build_pipeline(args.pipeline, cfg), args.profile, overrides, resolve_home(cfg))
     result["wall_seconds"] = round(time.time() - started, 1)
     print(_summary_text(result))
     return 0
@@ -97,13 +96,15 @@ def cmd_compile(args) -> int:
     from pipelines.compile import check_compiled, compile_all
 
     if args.check:
+        if args.profile != COMPILE_PROFILE or args.set:
+            raise LmforgeError(f"--check compares with the committed default ({COMPILE_PROFILE}); drop --profile/--set")
         stale = check_compiled(COMPILED_DIR)
         if stale:
             print(f"error: stale compiled pipelines: {', '.join(stale)}; run `lmforge compile`", file=sys.stderr)
             return 1
         print("compiled pipelines are up to date")
         return 0
-    for path in compile_all(Path(args.output_dir)):
+    for path in compile_all(Path(args.output_dir), args.profile, list(args.set or [])):
         print(f"wrote {path}")
     return 0
 
@@ -111,14 +112,12 @@ def cmd_compile(args) -> int:
 def cmd_submit(args) -> int:
     from pipelines.submit import submit
 
-    overrides = list(args.set or [])
-    load_config(args.profile, overrides)  # fail here, not on the cluster, on a bad key
     print(
         submit(
             args.pipeline,
             host=args.host,
             profile=args.profile,
-            overrides=overrides,
+            overrides=list(args.set or []),
             experiment=args.experiment,
             upload_only=args.upload_only,
             if_new_data=args.if_new_data,
@@ -168,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def config_args(p, home: bool = True):
-        p.add_argument("--profile", default="tiny", help="profile name (tiny, small, 1b) or path to a profile YAML")
+    def config_args(p, home: bool = True, profile: str | None = "tiny", profile_help: str = ""):
+        p.add_argument(
+            "--profile",
+            default=profile,
+            help=profile_help
+            or f"profile: a size (tiny, small, 1b) or a YAML path, with overlays joined by '+' applied left to "
+            f"right, e.g. small+cluster (default {profile})",
+        )
         p.add_argument(
             "--set",
             action="append",
@@ -191,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default=str(COMPILED_DIR), help="where to write the YAML (default pipelines/compiled)"
     )
     p.add_argument("--check", action="store_true", help="fail if the committed YAML differs from a fresh compile")
+    config_args(
+        p,
+        home=False,
+        profile=COMPILE_PROFILE,
+        profile_help="profile the pipelines are compiled for: it places every step (image, GPUs, memory, "
+        "retries) and becomes the default of their `profile` parameter; it must run on a cluster "
+        f"(S3 store, MLflow server), e.g. 1b+cluster (default {COMPILE_PROFILE})",
+    )
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("submit", help="upload and run a compiled pipeline on a Kubeflow Pipelines endpoint")
@@ -208,10 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--if-new-data", metavar="URI", help="submit only if the objects under URI changed since the last submission"
     )
-    config_args(p, home=False)
+    config_args(
+        p,
+        home=False,
+        profile=None,
+        profile_help="profile of the run (default: the one the pipeline was compiled with); it must run on a "
+        "cluster, e.g. small+cluster or 1b+cluster",
+    )
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("config", help="print the resolved configuration, or every key with its documentation")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration, or every key with its documentation",
+        description="Print the configuration a profile and overrides resolve to, or every key (--keys). "
+        "A profile string is one profile or several joined by '+', applied left to right, key by key: a size "
+        "(tiny, small, 1b; pipelines/profiles/<name>.yaml) or a YAML path, then overlays such as cluster "
+        "(S3 store, MLflow server, KubeRay jobs): `lmforge config --profile 1b+cluster`. --set overrides apply "
+        "last.",
+    )
     p.add_argument("--keys", action="store_true", help="list every key with type, default and meaning")
     config_args(p, home=False)
     p.set_defaults(func=cmd_config)

@@ -4,6 +4,11 @@
 listing under URI, compares it with the fingerprint recorded at the last submission (kept in the
 object store under ``triggers/``), and submits only on a change, so a trigger firing every hour
 starts one run per data drop.
+
+A run uses the profile the pipeline was compiled with unless ``--profile`` names another, and
+``--set`` overrides add to the compiled ones. Either way the config must run on a cluster
+(components/common/runtime.py): a ``tiny`` submission fails here, naming the key, not in the pod;
+and its model size must be the one the pipeline was compiled for, whose step memory is fixed in it.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
+
 from components.common.artifacts import open_run_store, store_root
 from components.common.config import load_config
 from components.common.errors import LmforgeError
+from components.common.runtime import require_cluster_ready
 from components.common.storage import ObjectStore, join
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
@@ -41,24 +49,47 @@ def record_submission(store: ObjectStore, state_uri: str, uri: str, fingerprint:
     store.write_text(state_uri, json.dumps({"uri": uri, "fingerprint": fingerprint, "run_id": run_id}))
 
 
+def compiled_defaults(package: Path) -> dict:
+    """The default values of a compiled pipeline's parameters (``profile``, ``overrides``)."""
+    spec = next(yaml.safe_load_all(package.read_text()))
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return {name: p["defaultValue"] for name, p in params.items() if "defaultValue" in p}
+
+
 def submit(
     pipeline: str,
     *,
     host: str,
-    profile: str,
+    profile: str | None,
     overrides: list[str],
     experiment: str = "lmforge",
     upload_only: bool = False,
     if_new_data: str | None = None,
     service_account: str = "",
 ) -> str:
-    """Upload or run ``pipelines/compiled/<pipeline>.yaml``; returns a one-line description of what happened."""
+    """Upload or run ``pipelines/compiled/<pipeline>.yaml``; returns a one-line description of what happened.
+
+    ``profile`` None means the compiled default; ``overrides`` are added to the compiled ones.
+    """
     package = COMPILED_DIR / f"{pipeline}.yaml"
     if not package.is_file():
         raise LmforgeError(f"{package} does not exist; run `lmforge compile` first")
     if not host:
         raise LmforgeError("no KFP endpoint: pass --host URL or set KFP_HOST")
-    cfg = load_config(profile, overrides)
+    defaults = compiled_defaults(package)
+    profile = profile or defaults["profile"]
+    overrides = [*defaults.get("overrides", []), *overrides]
+    cfg = load_config(profile, overrides)  # fail here, not on the cluster, on a bad key
+    require_cluster_ready(cfg, context="on the cluster it is submitted to")
+    placed_for = load_config(defaults["profile"], defaults.get("overrides", [])).model.preset
+    if cfg.model.preset != placed_for:
+        # Step memory is compiled in for one model size: a 1b run in a pipeline placed for small
+        # would be OOM-killed in align after the whole pretraining.
+        raise LmforgeError(
+            f"{package.name} was compiled for {defaults['profile']!r} (model.preset={placed_for}), but this run's "
+            f"model.preset is {cfg.model.preset}: compile for it (`lmforge compile --profile {profile}`, or "
+            f"`make compile PROFILE={profile}`) and submit that"
+        )
     trigger = None
     if if_new_data:
         store = open_run_store(cfg)

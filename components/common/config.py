@@ -1,11 +1,15 @@
 """One typed configuration tree for the whole lifecycle.
 
-A run's configuration is a frozen :class:`LifecycleConfig` built from a YAML profile
+A run's configuration is a frozen :class:`LifecycleConfig` built from YAML profiles
 (``pipelines/profiles/<name>.yaml``, values only) and ``key=value`` overrides (``--set`` on the CLI,
-the ``overrides`` parameter of a pipeline). Every field is declared with :func:`knob`, which keeps
-its documentation next to it (``lmforge config`` prints them) and says whether the field changes a
-stage's result: only *versioned* fields enter the content hash that addresses a stage's output, so
-changing a log interval never forces a rerun (see :mod:`components.common.artifacts`).
+the ``overrides`` parameter of a pipeline). A profile string may join several profiles with ``+``,
+merged left to right: the size profiles (``tiny``, ``small``, ``1b``) say how big a run is, the
+``cluster`` overlay says where it runs (``small+cluster``), so neither repeats the other.
+
+Every field is declared with :func:`knob`, which keeps its documentation next to it (``lmforge
+config`` prints them) and says whether the field changes a stage's result: only *versioned* fields
+enter the content hash that addresses a stage's output, so changing a log interval never forces a
+rerun (see :mod:`components.common.artifacts`).
 
 Errors name the key path and the fix, e.g. ``unknown key 'pretrain.stepz' (did you mean 'steps'?)``.
 """
@@ -25,6 +29,8 @@ import yaml
 from components.common.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "profiles"
+#: Joins profiles applied left to right, e.g. ``small+cluster`` (a size, then the cluster overlay).
+PROFILE_SEPARATOR = "+"
 
 
 def knob(default: Any, doc: str, *, versioned: bool = True) -> Any:
@@ -50,7 +56,11 @@ _frozen = dataclass(frozen=True, kw_only=True)
 
 @_frozen
 class RunConfig:
-    profile: str = knob("tiny", "Name of the profile this config was loaded from.", versioned=False)
+    profile: str = knob(
+        "tiny",
+        "The profile string this config was loaded from, overlays included (e.g. small+cluster).",
+        versioned=False,
+    )
     seed: int = knob(1234, "Seed for every random choice (splits, init, data order).")
     home: str = knob(".lmforge", "Local working directory: store, MLflow database, KFP outputs.", versioned=False)
 
@@ -427,12 +437,28 @@ class ClusterConfig:
     job_deadline_seconds: int = knob(0, "Kill a RayJob running longer than this (0 = no deadline).", versioned=False)
     gpu_steps: list = knob(
         ["align", "quantize", "evaluate"],
-        "Pipeline steps that run in gpu_image with gpus_per_worker_pod GPUs, tolerations and node_selector.",
+        "Pipeline steps that run in gpu_image with gpus_per_worker_pod GPUs, tolerations and node_selector "
+        "(read by `lmforge compile`; add pretrain/continual only if they train inside their own pod).",
         versioned=False,
     )
     step_memory: dict = knob(
         {},
-        "Memory request and limit per pipeline step, e.g. {align: 64Gi} (steps not named keep the compiled defaults).",
+        "Memory request and limit per pipeline step, e.g. {align: 64Gi}; steps not named keep the defaults for "
+        "model.preset in pipelines/graph.py (read by `lmforge compile`).",
+        versioned=False,
+    )
+    step_retries: int = knob(
+        0,
+        "KFP retries of a failed idempotent step (pod evicted, node lost; see pipelines/graph.py for which steps), "
+        "with exponential backoff; 0 = none, as on one machine where a failure would only repeat. The cluster "
+        "profile sets it (read by `lmforge compile`).",
+        versioned=False,
+    )
+    step_retry_window_hours: int = knob(
+        720,
+        "Retries stop this long after a step first started; Argo (KFP's backend) also makes it the deadline of "
+        "every attempt's pod, so it must exceed the longest step (a 1B pretraining runs for days; KFP's own "
+        "default, 1 h, would kill it).",
         versioned=False,
     )
 
@@ -515,6 +541,8 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.storage.s3_backoff_seconds >= 0, "storage.s3_backoff_seconds", "must be >= 0")
     need(cfg.storage.s3_timeout_seconds > 0, "storage.s3_timeout_seconds", "must be > 0")
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
+    need(cfg.cluster.step_retries >= 0, "cluster.step_retries", f"must be >= 0, got {cfg.cluster.step_retries}")
+    need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
         need(
@@ -528,9 +556,19 @@ def _validate(cfg: LifecycleConfig) -> None:
 
 
 def load_config(profile: str = "tiny", overrides: typing.Iterable[str] = ()) -> LifecycleConfig:
-    """Build the config from a profile name (or a YAML path) and ``key=value`` overrides."""
-    raw = _read_profile(profile)
-    raw.setdefault("run", {})["profile"] = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+    """Build the config from a profile string and ``key=value`` overrides.
+
+    ``profile`` names one profile (``tiny``), a YAML path, or several of either joined by ``+``
+    (``1b+cluster``): they are merged left to right, section by section, so an overlay such as
+    ``cluster`` sets only the keys it names and a later profile wins on a key both set. Overrides
+    apply last. ``run.profile`` records the whole string (a path by its file stem).
+    """
+    raw: dict = {}
+    for name in _profile_parts(profile):
+        _merge(raw, _read_profile(name, profile))
+    raw.setdefault("run", {})["profile"] = PROFILE_SEPARATOR.join(
+        Path(name).stem if _is_path(name) else name for name in _profile_parts(profile)
+    )
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -539,20 +577,59 @@ def load_config(profile: str = "tiny", overrides: typing.Iterable[str] = ()) -> 
     return from_dict(LifecycleConfig, raw)
 
 
-def _read_profile(profile: str) -> dict:
-    path = Path(profile)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PROFILES_DIR / f"{profile}.yaml"
+def _profile_parts(profile: str) -> list[str]:
+    parts = [p.strip() for p in profile.split(PROFILE_SEPARATOR)]
+    if not all(parts):
+        raise ConfigError(
+            f"profile {profile!r} has an empty part; join profile names or YAML paths with "
+            f"'{PROFILE_SEPARATOR}', e.g. small+cluster"
+        )
+    return parts
+
+
+def _is_path(name: str) -> bool:
+    return Path(name).suffix in (".yaml", ".yml")
+
+
+def _read_profile(name: str, whole: str) -> dict:
+    """One profile's YAML as a dict, its keys and value types checked (errors name the profile)."""
+    where = f"profile {name!r}" + (f" (in {whole!r})" if name != whole else "")
+    path = Path(name) if _is_path(name) else PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"profile {profile!r} not found at {path}; known profiles: {', '.join(known)}")
+        raise ConfigError(f"{where} not found at {path}; known profiles: {', '.join(known)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"profile {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"{where}: {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"profile {path} must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{where}: {path} must be a mapping of sections, got {type(data).__name__}")
+    try:
+        _check_tree(LifecycleConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where} ({path}): {e}") from e
     return data
+
+
+def _merge(into: dict, other: dict, prefix: str = "") -> None:
+    """Merge ``other`` into ``into``: sections key by key, any other value (a list, a dict-valued
+    key such as ``cluster.node_selector``) replaced whole, so a later profile never leaves a mix."""
+    for key, value in other.items():
+        if _is_section(prefix + key):
+            _merge(into.setdefault(key, {}), value or {}, f"{prefix}{key}.")
+        else:
+            into[key] = value
+
+
+def _is_section(path: str) -> bool:
+    """Whether ``a.b`` names a nested config section (merged), not a dict-valued key (replaced)."""
+    cls: Any = LifecycleConfig
+    for part in path.split("."):
+        hint = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(hint):
+            return False
+        cls = hint
+    return True
 
 
 def _set_path(raw: dict, keys: list[str], value: Any) -> None:
@@ -566,15 +643,8 @@ def _set_path(raw: dict, keys: list[str], value: Any) -> None:
 
 def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, checking every key and type."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    known = {f.name: f for f in fields(cls)}
+    _check_keys(cls, raw, prefix)
     hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
-            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]
@@ -583,6 +653,28 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
     return cls(**kwargs)
+
+
+def _check_tree(cls: type, raw: dict, prefix: str = "") -> None:
+    """Check keys and value types of a partial tree (one profile) without building a config."""
+    _check_keys(cls, raw, prefix)
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]):
+            _check_tree(hints[name], value or {}, f"{prefix}{name}.")
+        else:
+            _coerce(value, hints[name], prefix + name)
+
+
+def _check_keys(cls: type, raw: Any, prefix: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    known = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown key {prefix + key!r}{hint}")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

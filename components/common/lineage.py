@@ -6,7 +6,9 @@ it. Inputs are logged with ``mlflow.log_input`` (name, digest, source URI), so f
 model one can walk back run by run to the raw files and the filters that fed it.
 
 Locally MLflow uses a SQLite backend store under ``run.home`` (a real database, not file-store
-mocks); on the cluster ``lineage.tracking_uri`` points at the MLflow server from the Helm chart.
+mocks); on the cluster ``lineage.tracking_uri`` points at the MLflow server from the Helm chart,
+and the parent run is not started with a SQLite or ``file://`` setting there (see
+:mod:`components.common.runtime`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.config import LifecycleConfig, flatten, resolve_home
+from components.common.runtime import on_cluster, require_cluster_ready
 
 TAG_PROFILE = "lmforge.profile"
 TAG_GIT_SHA = "lmforge.git_sha"
@@ -73,7 +76,14 @@ def git_sha() -> str:
 
 
 def start_pipeline_run(cfg: LifecycleConfig, pipeline: str, kfp_run_id: str) -> str:
-    """Create the parent run of a pipeline run, log the resolved config; returns its run id."""
+    """Create the parent run of a pipeline run, log the resolved config; returns its run id.
+
+    On a cluster (:func:`components.common.runtime.on_cluster`) this, the pipeline's first step,
+    refuses a config whose store or tracking database would live inside its own pod, before it
+    creates anything: otherwise the run would fail steps later, at the first input it cannot read.
+    """
+    if on_cluster():
+        require_cluster_ready(cfg)
     import mlflow
 
     setup(cfg)

@@ -12,6 +12,9 @@ from components.common.images import IMAGE
 def start_lineage(profile: str, overrides: list, pipeline: str, kfp_run_id: str) -> str:
     """Create the MLflow parent run and validate the configuration before any work starts.
 
+    On a cluster (``KFP_POD_NAME`` set by KFP, or ``LMFORGE_ON_CLUSTER=1``) it fails at once if the
+    store or MLflow would live inside this pod (components/common/runtime.py).
+
     Args:
         profile: Profile name (tiny, small, 1b) or a path to a profile YAML.
         overrides: ``key=value`` config overrides, e.g. ``["pretrain.steps=50"]``.

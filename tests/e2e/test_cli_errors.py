@@ -43,3 +43,15 @@ def test_corpus_emptied_by_filters_fails_naming_step_file_and_filter(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: step curate failed: {corpus}: no records left after curation")
     assert "'length' (too_short: 2)" in last and "curate.min_chars" in last
+
+
+def test_compile_for_a_profile_without_the_cluster_overlay_names_the_keys(tmp_path):
+    r = _lmforge("compile", "--profile", "tiny", "--output-dir", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "profile 'tiny' cannot run as a compiled pipeline" in r.stderr and "storage.uri" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_help_explains_profile_overlays(tmp_path):
+    r = _lmforge("config", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "1b+cluster" in r.stdout and "left to right" in r.stdout

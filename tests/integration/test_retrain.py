@@ -27,11 +27,13 @@ SHORT = [
 def retrain_run(lifecycle_run):
     if not NEW_DATA.is_file():
         pytest.skip(f"needs the shared data sets beside the repo ({NEW_DATA})")
-    from pipelines.continual import continual_pipeline
+    from components.common.config import load_config
+    from pipelines.continual import build_continual
     from pipelines.local import run_local
 
     overrides = [*lifecycle_run["overrides"], f"continual.source={NEW_DATA}", *SHORT]
-    record = run_local(continual_pipeline, "tiny", overrides, lifecycle_run["home"])
+    pipeline = build_continual(load_config("tiny", overrides))
+    record = run_local(pipeline, "tiny", overrides, lifecycle_run["home"])
     return {**lifecycle_run, "retrain": record}
 
 

@@ -5,8 +5,11 @@ import pytest
 from components.common.config import describe, load_config, versioned_dict
 from components.common.errors import ConfigError
 
+SIZES = ["tiny", "small", "1b"]
+CLUSTER_ONLY = {"storage", "lineage"}  # sections only the cluster overlay may set
 
-@pytest.mark.parametrize("profile", ["tiny", "small", "1b"])
+
+@pytest.mark.parametrize("profile", [*SIZES, *(f"{size}+cluster" for size in SIZES)])
 def test_every_shipped_profile_loads(profile):
     assert load_config(profile).run.profile == profile
 
@@ -32,8 +35,91 @@ def test_override_without_equals_sign_explains_the_form():
 
 
 def test_unknown_profile_lists_known_ones():
-    with pytest.raises(ConfigError, match="known profiles: 1b, small, tiny"):
+    with pytest.raises(ConfigError, match="known profiles: 1b, cluster, small, tiny"):
         load_config("huge")
+
+
+# --- profile overlays: `size+cluster`, merged left to right
+
+
+@pytest.fixture
+def write_profile(tmp_path):
+    """``write_profile("a", "pretrain: {steps: 10}")`` → the path of that profile YAML."""
+
+    def write(name: str, text: str) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def test_overlay_adds_its_keys_to_the_size_profile():
+    cfg = load_config("small+cluster")
+    assert (cfg.model.preset, cfg.storage.uri) == ("small", "s3://lmforge/")
+
+
+def test_overlay_keeps_the_keys_it_does_not_name_in_a_shared_section():
+    cfg = load_config("1b+cluster")
+    assert (cfg.pretrain.launcher, cfg.pretrain.num_workers) == ("rayjob", 16)
+
+
+def test_later_profile_wins_on_a_key_both_set(write_profile):
+    a, b = write_profile("a", "pretrain: {steps: 400}"), write_profile("b", "pretrain: {steps: 500}")
+    assert load_config(f"{a}+{b}").pretrain.steps == 500
+
+
+def test_earlier_profile_loses_on_a_key_both_set(write_profile):
+    a, b = write_profile("a", "pretrain: {steps: 400}"), write_profile("b", "pretrain: {steps: 500}")
+    assert load_config(f"{b}+{a}").pretrain.steps == 400
+
+
+def test_a_list_in_a_later_profile_replaces_the_whole_list(write_profile):
+    gpu = write_profile("gpu", "cluster: {gpu_steps: [align]}")
+    assert load_config(f"small+cluster+{gpu}").cluster.gpu_steps == ["align"]
+
+
+def test_overrides_apply_after_every_profile():
+    assert load_config("small+cluster", ["storage.uri=s3://other/"]).storage.uri == "s3://other/"
+
+
+def test_run_profile_records_the_whole_profile_string(write_profile):
+    extra = write_profile("extra", "pretrain: {log_every: 5}")
+    assert load_config(f"small+cluster+{extra}").run.profile == "small+cluster+extra"
+
+
+def test_missing_overlay_is_named_with_the_known_profiles():
+    with pytest.raises(ConfigError, match=r"profile 'clustr' \(in 'small\+clustr'\) not found .*known profiles: 1b"):
+        load_config("small+clustr")
+
+
+def test_unknown_key_in_an_overlay_names_that_profile(write_profile):
+    bad = write_profile("bad", "storage: {urii: s3://x/}")
+    with pytest.raises(
+        ConfigError, match=r"profile '.*bad.yaml' .*unknown key 'storage.urii' \(did you mean 'uri'\?\)"
+    ):
+        load_config(f"small+{bad}")
+
+
+def test_wrong_type_in_an_overlay_names_that_profile(write_profile):
+    bad = write_profile("bad", "cluster: {step_retries: often}")
+    with pytest.raises(ConfigError, match=r"profile '.*bad.yaml' .*cluster.step_retries: expected int"):
+        load_config(f"small+{bad}")
+
+
+def test_empty_part_of_a_profile_string_is_refused():
+    with pytest.raises(ConfigError, match=r"profile 'small\+' has an empty part"):
+        load_config("small+")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_size_profiles_hold_no_cluster_settings(size):
+    import yaml
+
+    from components.common.config import PROFILES_DIR
+
+    raw = yaml.safe_load((PROFILES_DIR / f"{size}.yaml").read_text())
+    assert CLUSTER_ONLY & set(raw) == set() and "launcher" not in raw.get("pretrain", {})
 
 
 def test_inconsistent_values_name_the_fix():

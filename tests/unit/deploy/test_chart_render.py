@@ -116,8 +116,8 @@ def test_rendered_chart_holds_no_literal_credentials_and_no_wildcard_rbac(varian
     )
 
 
-def test_services_answer_at_the_endpoints_the_1b_profile_names():
-    profile = yaml.safe_load((REPO / "pipelines" / "profiles" / "1b.yaml").read_text())
+def test_services_answer_at_the_endpoints_the_cluster_profile_names():
+    profile = yaml.safe_load((REPO / "pipelines" / "profiles" / "cluster.yaml").read_text())
     minio, mlflow = one("Service", "minio"), one("Service", "mlflow")
     assert f"minio.lmforge.svc.cluster.local:{minio['spec']['ports'][0]['port']}" == profile["storage"]["s3_endpoint"]
     assert (

@@ -115,7 +115,6 @@ def test_chart_files_hold_no_literal_credentials(path):
 
 
 def test_trigger_watches_the_continual_source_of_its_profile():
-    profile = yaml.safe_load(
-        (CHART.parents[1] / "pipelines" / "profiles" / f"{VALUES['trigger']['profile']}.yaml").read_text()
-    )
-    assert VALUES["trigger"]["newDataUri"] == profile["continual"]["source"]
+    from components.common.config import load_config
+
+    assert VALUES["trigger"]["newDataUri"] == load_config(VALUES["trigger"]["profile"]).continual.source

@@ -5,6 +5,8 @@ say what lmforge needs them to say; the example RayJob is what the RayJob builde
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -198,16 +200,19 @@ def test_argocd_application_syncs_the_chart_into_lmforge():
 
 
 def test_trigger_submits_continual_when_new_data_lands_under_the_profile_source():
-    profile = yaml.safe_load((REPO / "pipelines" / "profiles" / "1b.yaml").read_text())
+    from components.common.config import load_config
+
     (cron,) = objects_of("CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    args = container["args"]
+    profile = load_config(args[args.index("--profile") + 1])
     assert container["image"] == project_images()[0]
     assert container["command"] == ["lmforge"]
-    assert container["args"][:4] == ["submit", "continual", "--if-new-data", profile["continual"]["source"]]
-    sets = {container["args"][i + 1] for i, a in enumerate(container["args"]) if a == "--set"}
-    assert f"storage.s3_endpoint={profile['storage']['s3_endpoint']}" in sets
-    assert f"lineage.tracking_uri={profile['lineage']['tracking_uri']}" in sets
+    assert args[:4] == ["submit", "continual", "--if-new-data", profile.continual.source]
+    sets = {args[i + 1] for i, a in enumerate(args) if a == "--set"}
+    assert f"storage.s3_endpoint={profile.storage.s3_endpoint}" in sets
+    assert f"lineage.tracking_uri={profile.lineage.tracking_uri}" in sets
     env = {e["name"]: e for e in container["env"]}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "lmforge-s3", "key": key}
@@ -220,14 +225,18 @@ def test_trigger_calls_the_cli_with_arguments_it_accepts():
     (cron,) = objects_of("CronJob")
     trigger_argv = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     (parsed,) = check_cli_argv([trigger_argv])
-    assert (parsed.command, parsed.pipeline, parsed.profile) == ("submit", "continual", "1b")
+    assert (parsed.command, parsed.pipeline, parsed.profile) == ("submit", "continual", "1b+cluster")
 
 
-def test_1b_profile_reaches_the_standing_cluster_through_its_head_service():
-    profile = yaml.safe_load((REPO / "pipelines" / "profiles" / "1b.yaml").read_text())
+def test_documented_ray_address_reaches_the_standing_cluster_through_its_head_service():
+    # The cluster profile launches RayJobs; a standing RayCluster is opted into with the address its
+    # manifest documents (pretrain.launcher=ray, pretrain.ray_address=ray://...).
+    (address,) = set(
+        re.findall(r"pretrain\.ray_address=(ray://[\w.:-]*\w)", (REPO / "k8s" / "ray" / "raycluster.yaml").read_text())
+    )
     (cluster,) = objects_of("RayCluster")
     name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     client_port = next(p["containerPort"] for p in head["ports"] if p["name"] == "client")
     # KubeRay names the head Service <cluster>-head-svc.
-    assert profile["pretrain"]["ray_address"] == f"ray://{name}-head-svc.{namespace}.svc.cluster.local:{client_port}"
+    assert address == f"ray://{name}-head-svc.{namespace}.svc.cluster.local:{client_port}"
