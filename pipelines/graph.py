@@ -22,6 +22,8 @@ tolerations and retry policy in the IR: a run's ``profile`` parameter cannot cha
   e.g. the first champion to every later retrain). Every other step takes the MLflow parent run id
   as an input, new in every run, so KFP's cache cannot hit for them anyway; the object store's
   content addressing is what skips unchanged work (components/common/stage.py);
+- training steps: the images their RayJobs run (``LMFORGE_RAY_IMAGE``/``LMFORGE_RAY_GPU_IMAGE``), the
+  ones compiled into this pipeline, so a pipeline pinned by digest pins its Ray pods too;
 - every step: non-root, the ``app.kubernetes.io/part-of`` label and the S3 keys from the Secret
   ``cluster.s3_secret`` (required: a missing Secret stops the pod at start, naming it, instead of
   failing at the first S3 call).
@@ -39,7 +41,7 @@ from kfp import dsl, kubernetes
 from components.align.component import align
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
-from components.common.images import CUDA_IMAGE
+from components.common.images import CUDA_IMAGE, IMAGE, RAY_GPU_IMAGE_ENV, RAY_IMAGE_ENV
 from components.continual.component import continual
 from components.evaluate.component import evaluate
 from components.lineage.component import start_lineage
@@ -154,6 +156,9 @@ class Placement:
                 )
             for label, value in c.node_selector.items():
                 kubernetes.add_node_selector(task, label, str(value))
+        if step in TRAINING_STEPS:
+            task.set_env_variable(RAY_IMAGE_ENV, c.image or IMAGE)
+            task.set_env_variable(RAY_GPU_IMAGE_ENV, c.gpu_image or CUDA_IMAGE)
         if step in RETRIED and c.step_retries:
             task.set_retry(
                 c.step_retries,

@@ -69,3 +69,30 @@ IMAGE = _compile_override("LMFORGE_COMPILE_IMAGE", DEFAULT_IMAGE)
 
 #: CUDA image (images/Dockerfile.cuda): GPU Ray workers and GPU pipeline steps.
 CUDA_IMAGE = _compile_override("LMFORGE_COMPILE_GPU_IMAGE", DEFAULT_CUDA_IMAGE)
+
+
+#: Set on training steps by the compiled pipeline (pipelines/graph.py): the images their RayJobs run,
+#: exactly as the pipeline was compiled (by digest when pinned). An image baked into a step's own
+#: environment at build time names a tag, so it would not carry the pin to the Ray pods.
+RAY_IMAGE_ENV, RAY_GPU_IMAGE_ENV = "LMFORGE_RAY_IMAGE", "LMFORGE_RAY_GPU_IMAGE"
+
+
+def ray_images(cluster_image: str = "", cluster_gpu_image: str = "") -> tuple[str, str]:
+    """(CPU, GPU) images for a RayJob: ``cluster.image``/``cluster.gpu_image`` when set, else the images
+    the step's pipeline was compiled with, else the defaults; each checked as an image reference."""
+    cpu = (
+        (cluster_image, "cluster.image"),
+        (os.environ.get(RAY_IMAGE_ENV, ""), RAY_IMAGE_ENV),
+        (os.environ.get("LMFORGE_IMAGE", ""), "LMFORGE_IMAGE"),
+        (IMAGE, "components/common/images.py:IMAGE"),
+    )
+    gpu = (
+        (cluster_gpu_image, "cluster.gpu_image"),
+        (os.environ.get(RAY_GPU_IMAGE_ENV, ""), RAY_GPU_IMAGE_ENV),
+        (CUDA_IMAGE, "components/common/images.py:CUDA_IMAGE"),
+    )
+    return tuple(image_reference(value, source=source) for value, source in (_first(cpu), _first(gpu)))
+
+
+def _first(candidates: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    return next((value, source) for value, source in candidates if value)

@@ -307,7 +307,9 @@ class S3Store(ObjectStore):
 
         def attempt() -> list[str]:
             # A listing broken off between pages starts over: a partial one would look complete.
-            return [f"{bucket}/{o.object_name}" for o in self._client.list_objects(bucket, prefix=name, recursive=True)]
+            # Keys ending in '/' are directory markers (pyarrow, hence Ray Train, writes them): no data.
+            objects = self._client.list_objects(bucket, prefix=name, recursive=True)
+            return [f"{bucket}/{o.object_name}" for o in objects if not o.object_name.endswith("/")]
 
         try:
             return self._retrying("list", prefix, attempt)

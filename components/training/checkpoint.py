@@ -8,7 +8,15 @@ Layout (rank 0 writes it; Ray Train uploads it to ``<checkpoint_uri>/<run name>/
     lmforge_config.json  the resolved LifecycleConfig the run was started with
 
 The weights live only in ``model/`` (not duplicated in ``train_state.pt``): safetensors round-trips
-float32 exactly, so a resumed run continues bit for bit. The *resume key* holds every value that
+float32 exactly, so a resumed run continues bit for bit.
+
+**Which checkpoint to resume from.** Ray Train hands the newest checkpoint it *registered* to a
+restarted worker group, and it registers one only after its controller has polled every rank's
+report (every two seconds): a worker lost within that window takes the report with it, and the
+restart silently begins from an older checkpoint, or from step 0. So rank 0 also marks each
+checkpoint complete in the store (``_COMPLETE``, written after ``ray.train.report`` has uploaded
+it), and a worker group resumes from the newest checkpoint that is either registered or marked
+(:func:`newest_checkpoint`). The *resume key* holds every value that
 changes the meaning of "step S" (schedule, batch size, world size, seed, data mixture); resuming
 with a different one is refused loudly instead of silently training a different run.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +34,42 @@ import torch
 
 from components.common.config import to_dict
 from components.common.errors import RecoveryError
+from components.common.storage import join, open_store
 
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "lmforge_config.json"
+COMPLETE = "_COMPLETE"
+_NAME = re.compile(r"checkpoint-(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}"
+
+
+def mark_complete(run_uri: str, step: int, store_options: dict) -> None:
+    """Record that ``<run_uri>/checkpoint-<step>`` is fully in the store (after Ray uploaded it)."""
+    uri = join(run_uri, checkpoint_name(step), COMPLETE)
+    open_store(uri, **store_options).write_text(uri, json.dumps({"step": step}))
+
+
+def newest_checkpoint(run_uri: str, registered_path: str | None, store_options: dict) -> tuple[int, str] | None:
+    """``(step, URI)`` of the newest checkpoint under ``run_uri`` that is marked complete or that Ray
+    Train registered (``registered_path``: the path of ``ray.train.get_checkpoint()``), else None."""
+    found: dict[int, str] = {}
+    store = open_store(run_uri, **store_options)
+    for uri in store.list(run_uri):
+        parent, _, leaf = uri.rstrip("/").rpartition("/")
+        name = _NAME.search(parent)
+        if leaf == COMPLETE and name:
+            found[int(name.group(1))] = parent
+    if registered_path and (name := _NAME.search(registered_path.rstrip("/"))):
+        found.setdefault(int(name.group(1)), join(run_uri, name.group(0)))
+    if not found:
+        return None
+    step = max(found)
+    return step, found[step]
 
 
 def capture_rng() -> dict[str, Any]:

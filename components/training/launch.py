@@ -15,9 +15,12 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shlex
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from components.common.artifacts import store_options
@@ -50,7 +53,7 @@ def job_entrypoint(spec: TrainSpec) -> str:
 
 def train_on_rayjob(spec: TrainSpec, *, api_client: Any = None) -> dict[str, Any]:
     """Create (or re-attach to) this run's RayJob, follow it to the end, and read the summary it published."""
-    from components.common.images import CUDA_IMAGE, IMAGE
+    from components.common.images import ray_images
     from components.training.kube_launcher import run_rayjob
     from components.training.rayjob import build_rayjob, rayjob_name
 
@@ -61,17 +64,18 @@ def train_on_rayjob(spec: TrainSpec, *, api_client: Any = None) -> dict[str, Any
     open_store(uri, **store_options(cfg)).write_text(uri, spec.to_json())
     digest = spec.output_uri.rstrip("/").rsplit("/", 1)[-1]  # the step's content address
     name = rayjob_name(spec.stage, digest)
+    image, gpu_image = ray_images(cfg.cluster.image, cfg.cluster.gpu_image)  # the step's own code, on Ray
     manifest = build_rayjob(
         cfg,
         name=name,
         namespace=cfg.cluster.namespace,
         entrypoint=job_entrypoint(spec),
-        # The step runs in the image it was compiled with; its Ray cluster runs the same code.
-        image=cfg.cluster.image or os.environ.get("LMFORGE_IMAGE", "") or IMAGE,
-        gpu_image=cfg.cluster.gpu_image or CUDA_IMAGE,
+        image=image,
+        gpu_image=gpu_image,
         labels={"lmforge.io/stage": spec.stage},
     )
-    outcome = run_rayjob(manifest, api_client=api_client, log=lambda line: log.info("[%s] %s", name, line))
+    with _sigterm_as_interrupt():  # a cancelled KFP step gets SIGTERM: the launcher then deletes its RayJob
+        outcome = run_rayjob(manifest, api_client=api_client, log=lambda line: log.info("[%s] %s", name, line))
     log.info(
         "%s: RayJob %s %s after %.0fs%s",
         spec.stage,
@@ -84,3 +88,20 @@ def train_on_rayjob(spec: TrainSpec, *, api_client: Any = None) -> dict[str, Any
     if summary is None:
         raise TrainingJobError(f"RayJob {name} succeeded but published no training summary at {spec.summary_uri}")
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while following a RayJob (main thread only: Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}: the step was cancelled")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -16,7 +16,6 @@ at the end rank 0 publishes the model and the training summary under ``spec.outp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import time
@@ -33,6 +32,9 @@ from components.training.callbacks import Callback, TrainState
 from components.training.checkpoint import (
     MODEL_DIR,
     capture_rng,
+    checkpoint_name,
+    mark_complete,
+    newest_checkpoint,
     read_summary,
     read_train_state,
     restore_rng,
@@ -53,9 +55,14 @@ def train_loop_per_worker(config: dict) -> None:
     spec: TrainSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-        state, summary = build_state(spec, rank, world_size, Path(resume_dir) if resume_dir else None)
+    registered = ray.train.get_checkpoint()
+    newest = newest_checkpoint(run_uri(spec), registered.path if registered else None, store_options(spec.cfg))
+    with tempfile.TemporaryDirectory(prefix="lmforge-resume-") as tmp:
+        resume_dir = None
+        if newest is not None:
+            store = open_store(newest[1], **store_options(spec.cfg))
+            resume_dir = store.local_dir(newest[1], Path(tmp))
+        state, summary = build_state(spec, rank, world_size, resume_dir)
     callbacks = list(spec.callbacks)
     if spec.probes:  # after the plugins' callbacks, which may restore newer weights in pre_train
         callbacks.append(
@@ -232,7 +239,14 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
                 summary=training_summary(state, callbacks),
             )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.step:08d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.step))
+    if state.rank == 0:  # report has uploaded it: mark it, so a restart finds it even if Ray never registers it
+        mark_complete(run_uri(state.spec), state.step, store_options(state.spec.cfg))
+
+
+def run_uri(spec: TrainSpec) -> str:
+    """Where Ray Train keeps this run's checkpoints (``RunConfig(storage_path, name=stage)``)."""
+    return join(spec.checkpoint_uri, spec.stage)
 
 
 def training_summary(state: TrainState, callbacks: list[Callback]) -> dict:
