@@ -7,7 +7,9 @@ workers cannot see, so pretraining and continual pretraining can only succeed if
 model, checkpoints and the trained model travel through S3. Then one worker host is partitioned (its
 link cut, its processes left running, as when a node drops off the network): Ray declares it dead, a
 fresh host joins (KubeRay replacing the pod), Ray Train restarts the worker group from the last
-checkpoint in S3, and the run must end on exactly the loss curve of the uninterrupted run.
+checkpoint in S3, and the run must end on exactly the loss curve of the uninterrupted run. That run
+also reaches S3 through a flaky proxy (connections reset, throttled, cut half-way, delayed): every
+client retries, and the model it publishes is byte-for-byte the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -164,9 +166,15 @@ def partitioned(pretrained, cluster, net, s3, uploaded, tmp_path_factory) -> dic
     """The same pretraining again; after step 6 (checkpoint 4 is in S3) host w2 is cut off the network."""
     from components.common.artifacts import store_options
     from components.common.storage import open_store
+    from tests.flaky_proxy import flaky_proxy
 
     tmp = tmp_path_factory.mktemp("pretrain-partitioned")
-    cfg = _config(tmp, s3)
+    proxy_cm = flaky_proxy(
+        s3, drop_every=11, throttle_every=13, cut_every=17, cut_after=300, delay_every=9, delay_seconds=0.05,
+        host=net.gateway,
+    )  # fmt: skip
+    proxy = proxy_cm.__enter__()
+    cfg = _config(tmp, proxy.address, "storage.s3_backoff_seconds=0.05")  # the test's faults are brief
     store = open_store("s3://x", s3_endpoint=s3, s3_secure=False)
     markers = f"s3://{BUCKET}/markers/partitioned"
     pause = PauseOnce(PARTITION_AFTER, markers, store_options(cfg))
@@ -189,6 +197,7 @@ def partitioned(pretrained, cluster, net, s3, uploaded, tmp_path_factory) -> dic
     declared_dead = time.monotonic() - cut_at
     cluster.add_worker("w3")  # KubeRay replaces the lost pod
     trainer.join(timeout=300)
+    proxy_cm.__exit__(None, None, None)
     assert not trainer.is_alive(), "training did not finish after the replacement node joined"
     if "error" in outcome:
         raise outcome["error"]
@@ -203,6 +212,7 @@ def partitioned(pretrained, cluster, net, s3, uploaded, tmp_path_factory) -> dic
         "recovery_seconds": recovered,
         "old_node_alive_after_heal": old_node_alive,
         "w2_netns": w2.netns,
+        "proxy": proxy.counts,
     }
 
 
@@ -262,6 +272,16 @@ def test_partitioned_run_ends_on_the_uninterrupted_loss_curve(pretrained, partit
         f"\n[multihost] partition declared dead after {partitioned['declared_dead_seconds']:.1f}s; "
         f"run finished {partitioned['recovery_seconds']:.1f}s after the cut"
     )
+
+
+def test_flaky_s3_is_retried_and_the_published_model_is_byte_identical(partitioned, s3):
+    from components.common.storage import open_store
+
+    counts = partitioned["proxy"]
+    assert counts.dropped and counts.throttled and counts.cut and counts.delayed  # every fault struck
+    store = open_store("s3://x", s3_endpoint=s3, s3_secure=False)
+    weights = [f"s3://{BUCKET}/models/{run}/model/model.safetensors" for run in ("clean", "partitioned")]
+    assert store.read_bytes(weights[0]) == store.read_bytes(weights[1])
 
 
 def test_healed_partition_stays_out_and_its_namespace_is_gone(partitioned):

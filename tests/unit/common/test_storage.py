@@ -152,7 +152,9 @@ def test_directory_markers_written_by_other_s3_clients_are_not_objects(s3_server
     store = open_store("s3://x", s3_endpoint=s3_server, s3_secure=False)
     root = f"s3://lmforge-test/{tmp_path.name}"
     store.write_text(join(root, "ckpt/a.txt"), "a")
-    arrow = s3_filesystem(s3_endpoint=s3_server, s3_secure=False, s3_region="us-east-1", max_attempts=1, timeout_seconds=10)
+    arrow = s3_filesystem(
+        s3_endpoint=s3_server, s3_secure=False, s3_region="us-east-1", max_attempts=1, timeout_seconds=10
+    )
     arrow.create_dir(f"lmforge-test/{tmp_path.name}/ckpt/empty", recursive=False)
     assert arrow.get_file_info(f"lmforge-test/{tmp_path.name}/ckpt/empty").type == fs.FileType.Directory
     assert store.list(join(root, "ckpt")) == [join(root, "ckpt/a.txt")]
