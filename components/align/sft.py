@@ -153,7 +153,7 @@ def _store_for(cfg: LifecycleConfig):
     """An object store able to read ``align.source`` when it is an s3:// prefix, else None."""
     if not cfg.align.source.startswith("s3://"):
         return None
+    from components.common.artifacts import store_options
     from components.common.storage import open_store
 
-    s = cfg.storage
-    return open_store(cfg.align.source, s3_endpoint=s.s3_endpoint, s3_secure=s.s3_secure, s3_region=s.s3_region)
+    return open_store(cfg.align.source, **store_options(cfg))
