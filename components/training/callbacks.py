@@ -42,6 +42,7 @@ class TrainState:
     lr_curve: list[list[float]] = field(default_factory=list)  # [[step, LR of that step], ...]
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    startup: dict[str, float] = field(default_factory=dict)  # this worker's start-up phases, s (loop.startup_phases)
 
     @property
     def last_loss(self) -> float:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from components.common.artifacts import store_options
 from components.common.errors import DataError
+from components.common.log import get_logger
 from components.common.storage import join, open_store
 from components.training.callbacks import Callback, TrainState
 from components.training.checkpoint import (
@@ -46,12 +47,15 @@ from components.training.probes import HeldoutProbes
 from components.training.schedule import warmup_cosine
 from components.training.spec import TrainSpec
 
+log = get_logger("lmforge.training")
+
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: ``config["spec"]`` is the run's :class:`TrainSpec`."""
     import ray.train
     import ray.train.torch
 
+    entered = time.time()
     spec: TrainSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -63,6 +67,7 @@ def train_loop_per_worker(config: dict) -> None:
             store = open_store(newest[1], **store_options(spec.cfg))
             resume_dir = store.local_dir(newest[1], Path(tmp))
         state, summary = build_state(spec, rank, world_size, resume_dir)
+    built = time.time()
     callbacks = list(spec.callbacks)
     if spec.probes:  # after the plugins' callbacks, which may restore newer weights in pre_train
         callbacks.append(
@@ -82,8 +87,13 @@ def train_loop_per_worker(config: dict) -> None:
     try:
         for cb in callbacks:
             cb.pre_train(state)
+        ready = time.time()
         while state.step < spec.steps:
             train_step(state, callbacks, device=device, grad_clip=grad_clip)
+            if not state.startup:
+                state.startup = startup_phases(entered, built, ready, time.time())
+                if rank == 0:
+                    log.info("worker start-up (rank 0): %s", _describe_startup(state.startup))
             if state.step % every == 0 or state.step == spec.steps:
                 _checkpoint_and_report(state, callbacks)
         publish(state, callbacks)
@@ -94,6 +104,30 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         for cb in callbacks:
             cb.close()
+
+
+def startup_phases(entered: float, built: float, ready: float, first_step: float) -> dict[str, float]:
+    """Where a worker's start-up went, in seconds, from wall-clock marks (``time.time()``).
+
+    ``process`` (the worker process starting → this loop: Python imports, Ray Train's actor set-up,
+    the torch process group) needs the process's start time, from ``psutil`` when it is installed
+    (Ray's own dependency); the rest: ``build_state`` (tokenizer, model, DDP wrap, optimizer, data),
+    ``pre_train`` (callbacks, e.g. restoring an in-memory snapshot), ``first_step``. ``first_step_at``
+    is the absolute time of the first step, so a recovery can be split against the failure's time.
+    """
+    phases = {"build_state": built - entered, "pre_train": ready - built, "first_step": first_step - ready}
+    try:
+        import psutil
+
+        phases["process"] = entered - psutil.Process().create_time()
+    except ImportError:  # the other phases still tell most of the story
+        pass
+    return {**phases, "first_step_at": first_step}
+
+
+def _describe_startup(phases: dict[str, float]) -> str:
+    names = ("process", "build_state", "pre_train", "first_step")
+    return ", ".join(f"{name} {phases[name]:.2f} s" for name in names if name in phases)
 
 
 def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_clip: float) -> None:
@@ -259,6 +293,7 @@ def training_summary(state: TrainState, callbacks: list[Callback]) -> dict:
         "train_tokens_seen": state.step * state.tokens_per_step,
         "parameters": sum(p.numel() for p in state.module.parameters()),
         "resumed_from_step": state.start_step,
+        "startup": state.startup,
         "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
     }
 
