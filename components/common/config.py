@@ -272,6 +272,12 @@ class PretrainConfig:
     keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run; older ones are deleted.", versioned=False)
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
+    health_check_interval_s: float = knob(
+        0.5,
+        "Seconds between Ray Train's polls of its workers: a crashed worker is noticed within one interval "
+        "(Ray's default 2 s; a poll is one tiny actor call per worker).",
+        versioned=False,
+    )
     launcher: str = knob(
         "ray",
         "How a training step runs its Ray Train job: 'ray' drives it from the step itself on pretrain.ray_address; "
@@ -518,6 +524,11 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
+    need(
+        cfg.pretrain.health_check_interval_s > 0,
+        "pretrain.health_check_interval_s",
+        f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
+    )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
     r = cfg.resilience
     need(r.scheme in {"xor", "rs"}, "resilience.scheme", f"must be xor or rs, got {r.scheme!r}")

@@ -140,3 +140,8 @@ def test_versioned_dict_leaves_out_log_interval():
 def test_every_key_is_documented():
     undocumented = [key for key, _, _, doc in describe() if not doc.strip()]
     assert undocumented == []
+
+
+def test_health_check_interval_must_be_positive_and_names_the_key():
+    with pytest.raises(ConfigError, match=r"pretrain.health_check_interval_s: must be > 0 seconds"):
+        load_config("tiny", ["pretrain.health_check_interval_s=0"])
