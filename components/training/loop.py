@@ -109,24 +109,24 @@ def train_loop_per_worker(config: dict) -> None:
 def startup_phases(entered: float, built: float, ready: float, first_step: float) -> dict[str, float]:
     """Where a worker's start-up went, in seconds, from wall-clock marks (``time.time()``).
 
-    ``process`` (the worker process starting → this loop: Python imports, Ray Train's actor set-up,
-    the torch process group) needs the process's start time, from ``psutil`` when it is installed
-    (Ray's own dependency); the rest: ``build_state`` (tokenizer, model, DDP wrap, optimizer, data),
-    ``pre_train`` (callbacks, e.g. restoring an in-memory snapshot), ``first_step``. ``first_step_at``
-    is the absolute time of the first step, so a recovery can be split against the failure's time.
+    ``build_state`` (importing transformers, tokenizer, model, DDP wrap, optimizer, data),
+    ``pre_train`` (the callbacks, e.g. restoring an in-memory snapshot) and ``first_step``; plus the
+    absolute times ``loop_at`` (this function's loop began) and ``first_step_at``, so that a recovery
+    can be split against the time of the failure: what lies before ``loop_at`` is Ray Train noticing
+    the failure, starting the new worker actors (often in processes Ray started earlier and kept
+    idle, so the process's own start time says nothing), their imports and the torch process group.
     """
-    phases = {"build_state": built - entered, "pre_train": ready - built, "first_step": first_step - ready}
-    try:
-        import psutil
-
-        phases["process"] = entered - psutil.Process().create_time()
-    except ImportError:  # the other phases still tell most of the story
-        pass
-    return {**phases, "first_step_at": first_step}
+    return {
+        "build_state": built - entered,
+        "pre_train": ready - built,
+        "first_step": first_step - ready,
+        "loop_at": entered,
+        "first_step_at": first_step,
+    }
 
 
 def _describe_startup(phases: dict[str, float]) -> str:
-    names = ("process", "build_state", "pre_train", "first_step")
+    names = ("build_state", "pre_train", "first_step")
     return ", ".join(f"{name} {phases[name]:.2f} s" for name in names if name in phases)
 
 

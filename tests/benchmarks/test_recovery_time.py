@@ -47,16 +47,17 @@ def split(summary: dict, recovery: dict) -> str:
     startup = summary.get("startup") or {}
     if "first_step_at" not in startup:
         return "(no start-up marks)"
-    in_worker = sum(startup.get(p, 0.0) for p in ("process", "build_state", "pre_train", "first_step"))
-    notice = recovery["recovery_seconds"] - in_worker
+    failed_at = startup["first_step_at"] - recovery["recovery_seconds"]
     parts = [
-        ("Ray Train notices + starts new workers", notice),
-        ("worker process → loop", startup.get("process")),
-        ("build state", startup["build_state"]),
+        (
+            "failure → new worker's training loop (Ray Train notices, new worker actors, imports, process group)",
+            startup["loop_at"] - failed_at,
+        ),
+        ("build state (transformers import, model, DDP)", startup["build_state"]),
         ("restore (pre_train)", startup["pre_train"]),
         ("first step", startup["first_step"]),
     ]
-    return "; ".join(f"{name} {seconds:.2f} s" for name, seconds in parts if seconds is not None)
+    return "; ".join(f"{name} {seconds:.2f} s" for name, seconds in parts)
 
 
 @pytest.mark.parametrize("tier", list(TIERS))
