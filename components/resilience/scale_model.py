@@ -32,7 +32,8 @@ GPUs, and with DDP :mod:`~components.resilience.ownership` partitions it the sam
   of the remote persistent storage is fixed"). MegaScale (NSDI '24, fast checkpointing and recovery) saves in two stages
   (GPU → host memory, blocking; host → HDFS in the background) and on recovery lets one rank per
   data-parallel group read from HDFS and broadcast, so its reads move the state once: the same
-  ``state / aggregate bandwidth`` bound.
+  ``state / aggregate bandwidth`` bound (we found no HDFS bandwidth figure in it, so
+  :attr:`ClusterFigures.storage_gbps` defaults to Gemini's; raise it to model a faster store).
 
 What this leaves out (so the figures are lower bounds on cost): the control plane (noticing the
 failure, rescheduling a pod, re-forming NCCL groups: measured for this engine by
