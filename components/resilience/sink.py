@@ -27,7 +27,7 @@ from components.common.storage import open_store
 from components.resilience.commit import UNREACHABLE, CommitOutcome, commit_version
 from components.resilience.layout import SnapshotLayout
 from components.resilience.payload import frame
-from components.resilience.persist import prune
+from components.resilience.persist import VersionShape, prune
 from components.resilience.placement import Placement
 
 log = get_logger(__name__)
@@ -52,6 +52,9 @@ class Coordinator:
         self.keepers, self.placement, self.persist = dict(keepers), placement, persist
         self.committed = self.aborted = self.persisted = 0
         self.last: CommitOutcome | None = None
+        #: (scheme, k, m) the ranks encode with; rank 0's KeeperSink sets it. Persisted manifests
+        #: record k, so a version counts as complete once every group has k pieces in the store.
+        self.codec: tuple[str, int, int] | None = None
 
     def settle(self, version: int) -> CommitOutcome:
         expected = self.placement.expected(version)
@@ -63,8 +66,10 @@ class Coordinator:
             return outcome
         self.committed += 1
         if self.persist and version % self.persist.every == 0:
+            groups = self.placement.groups
+            shape = VersionShape(len(groups), len(groups[0]), self.codec[1] if self.codec else None)
             for keeper in self.keepers.values():
-                keeper.persist.remote(version, self.persist.root, self.persist.store_options)
+                keeper.persist.remote(version, self.persist.root, self.persist.store_options, shape)
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
@@ -101,6 +106,8 @@ class KeeperSink:
         nodes = placement.groups[rank]
         self.holders = [(node, keepers[node]) for node in nodes]
         self.home = keepers[nodes[0]]  # the keeper on this rank's own node encodes
+        if coordinator is not None and coordinator.codec is None:
+            coordinator.codec = codec
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
         payload = frame(layout, data)
