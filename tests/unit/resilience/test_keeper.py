@@ -356,6 +356,43 @@ def test_a_hand_off_under_back_pressure_gives_up_at_its_deadline_naming_the_bloc
         ray.get(sink.home.drop.remote(60), timeout=30)
 
 
+def test_first_commit_checks_the_measured_need_against_the_budget_naming_the_value_to_set(keepers):
+    import ray
+
+    from components.resilience.sink import Coordinator
+
+    (sink,), placement = _sinks(keepers, ranks=1)
+    involved = {node: keepers[node] for node in placement.ring}
+    try:
+        # 16 MiB fit twice with their transit in the 128 MiB budget; 30 MiB do not (2 x 30 + 60 > 115)
+        sink.hand_off(70, bytes(16 * MIB), deadline=time.monotonic() + 60)
+        assert Coordinator(involved, placement, None).settle(70).committed
+        sink.hand_off(71, bytes(30 * MIB), deadline=time.monotonic() + 60)
+        with pytest.raises(ConfigError, match=r"resilience.keeper_memory_mb=128 is too small: measured on node") as e:
+            Coordinator(involved, placement, None).settle(71)
+        assert "Set resilience.keeper_memory_mb to at least 134" in str(e.value)
+    finally:
+        ray.get([k.drop.remote(v) for k in involved.values() for v in (70, 71)], timeout=30)
+
+
+def test_keepers_are_released_when_the_fit_raises(make_config, tiny_dataset, tmp_path, keepers):
+    import ray
+
+    from components.resilience.driver import keeper_run_name, training_callbacks
+    from tests.unit.resilience.cluster import train_spec
+
+    def running(run: str) -> int:
+        return sum(a["name"].startswith(f"lmforge-keeper-{run}-") for a in ray.util.list_named_actors(True))
+
+    spec = train_spec(make_config("resilience.enabled=true", "resilience.keeper_memory_mb=64"), tiny_dataset, tmp_path)
+    run = keeper_run_name(spec.checkpoint_uri, spec.stage)
+    with pytest.raises(RuntimeError, match="the fit failed"), training_callbacks(spec):
+        assert running(run) == 4
+        raise RuntimeError("the fit failed")
+    assert running(run) == 0
+    assert running(RUN) == 4, "another run's keepers are left alone"
+
+
 def test_removing_a_node_loses_only_that_nodes_keeper(ray_cluster, keepers):
     import ray
 
