@@ -18,6 +18,7 @@ rerun of that version starts clean. All ranks then restore one version.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -28,11 +29,12 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from components.common.log import get_logger
 from components.resilience.keeper import IncompleteVersionError, KeeperStatus
 from components.resilience.piece import PieceId
+from components.resilience.remote import CONTROL_TIMEOUT_S
 
 log = get_logger(__name__)
 
-#: seconds a keeper may take to answer one protocol call before it counts as lost
-CALL_TIMEOUT_S = 60.0
+#: seconds a keeper may take to answer one round of protocol calls before it counts as lost
+CALL_TIMEOUT_S = CONTROL_TIMEOUT_S
 #: a keeper that is dead or silent: the protocol treats it as lost with its node
 UNREACHABLE = (RayActorError, GetTimeoutError)
 
@@ -49,13 +51,19 @@ class CommitOutcome:
     rolled_forward: list[str] = field(default_factory=list)
 
 
-def _answers(calls: Mapping[str, ray.ObjectRef], timeout_s: float) -> tuple[dict, list[str]]:
-    """Results of one round of keeper calls, and the node ids whose keeper did not answer."""
+def _answers(calls: Mapping[str, ray.ObjectRef], timeout_s: float, call: str) -> tuple[dict, list[str]]:
+    """Results of one round of keeper calls (one deadline for all), and the node ids whose keeper did not
+    answer; each silent or dead keeper is logged with its node and the call."""
     answers, silent = {}, []
+    deadline = time.monotonic() + timeout_s
     for node, ref in calls.items():
         try:
-            answers[node] = ray.get(ref, timeout=timeout_s)
-        except UNREACHABLE:
+            answers[node] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except GetTimeoutError:
+            log.warning("keeper on node %s did not answer %s within %.0f s: counted as lost", node[:8], call, timeout_s)
+            silent.append(node)
+        except RayActorError:
+            log.warning("keeper on node %s died before answering %s: counted as lost", node[:8], call)
             silent.append(node)
     return answers, silent
 
@@ -70,7 +78,9 @@ def commit_version(
     """Commit ``version`` on every keeper named in ``expected_by_keeper`` if all its pieces are stored."""
     absent = [node for node in expected_by_keeper if node not in keepers]
     involved = {node: keepers[node] for node in expected_by_keeper if node in keepers}
-    held, silent = _answers({n: k.pieces.remote(version) for n, k in involved.items()}, timeout_s)
+    held, silent = _answers(
+        {n: k.pieces.remote(version) for n, k in involved.items()}, timeout_s, f"pieces(version {version})"
+    )
     missing = {
         node: sorted(expected_by_keeper[node] - set(held[node]), key=lambda p: (p.group, p.index))
         for node in held
@@ -79,7 +89,7 @@ def commit_version(
     unreachable = absent + silent
     if missing or unreachable:
         # Abort: drop the partial version wherever a keeper still answers; the previous stays committed.
-        _answers({n: involved[n].drop.remote(version) for n in held}, timeout_s)
+        _answers({n: involved[n].drop.remote(version) for n in held}, timeout_s, f"drop(version {version})")
         log.warning(
             "snapshot version %d aborted: %d piece(s) missing on %d keeper(s), %d keeper(s) unreachable",
             version,
@@ -121,7 +131,7 @@ def newest_common_committed(keepers: Mapping[str, ActorHandle], *, timeout_s: fl
     Dead keepers are skipped, and so are empty ones (a fresh keeper on a replacement node has nothing
     to say). ``None`` means memory holds no version all agree on: recover from the persistent tier.
     """
-    statuses, _ = _answers({n: k.status.remote() for n, k in keepers.items()}, timeout_s)
+    statuses, _ = _answers({n: k.status.remote() for n, k in keepers.items()}, timeout_s, "status()")
     voters: dict[str, KeeperStatus] = {
         n: s for n, s in statuses.items() if s.committed is not None or s.writing is not None
     }
@@ -130,7 +140,7 @@ def newest_common_committed(keepers: Mapping[str, ActorHandle], *, timeout_s: fl
     undecided = {
         n: s.writing for n, s in voters.items() if s.writing is not None and (decided is None or s.writing > decided)
     }
-    _answers({n: keepers[n].drop.remote(v) for n, v in undecided.items()}, timeout_s)
+    _answers({n: keepers[n].drop.remote(v) for n, v in undecided.items()}, timeout_s, "drop(undecided version)")
     if decided is None:
         return None
     behind = [n for n, s in voters.items() if s.committed != decided and s.writing != decided]

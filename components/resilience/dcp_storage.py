@@ -82,6 +82,7 @@ from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
 from components.resilience.keeper import MIB
 from components.resilience.piece import checksum
+from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for, wait_for_all
 
 log = get_logger(__name__)
 
@@ -127,7 +128,7 @@ def _keys_by_keeper(keepers: Mapping[str, ActorHandle], prefix: str) -> dict[str
     found = {}
     for node_id, ref in refs.items():
         try:
-            found[node_id] = ray.get(ref)
+            found[node_id] = wait_for(ref, node=node_id, call=f"list_blobs({prefix!r})", timeout_s=CONTROL_TIMEOUT_S)
         except RayActorError:
             log.warning("keeper on node %s is gone: its DCP blobs under %r are lost", node_id[:8], prefix)
     return found
@@ -137,7 +138,8 @@ def drop_checkpoint(keepers: Mapping[str, ActorHandle], checkpoint_id: str) -> i
     """Free every blob of ``checkpoint_id`` on every live keeper; returns how many were dropped."""
     prefix = checkpoint_prefix(_valid_id(checkpoint_id))
     live = _keys_by_keeper(keepers, prefix)
-    return sum(ray.get([keepers[node_id].drop_blobs.remote(prefix) for node_id in live]))
+    drops = {node_id: keepers[node_id].drop_blobs.remote(prefix) for node_id in live}
+    return sum(wait_for_all(drops, call=f"drop_blobs({prefix!r})", timeout_s=CONTROL_TIMEOUT_S).values())
 
 
 def _local_keeper(keepers: Mapping[str, ActorHandle]) -> ActorHandle:
@@ -181,6 +183,7 @@ class KeeperStorageWriter(StorageWriter):
         if not kwargs.get("use_collectives", True):
             raise ConfigError("KeeperStorageWriter supports only dcp.save(..., use_collectives=True), the default")
         self._keeper = _local_keeper(self.keepers)
+        self._keeper_node = ray.get_runtime_context().get_node_id()
         self.checkpoint_id  # noqa: B018 - fail before planning, not after serializing everything
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
@@ -221,7 +224,11 @@ class KeeperStorageWriter(StorageWriter):
                 put_buffer()
         if buffer.tell():
             put_buffer()
-        ray.get(puts)
+        wait_for_all(
+            {f"{self._keeper_node}#{i}": ref for i, ref in enumerate(puts)},
+            call=f"put_blob({base}*)",
+            timeout_s=DATA_TIMEOUT_S,
+        )
         done: Future[list[WriteResult]] = Future()
         done.set_result(results)
         return done
@@ -237,21 +244,26 @@ class KeeperStorageWriter(StorageWriter):
         # Nanoseconds in the key: should a crash leave an older metadata blob behind on another
         # node, readers take the newest.
         key = f"{prefix}{METADATA}{time.time_ns():020d}"
-        ray.get(self._keeper.put_blob.remote(key, data, checksum(data)))
+        wait_for(
+            self._keeper.put_blob.remote(key, data, checksum(data)),
+            node=self._keeper_node,
+            call=f"put_blob({key!r})",
+            timeout_s=DATA_TIMEOUT_S,
+        )
         self._drop_older_saves(prefix, key)
 
     def _drop_older_saves(self, prefix: str, metadata_key: str) -> None:
         """Free earlier saves of this checkpoint id (and partial ones from crashed saves)."""
         current = f"{prefix}{self.save_id}/"
-        drops = []
+        drops = {}
         for node_id, keys in _keys_by_keeper(self.keepers, prefix).items():
             stale = {
                 key if key.startswith(prefix + METADATA) else prefix + key[len(prefix) :].split("/")[0] + "/"
                 for key in keys
                 if key != metadata_key and not key.startswith(current)
             }
-            drops += [self.keepers[node_id].drop_blobs.remote(p) for p in stale]
-        ray.get(drops)
+            drops.update({f"{node_id}#{p}": self.keepers[node_id].drop_blobs.remote(p) for p in stale})
+        wait_for_all(drops, call="drop_blobs(older saves)", timeout_s=CONTROL_TIMEOUT_S)
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
@@ -323,7 +335,7 @@ class KeeperStorageReader(StorageReader):
         # every request out at once, so transfers overlap; each blob is freed once its items are read
         pending = {key: self._keeper_of(key, holders).get_blob.remote(key) for key in by_blob}
         for key, items in by_blob.items():
-            blob = memoryview(self._verified(key, pending.pop(key)))
+            blob = memoryview(self._verified(key, pending.pop(key), holders[key]))
             for item in items:
                 where = self.storage_data[item.storage_index]
                 stream = io.BytesIO(blob[where.offset : where.offset + where.length])
@@ -364,11 +376,12 @@ class KeeperStorageReader(StorageReader):
         return self.keepers[holders[key]]
 
     def _fetch(self, key: str) -> bytes:
-        return self._verified(key, self._keeper_of(key, self._locate()).get_blob.remote(key))
+        holders = self._locate()
+        return self._verified(key, self._keeper_of(key, holders).get_blob.remote(key), holders[key])
 
-    def _verified(self, key: str, ref: ray.ObjectRef) -> bytes:
+    def _verified(self, key: str, ref: ray.ObjectRef, node_id: str) -> bytes:
         try:
-            data, expected = ray.get(ref)
+            data, expected = wait_for(ref, node=node_id, call=f"get_blob({key!r})", timeout_s=DATA_TIMEOUT_S)
         except RayActorError as e:
             raise RecoveryError(f"blob {key!r}: the keeper holding it died while it was read") from e
         if checksum(data) != expected:

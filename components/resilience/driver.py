@@ -18,8 +18,10 @@ from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.common.storage import join
+from components.resilience.budget import KeeperNeed, check_need, estimate_before_fit, framed_share_bytes
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
 from components.resilience.faults import FaultInjector, local_marker_uri, parse_faults
+from components.resilience.layout import DEFAULT_META_CAPACITY
 from components.resilience.placement import check_node_count
 from components.training.callbacks import Callback
 from components.training.spec import TrainSpec
@@ -28,12 +30,13 @@ log = get_logger(__name__)
 
 
 def keeper_run_name(checkpoint_uri: str, stage: str) -> str:
-    """One set of keepers per (checkpoint location, stage): a retried step finds its predecessor's."""
+    """One set of keepers per (checkpoint location, stage): a retried step finds its predecessor's, should
+    that one have died without releasing them (``training_callbacks`` releases them when a fit ends)."""
     return f"{stage}-{hashlib.sha1(f'{checkpoint_uri}|{stage}'.encode()).hexdigest()[:12]}"
 
 
-def state_bytes_estimate(cfg: LifecycleConfig, vocab_size: int) -> int:
-    """Bytes of parameters plus AdamW's two moments for ``cfg.model`` (built on the meta device: no memory)."""
+def _meta_model(cfg: LifecycleConfig, vocab_size: int):
+    """``cfg.model`` built on the meta device: shapes and dtypes, no memory."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -48,8 +51,21 @@ def state_bytes_estimate(cfg: LifecycleConfig, vocab_size: int) -> int:
             eos_token_id=0,
             pad_token_id=0,
         )
-        model = LlamaForCausalLM(config)
-    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        return LlamaForCausalLM(config)
+
+
+def state_bytes_estimate(cfg: LifecycleConfig, vocab_size: int) -> int:
+    """Bytes of parameters plus AdamW's two moments for ``cfg.model`` (built on the meta device: no memory)."""
+    return 3 * sum(p.numel() * p.element_size() for p in _meta_model(cfg, vocab_size).parameters())
+
+
+def keeper_need_estimate(cfg: LifecycleConfig, vocab_size: int, nodes: int) -> KeeperNeed:
+    """The most loaded keeper's memory need, from the ranks' real shares of ``cfg.model`` (``budget.py``)."""
+    r = cfg.resilience
+    # the meta region as the snapshot engine sizes it (snapshot.py): RNG streams plus the loss-curve tail
+    meta_capacity = DEFAULT_META_CAPACITY + 80 * (cfg.pretrain.checkpoint_every + r.snapshot_every)
+    payloads = framed_share_bytes(_meta_model(cfg, vocab_size), cfg.pretrain.num_workers, meta_capacity)
+    return estimate_before_fit(payloads, nodes=nodes, codec=(r.scheme, r.k, r.m))
 
 
 def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tuple[Callback, ...]:
@@ -77,7 +93,6 @@ def resilience_callbacks(
     (the resilience callback first, so a fault at step S strikes after snapshot S has begun)."""
     import ray
 
-    from components.resilience.keeper import check_keeper_budget
     from components.resilience.keeper_actor import start_keepers
 
     callbacks: list[Callback] = []
@@ -85,13 +100,12 @@ def resilience_callbacks(
         r = cfg.resilience
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         check_node_count(r.k, r.m, len(nodes))
-        workers = cfg.pretrain.num_workers
-        # Each node holds at most one piece per group, about (k + m) / nodes of all pieces.
-        per_piece = -(-state_bytes_estimate(cfg, vocab_size) // (workers * r.k))
-        per_node = min(workers, -(-workers * (r.k + r.m) // len(nodes)))
-        check_keeper_budget(r.keeper_memory_mb, per_node * per_piece)
+        need = keeper_need_estimate(cfg, vocab_size, len(nodes))
+        check_need(
+            r.keeper_memory_mb, need, f"estimated before training from the model's {cfg.pretrain.num_workers} shares"
+        )
         run_name = keeper_run_name(checkpoint_uri, stage)
-        start_keepers(run_name, cfg, expected_version_bytes=per_node * per_piece)
+        start_keepers(run_name, cfg, expected_version_bytes=need.stored)
         target = ResilienceTarget(
             run_name=run_name,
             snapshots_uri=join(local_marker_uri(checkpoint_uri), stage, "snapshots"),
@@ -113,7 +127,10 @@ def training_callbacks(spec: TrainSpec) -> Iterator[tuple[Callback, ...]]:
     """The engine's plugin (``TrainSpec.plugins``): snapshot and fault callbacks for one fit.
 
     Entered on the Ray driver before the fit (checks, keepers started), left after it: the keepers
-    are released once the fit succeeded (a failed fit keeps them for the retry that follows).
+    are released whether the fit succeeded or raised. Ray Train's own restarts within the fit reuse
+    them; a fit that raised has used up its restarts, and what survives it for a KFP retry of the
+    step is the persisted tier in the object store (the retry starts new keepers). Keepers left
+    behind would hold the snapshot memory of every node until someone killed them by hand.
     """
     from components.common.artifacts import store_options
     from components.common.lineage import tracking_uri
@@ -125,14 +142,16 @@ def training_callbacks(spec: TrainSpec) -> Iterator[tuple[Callback, ...]]:
     vocab_size = 0
     if cfg.resilience.enabled:  # the keeper budget is estimated from the model's size
         vocab_size = len(load_tokenizer(local_copy(spec.tokenizer_uri, store_options=store_options(cfg))))
-    yield resilience_callbacks(
-        cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
-    )
-    release_keepers(cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage)
+    try:
+        yield resilience_callbacks(
+            cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
+        )
+    finally:
+        release_keepers(cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage)
 
 
 def release_keepers(cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str) -> None:
-    """Stop the run's keepers after a successful fit (their memory is no longer needed)."""
+    """Stop the run's keepers after the fit, successful or not (their memory is no longer needed)."""
     if cfg.resilience.enabled:
         from components.resilience.keeper_actor import stop_keepers
 

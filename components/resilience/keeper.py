@@ -17,9 +17,12 @@ enforce every rule once, under one lock, and a backend implements only the three
   is never silently thrown away.
 - **Memory budget.** ``resilience.keeper_memory_mb`` must fit two versions of the declared snapshot
   size (checked at construction with a ``ConfigError`` that names the fix) and is enforced on ``put``.
-- **Back-pressure.** ``put(..., wait_s=T)`` waits up to ``T`` seconds for the version being written
-  to be committed or dropped before refusing a newer one: a fast rank's next snapshot queues behind
-  the slowest rank's current one instead of failing.
+- **Back-pressure.** A piece of a newer version than the one being written is refused with
+  :class:`BusyError` ("retry later"), and :meth:`busy_with` answers the same question without a
+  piece. The keeper actor's callers never wait inside the keeper: a rank's hand-off (``sink.py``)
+  asks, backs off and retries until its deadline, so a fast rank's next snapshot queues behind the
+  slowest rank's current one without holding one of the keeper's threads. (``put(..., wait_s=T)``
+  still waits up to ``T`` seconds in the keeper, for in-process use.)
 - **Generations (fencing).** Every restart of the worker group starts a new generation
   (:meth:`start_generation`); pieces from an older generation are refused. A dead trainer's hand-off
   can still be in flight inside a keeper when the new group restores; without the fence its stale
@@ -53,6 +56,10 @@ class MissingPieceError(RecoveryError):
 
 class IncompleteVersionError(RecoveryError):
     """A commit named pieces this keeper does not hold intact; nothing changed."""
+
+
+class BusyError(RecoveryError):
+    """Back-pressure: another version is still being written here; retry the piece once it is decided."""
 
 
 class StaleWriterError(RecoveryError):
@@ -150,7 +157,7 @@ class Keeper(ABC):
                     f"version {self._committed} (a writer from before a restart?)"
                 )
             if self._writing is not None and version != self._writing:
-                raise RecoveryError(
+                raise BusyError(
                     f"keeper refused piece {piece.id}: version {self._writing} is still being written; "
                     f"commit or drop it first (a keeper holds only {VERSIONS_HELD} versions)"
                 )
@@ -170,6 +177,17 @@ class Keeper(ABC):
             if self._progress is None or version > self._progress[0]:
                 self._progress = (version, time.time())
             self._changed.notify_all()
+
+    def busy_with(self, version: int, generation: int | None = None) -> int | None:
+        """The version whose writing makes a put of ``version`` wait (back-pressure), or None if it would not.
+
+        None also when the put would be refused for another reason (fenced generation, not newer
+        than the committed version): the put then says why, so a retrying caller stops at once.
+        """
+        with self._lock:
+            if self._writing in (None, version) or self._fenced(generation):
+                return None
+            return self._writing
 
     def get(self, piece_id: PieceId) -> Piece:
         """Return an intact piece of the committed version, else raise ``MissingPieceError``."""

@@ -8,9 +8,15 @@ Why these Ray options:
 - ``NodeAffinitySchedulingStrategy(node_id, soft=False)``: a keeper holds its node's share of the
   snapshot; one that drifted to another node would turn one node loss into two.
 - ``num_cpus=0``: keepers mostly sit on memory, they must not take a training slot.
-- ``max_concurrency``: a recovering reader need not wait behind a writer's argument transfer, and
-  puts waiting for the previous version to be decided (back-pressure) must not starve the commit
-  that decides it; the keeper's own lock keeps state changes atomic.
+- ``concurrency_groups`` (:data:`KEEPER_CONCURRENCY`, :data:`CALL_GROUPS`): a keeper's threads are
+  split by kind of call. ``data`` calls move bulk bytes (a rank's hand-off, piece and blob transfers)
+  and may take long; ``control`` calls (commit, status, inventory, new generation, node id) only
+  read or switch state under the lock, so they get threads of their own and never queue behind
+  transfers: with 8 ranks per node handing off at once, rank 0's commit is still answered at once.
+  ``waits`` serves the calls that block by design (``wait_for_pieces``), so they cannot take the
+  control threads either. Back-pressure holds no thread at all: a busy keeper answers "retry"
+  (``keeper.py``, ``BusyError``) and the rank's hand-off backs off (``sink.py``). The keeper's own
+  lock keeps state changes atomic across groups.
 - ``runtime_env`` with :data:`~components.resilience.codec.MALLOC_REUSE_ENV`: keepers encode every
   snapshot; glibc must keep freed piece memory warm instead of unmapping it each time.
 
@@ -21,11 +27,13 @@ bytes nor keeps an ObjectRef to them (Ray objects die with their owner, the cras
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from components.common.config import LifecycleConfig
@@ -39,8 +47,21 @@ from components.resilience.spread import SnapshotSpreader
 
 log = get_logger(__name__)
 
-#: concurrent calls a keeper actor serves (puts from the node's ranks, reads during recovery)
-KEEPER_CONCURRENCY = 16
+#: threads per concurrency group of a keeper actor: ``data`` serves the node's ranks' hand-offs and
+#: reads during recovery (8 ranks per node plus readers), ``control`` the quick state calls,
+#: ``waits`` the calls that block by design
+KEEPER_CONCURRENCY = {"data": 16, "control": 4, "waits": 4}
+#: the concurrency group of every public keeper call (a test checks that none is left out: an
+#: unlisted call would run on the actor's single default thread)
+CALL_GROUPS = {
+    "data": ("store_snapshot", "put", "get", "put_blob", "get_blob"),
+    "control": (
+        "commit", "pieces", "status", "newest_committed", "busy_with", "start_generation", "drop",
+        "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",
+        "inject_blob_corruption", "kill_node",
+    ),
+    "waits": ("wait_for_pieces", "wait_persisted"),
+}  # fmt: skip
 #: seconds to wait for a freshly placed keeper to answer
 START_TIMEOUT_S = 120.0
 #: attempts to replace a keeper that was killed just before start_keepers asked for it
@@ -55,6 +76,27 @@ def keeper_name(run_name: str, node_id: str) -> str:
     return f"lmforge-keeper-{run_name}-{node_id[:8]}"
 
 
+def _in_concurrency_groups(cls: type) -> type:
+    """``cls`` with every call of :data:`CALL_GROUPS` assigned to its Ray concurrency group.
+
+    The calls are defined in plain-Python mixins (``keeper.py``, ``persist.py``, ...) that know
+    nothing of Ray, so the assignment happens here, on thin overrides, instead of on their code.
+    """
+    for group, names in CALL_GROUPS.items():
+        for name in names:
+            setattr(cls, name, _grouped(getattr(cls, name), group))
+    return cls
+
+
+def _grouped(method: Callable, group: str) -> Callable:
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return method(self, *args, **kwargs)
+
+    return ray.method(concurrency_group=group)(call)
+
+
+@_in_concurrency_groups
 class NodeKeeper(SnapshotSpreader, PersistingKeeper, NodeKiller, MemoryKeeper):
     """The keeper as it runs inside its actor: a memory keeper that knows its node, encodes and spreads
     its node's snapshots (``spread.py``), persists committed versions (``persist.py``) and can take its
@@ -141,6 +183,12 @@ def start_keepers(run_name: str, cfg: LifecycleConfig, *, expected_version_bytes
         for node_id, keeper in keepers.items():
             try:
                 placed[node_id] = ray.get(keeper.node_id.remote(), timeout=START_TIMEOUT_S)
+            except GetTimeoutError as e:
+                raise RecoveryError(
+                    f"run {run_name!r}: the snapshot keeper placed on node {node_id[:8]} did not answer node_id "
+                    f"within {START_TIMEOUT_S:.0f} s of its start (is the node short of memory, or is its "
+                    "raylet hung?)"
+                ) from e
             except RayActorError:
                 dead.append(node_id)
         if not dead:
@@ -165,14 +213,17 @@ def start_keepers(run_name: str, cfg: LifecycleConfig, *, expected_version_bytes
 def _keeper_on(node_id: str, run_name: str, cfg: LifecycleConfig, expected_version_bytes: int) -> ActorHandle:
     """The run's keeper on ``node_id``: the existing named actor, or a new one pinned there."""
     return (
-        ray.remote(NodeKeeper)
+        ray.remote(concurrency_groups=KEEPER_CONCURRENCY)(NodeKeeper)
         .options(
             name=keeper_name(run_name, node_id),
             namespace=keeper_namespace(run_name),
             get_if_exists=True,
             lifetime="detached",
             num_cpus=0,
-            max_concurrency=KEEPER_CONCURRENCY,
+            max_concurrency=1,  # the default group: every keeper call has a group of its own (CALL_GROUPS)
+            # With max_concurrency=1 Ray would start a caller's calls in submission order, across
+            # groups: a commit would then queue behind the same caller's waiting puts after all.
+            allow_out_of_order_execution=True,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             runtime_env={"env_vars": MALLOC_REUSE_ENV},
         )

@@ -5,8 +5,9 @@ Why the keeper encodes, not the trainer: the erasure code then runs in a process
 training critical path (on a GPU node, on CPUs that sit idle), and every node's keeper encodes only
 its own node's ranks, so parity work is spread across the cluster instead of gathered on one
 coordinator. The trainer's hand-off thread makes one same-node call and waits for the pieces to be
-stored; a put that finds another version still being written waits for it (back-pressure), bounded
-by ``wait_s``.
+stored. A put that finds another version still being written is refused with ``BusyError``
+(back-pressure, ``keeper.py``); the whole hand-off then raises it, and the rank retries after a
+backoff (``sink.py``) instead of holding keeper threads while it waits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 from ray.actor import ActorHandle
 
 from components.resilience.codec import ErasureCodec, make_codec
+from components.resilience.remote import DATA_TIMEOUT_S, wait_for_all
 
 
 class SnapshotSpreader:
@@ -34,21 +36,46 @@ class SnapshotSpreader:
     ) -> int:
         """Encode ``payload`` as (``version``, ``group``) and put piece ``i`` on ``holders[i]`` (node id, keeper).
 
-        Returns the number of pieces stored; raises whatever a holder's ``put`` raised.
+        Returns the number of pieces stored; raises whatever a holder's ``put`` raised (``BusyError``:
+        retry later) and ``KeeperTimeoutError`` naming a holder that did not answer within
+        :data:`~components.resilience.remote.DATA_TIMEOUT_S`. ``wait_s`` is passed to the puts
+        (``sink.py`` passes 0: back-pressure is waited out by the rank, not here).
         """
         pieces = self._codec(*codec).encode(version, group, payload)
-        del payload  # the pieces are all that is kept
         here = ray.get_runtime_context().get_node_id()
-        local, remote = [], []
+        # What this hand-off holds beyond the stored pieces: its payload and the pieces bound for
+        # other nodes (for the memory check after the first snapshot, budget.py).
+        self._note_transient(
+            version, len(payload) + sum(len(p.data) for p, (n, _) in zip(pieces, holders, strict=True) if n != here)
+        )
+        del payload  # the pieces are all that is kept
+        local, remote = [], {}
         for piece, (node, keeper) in zip(pieces, holders, strict=True):
             if node == here:
                 local.append(piece)  # stored without a round trip through Ray
             else:
-                remote.append(keeper.put.remote(piece, generation=generation, wait_s=wait_s))
+                remote[node] = keeper.put.remote(piece, generation=generation, wait_s=wait_s)
         for piece in local:
             self.put(piece, generation=generation, wait_s=wait_s)
-        ray.get(remote)
+        wait_for_all(remote, call=f"put(version {version}, group {group})", timeout_s=DATA_TIMEOUT_S + wait_s)
         return len(pieces)
+
+    def memory_need(self, version: int) -> tuple[int, int, int]:
+        """``(bytes of version held here, bytes its hand-offs here held in transit, budget bytes)``.
+
+        The transit bytes add up every hand-off of the version on this node, as if they overlapped
+        (the node's ranks snapshot the same step, so they do).
+        """
+        with self._lock:
+            stored = sum(self._sizes.get(version, {}).values())
+            return stored, self.__dict__.get("_transient", {}).get(version, 0), self.budget_bytes
+
+    def _note_transient(self, version: int, nbytes: int) -> None:
+        with self._lock:
+            transient = self.__dict__.setdefault("_transient", {})
+            transient[version] = transient.get(version, 0) + nbytes
+            for old in [v for v in transient if v < version - 1]:  # the current and previous versions suffice
+                del transient[old]
 
     def _codec(self, scheme: str, k: int, m: int) -> ErasureCodec:
         cache = self.__dict__.setdefault("_codecs", {})

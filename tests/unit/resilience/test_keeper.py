@@ -173,6 +173,16 @@ def test_readers_see_only_whole_committed_versions_while_a_writer_commits():
     assert keeper.status().pieces == 4
 
 
+def test_every_keeper_call_runs_in_a_named_concurrency_group():
+    from components.resilience.keeper_actor import CALL_GROUPS, KEEPER_CONCURRENCY, NodeKeeper
+
+    public = {name for name in dir(NodeKeeper) if not name.startswith("_") and callable(getattr(NodeKeeper, name))}
+    grouped = [name for names in CALL_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(public), "a keeper call left out would share the actor's one default thread"
+    assert set(CALL_GROUPS) == set(KEEPER_CONCURRENCY)
+    assert {getattr(NodeKeeper, name).__ray_concurrency_group__ for name in CALL_GROUPS["control"]} == {"control"}
+
+
 # ---------------------------------------------------------------------- keeper actors on a Ray cluster
 
 RUN = "keeper-test"
@@ -248,6 +258,139 @@ def test_put_get_throughput_through_the_actor_for_a_16_mib_piece(keepers):
         print(
             f"\n{where} keeper, 16 MiB piece: put+commit {rounds * 16 / put_s:.0f} MiB/s, get {rounds * 16 / get_s:.0f} MiB/s"
         )
+
+
+RANKS_PER_NODE = 8  # a GPU node's ranks, all handing off to their node's keeper
+
+
+def _sinks(keepers, ranks: int = RANKS_PER_NODE):
+    """``ranks`` ranks on one node whose groups (xor, k=1, m=1) put piece 0 there and parity next door."""
+    from components.resilience.placement import Placement
+    from components.resilience.sink import KeeperSink
+
+    home, other = list(keepers)[:2]
+    placement = Placement((home, other), ((home, other),) * ranks)
+    sinks = [
+        KeeperSink(rank=r, keepers=keepers, placement=placement, codec=("xor", 1, 1), generation=0)
+        for r in range(ranks)
+    ]
+    return sinks, placement
+
+
+def _payload(version: int, rank: int) -> bytes:
+    from components.resilience.layout import SnapshotLayout
+    from components.resilience.payload import frame
+
+    return frame(SnapshotLayout((), meta_offset=0, meta_capacity=0), bytes([version % 256, rank]) * 32 * 1024)
+
+
+def test_eight_ranks_under_back_pressure_retry_and_hand_off_once_the_commit_frees_the_keepers(keepers):
+    import ray
+
+    from components.resilience.commit import commit_version
+
+    sinks, placement = _sinks(keepers)
+    involved = {node: keepers[node] for node in placement.ring}
+    for sink in sinks:
+        sink.hand_off(40, _payload(40, sink.rank), deadline=time.monotonic() + 60)
+    errors: list[BaseException] = []
+
+    def next_snapshot(sink) -> None:
+        try:
+            sink.hand_off(41, _payload(41, sink.rank), deadline=time.monotonic() + 120)
+        except BaseException as e:
+            errors.append(e)
+
+    ranks = [threading.Thread(target=next_snapshot, args=(sink,)) for sink in sinks]
+    try:
+        for t in ranks:
+            t.start()
+        waited = time.monotonic() + 60
+        while not all(sink.retries for sink in sinks) and time.monotonic() < waited:
+            time.sleep(0.01)
+        assert all(sink.retries for sink in sinks), "every rank should have been told to retry"
+        statuses = ray.get([k.status.remote() for k in involved.values()], timeout=30)
+        assert [s.writing for s in statuses] == [40, 40], "version 41 must wait for 40 to be decided"
+        assert commit_version(involved, 40, placement.expected(40)).committed
+        for t in ranks:
+            t.join(timeout=120)
+        assert errors == [] and not any(t.is_alive() for t in ranks)
+        assert commit_version(involved, 41, placement.expected(41)).committed
+    finally:
+        for t in ranks:
+            t.join(timeout=120)
+        ray.get([k.drop.remote(v) for k in involved.values() for v in (40, 41)], timeout=30)
+
+
+def test_commit_and_status_are_answered_while_every_data_thread_is_busy(keepers):
+    import ray
+
+    from components.resilience.keeper_actor import KEEPER_CONCURRENCY
+
+    keeper = next(iter(keepers.values()))
+    ray.get(keeper.put.remote(piece(50)), timeout=30)
+    # Puts that wait in the keeper for version 50 to be decided occupy every data thread (and one
+    # more queues): a keeper with a single pool of threads could not even run the commit that ends
+    # their wait, and the puts would time out.
+    waiting = [keeper.put.remote(piece(51, index=i), wait_s=60.0) for i in range(KEEPER_CONCURRENCY["data"] + 1)]
+    try:
+        assert ray.get(keeper.status.remote(), timeout=30).writing == 50
+        ray.get(keeper.commit.remote(50, {PieceId(50, 0, 0)}), timeout=30)
+        assert ray.get(waiting, timeout=60) == [None] * len(waiting)
+        assert ray.get(keeper.status.remote(), timeout=30).writing == 51
+    finally:
+        ray.get([keeper.drop.remote(v) for v in (50, 51)], timeout=60)
+
+
+def test_a_hand_off_under_back_pressure_gives_up_at_its_deadline_naming_the_blocking_version(keepers):
+    import ray
+
+    (sink,), _ = _sinks(keepers, ranks=1)
+    ray.get(sink.home.put.remote(piece(60)), timeout=30)
+    try:
+        with pytest.raises(RecoveryError, match="still writing 60 when its hand-off gave up"):
+            sink.hand_off(61, _payload(61, 0), deadline=time.monotonic() + 0.3)
+        assert sink.retries > 0
+        assert ray.get(sink.home.status.remote(), timeout=30).writing == 60
+    finally:
+        ray.get(sink.home.drop.remote(60), timeout=30)
+
+
+def test_first_commit_checks_the_measured_need_against_the_budget_naming_the_value_to_set(keepers):
+    import ray
+
+    from components.resilience.sink import Coordinator
+
+    (sink,), placement = _sinks(keepers, ranks=1)
+    involved = {node: keepers[node] for node in placement.ring}
+    try:
+        # 16 MiB fit twice with their transit in the 128 MiB budget; 30 MiB do not (2 x 30 + 60 > 115)
+        sink.hand_off(70, bytes(16 * MIB), deadline=time.monotonic() + 60)
+        assert Coordinator(involved, placement, None).settle(70).committed
+        sink.hand_off(71, bytes(30 * MIB), deadline=time.monotonic() + 60)
+        with pytest.raises(ConfigError, match=r"resilience.keeper_memory_mb=128 is too small: measured on node") as e:
+            Coordinator(involved, placement, None).settle(71)
+        assert "Set resilience.keeper_memory_mb to at least 134" in str(e.value)
+    finally:
+        ray.get([k.drop.remote(v) for k in involved.values() for v in (70, 71)], timeout=30)
+
+
+def test_keepers_are_released_when_the_fit_raises(make_config, tiny_dataset, tmp_path, keepers):
+    import ray
+
+    from components.resilience.driver import keeper_run_name, training_callbacks
+    from tests.unit.resilience.cluster import train_spec
+
+    def running(run: str) -> int:
+        return sum(a["name"].startswith(f"lmforge-keeper-{run}-") for a in ray.util.list_named_actors(True))
+
+    spec = train_spec(make_config("resilience.enabled=true", "resilience.keeper_memory_mb=64"), tiny_dataset, tmp_path)
+    run = keeper_run_name(spec.checkpoint_uri, spec.stage)
+    with pytest.raises(RuntimeError, match="the fit failed"), training_callbacks(spec):
+        assert running(run) == 4
+        raise RuntimeError("the fit failed")
+    assert running(run) == 0
+    assert running(RUN) == 4, "another run's keepers are left alone"
 
 
 def test_removing_a_node_loses_only_that_nodes_keeper(ray_cluster, keepers):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from components.common.errors import RecoveryError
-from components.resilience.keeper import MemoryKeeper, StaleWriterError
+from components.resilience.keeper import BusyError, MemoryKeeper, StaleWriterError
 from tests.unit.resilience.test_keeper import piece, write_version
 
 
@@ -99,3 +99,31 @@ def test_every_piece_holder_remembers_the_newest_step_it_received():
     keeper.commit(3, write_version(keeper, 3, count=1))
     keeper.put(piece(4))
     assert keeper.status().progress_step == 4 and keeper.status().progress_time <= time.time()
+
+
+def test_a_put_of_a_newer_version_answers_busy_at_once_while_one_is_being_written():
+    keeper = _keeper()
+    write_version(keeper, 1, count=1)
+    with pytest.raises(BusyError, match="version 1 is still being written"):
+        keeper.put(piece(2))
+    assert keeper.pieces(2) == [] and keeper.status().writing == 1
+
+
+def test_busy_with_names_the_version_being_written_until_it_is_committed():
+    keeper = _keeper()
+    assert keeper.busy_with(1) is None
+    expected = write_version(keeper, 1, count=1)
+    assert keeper.busy_with(1) is None, "more pieces of the version being written are welcome"
+    assert keeper.busy_with(2) == 1
+    keeper.commit(1, expected)
+    assert keeper.busy_with(2) is None
+
+
+def test_busy_with_does_not_hold_back_a_fenced_writer_whose_put_then_says_why():
+    keeper = _keeper()
+    write_version(keeper, 1, count=1)
+    keeper.start_generation(2, keep=None)
+    keeper.put(piece(1), generation=2)
+    assert keeper.busy_with(5, generation=1) is None
+    with pytest.raises(StaleWriterError):
+        keeper.put(piece(5), generation=1)
