@@ -27,7 +27,7 @@ import numpy as np
 from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
 from components.resilience.piece import Piece, PieceId
-from components.resilience.xor import WORD, BytesLike, xor_into
+from components.resilience.xor import WORD, BytesLike, as_array, xor_into
 
 log = get_logger(__name__)
 
@@ -56,8 +56,30 @@ class ErasureCodec(ABC):
         return f"{type(self).__name__}(k={self.k}, m={self.m})"
 
     @abstractmethod
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        """``k`` data then ``m`` parity pieces of equal size, checksummed, ``payload_size = len(data)``."""
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """``k`` data then ``m`` parity pieces of equal size, checksummed, ``payload_size = len(data)``.
+
+        ``data`` is read in place (any buffer: bytes, memoryview, numpy array). With ``copy=False`` a
+        scheme may return data pieces that are views of ``data`` (no copy at all for them).
+        """
+
+    def decode_into(self, pieces: Sequence[Piece], out: BytesLike) -> memoryview:
+        """Like :meth:`decode`, but into the writable buffer ``out`` (at least the payload's size, e.g.
+        a preallocated snapshot buffer); returns the view of ``out`` that holds the payload."""
+        chosen = self._choose_intact(pieces)
+        payload_size = chosen[0].payload_size
+        target = as_array(out)
+        if target.size < payload_size or not target.flags.writeable:
+            raise ValueError(f"decode_into needs a writable buffer of >= {payload_size} bytes, got {target.size}")
+        self._decode_into(chosen, payload_size, target[:payload_size])
+        return memoryview(target[:payload_size])
+
+    def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
+        """Decode into ``out`` (exactly ``payload_size`` bytes); schemes without an in-place path copy."""
+        decoded = self._decode(pieces, payload_size)
+        if len(decoded) != payload_size:
+            self._size_mismatch(pieces, len(decoded), payload_size)
+        np.copyto(out, np.frombuffer(decoded, dtype=np.uint8))
 
     def decode(self, pieces: Sequence[Piece]) -> bytes:
         """The original bytes from any ``k`` intact pieces of one (version, group).
@@ -69,12 +91,15 @@ class ErasureCodec(ABC):
         payload_size = chosen[0].payload_size
         out = self._decode(chosen, payload_size)
         if len(out) != payload_size:
-            pid = chosen[0].id
-            raise RecoveryError(
-                f"snapshot version {pid.version}, group {pid.group}: {self!r} decoded {len(out)} bytes, "
-                f"the pieces say {payload_size}; the pieces were not made by this codec"
-            )
+            self._size_mismatch(chosen, len(out), payload_size)
         return out
+
+    def _size_mismatch(self, pieces: Sequence[Piece], got: int, payload_size: int) -> None:
+        pid = pieces[0].id
+        raise RecoveryError(
+            f"snapshot version {pid.version}, group {pid.group}: {self!r} decoded {got} bytes, "
+            f"the pieces say {payload_size}; the pieces were not made by this codec"
+        )
 
     @abstractmethod
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
@@ -138,18 +163,26 @@ class XorCodec(ErasureCodec):
         """``payload_size / k`` rounded up to whole :data:`WORD`\\ s, so the XOR runs on ``uint64`` lanes."""
         return -(-payload_size // (self.k * WORD)) * WORD
 
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        view = memoryview(data).cast("B")
-        size = self.piece_size(view.nbytes)
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """Pieces as ``uint8`` arrays; with ``copy=False`` each whole data piece is a view of ``data``
+        (only a padded tail piece and the parity are new memory), so the caller must keep ``data``
+        unchanged while it holds them (or :meth:`Piece.owned` them)."""
+        view = as_array(data)
+        size = self.piece_size(view.size)
         blobs = []
         for i in range(self.k):
             part = view[i * size : (i + 1) * size]
-            pad = size - part.nbytes  # only the tail pieces are short; pad them with zeros
-            blobs.append(bytes(part) if pad == 0 else b"".join((part, bytes(pad))))
+            if part.size == size and not copy:
+                blobs.append(part)
+                continue
+            blob = np.empty(size, dtype=np.uint8)  # np.copyto releases the GIL, bytes(view) would not
+            np.copyto(blob[: part.size], part)
+            blob[part.size :] = 0  # only tail pieces are short; they are padded with zeros
+            blobs.append(blob)
         parity = np.empty(size, dtype=np.uint8)
         xor_into(parity, blobs)
-        blobs.append(parity.tobytes())
-        return [Piece.make(PieceId(version, group, i), b, payload_size=view.nbytes) for i, b in enumerate(blobs)]
+        blobs.append(parity)
+        return [Piece.make(PieceId(version, group, i), b, payload_size=view.size) for i, b in enumerate(blobs)]
 
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         blocks: dict[int, BytesLike] = {p.id.index: p.data for p in pieces}
@@ -163,6 +196,22 @@ class XorCodec(ErasureCodec):
         return b"".join(
             memoryview(blocks[i]).cast("B")[: max(0, min(size, payload_size - i * size))] for i in range(self.k)
         )
+
+    def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
+        size = len(pieces[0].data)
+        blocks: dict[int, BytesLike] = {p.id.index: p.data for p in pieces}
+        for i in range(self.k):
+            lo, hi = i * size, min((i + 1) * size, payload_size)
+            if hi <= lo:
+                continue
+            if i in blocks:  # padding is never copied
+                np.copyto(out[lo:hi], as_array(blocks[i])[: hi - lo])
+            elif hi - lo == size:  # the lost piece: k intact of k + 1, so the parity is here
+                xor_into(out[lo:hi], [p.data for p in pieces])
+            else:  # a lost short tail piece: rebuild it whole, keep what the payload holds of it
+                rebuilt = np.empty(size, dtype=np.uint8)
+                xor_into(rebuilt, [p.data for p in pieces])
+                np.copyto(out[lo:hi], rebuilt[: hi - lo])
 
 
 #: ISA-L's Vandermonde-derived matrix is guaranteed to decode every loss pattern only up to this m
@@ -195,16 +244,20 @@ class ReedSolomonCodec(ErasureCodec):
     def __reduce__(self):  # the pyeclib driver holds a C handle: rebuild it wherever the codec is unpickled
         return (type(self), (self.k, self.m, self.backends))
 
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        payload = data if isinstance(data, bytes) else memoryview(data).cast("B").tobytes()
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """Fragments made by pyeclib straight from ``data`` (bytes, or a numpy view of any buffer:
+        pyeclib reads it in place); they are new ``bytes`` whatever ``copy`` says."""
+        payload = data if isinstance(data, bytes) else as_array(data)
         fragments = self._driver.encode(payload)
-        return [Piece.make(PieceId(version, group, i), f, payload_size=len(payload)) for i, f in enumerate(fragments)]
+        size = len(payload)
+        return [Piece.make(PieceId(version, group, i), f, payload_size=size) for i, f in enumerate(fragments)]
 
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         from pyeclib.ec_iface import ECDriverError
 
-        # liberasurecode asserts (aborting the process) on a fragment that is not a bytes object
-        fragments = [p.data if isinstance(p.data, bytes) else bytes(p.data) for p in pieces]
+        # liberasurecode asserts (aborting the process) on a fragment that is not a bytes object; a
+        # numpy array passes as pyeclib reads it in place (checked with pyeclib 1.6)
+        fragments = [p.data if isinstance(p.data, bytes | np.ndarray) else bytes(p.data) for p in pieces]
         try:
             return self._driver.decode(fragments)
         except ECDriverError as e:
