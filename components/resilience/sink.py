@@ -1,8 +1,9 @@
 """Where a rank's finished snapshot goes: to the keeper on its node, and (rank 0) through the commit.
 
 The snapshot engine calls :class:`KeeperSink` on its hand-off thread, off the training critical
-path. Every rank frames its buffer with its layout (``payload.py``) and hands it to its own node's
-keeper, which encodes and spreads the pieces (``spread.py``). Rank 0 is also the commit
+path. Every rank's buffers are framed with its layout (``payload.py``) and shared with its own node's
+keeper (``handoff.py``); the hand-off names the buffer, and the keeper encodes it in place and
+spreads the pieces (``spread.py``). Rank 0 is also the commit
 coordinator (:class:`Coordinator`): once every piece of every group of the version is stored it runs
 the two-phase commit (``commit.py``), and every ``persist_every``-th snapshot it asks every keeper to
 upload its pieces to the object store in the background (``persist.py``).
@@ -18,13 +19,16 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
+import torch
 from ray.actor import ActorHandle
 
 from components.common.errors import RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
 from components.resilience.commit import UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.handoff import SharedBuffer, SharedBuffers, SharedBufferUnavailable
 from components.resilience.layout import SnapshotLayout
 from components.resilience.payload import frame
 from components.resilience.persist import prune
@@ -85,7 +89,11 @@ class Coordinator:
 
 
 class KeeperSink:
-    """The snapshot engine's sink on one rank: frame, hand to the node's keeper, and (rank 0) commit."""
+    """The snapshot engine's sink on one rank: hand to the node's keeper, and (rank 0) commit.
+
+    The engine's buffers come from here (:meth:`allocate_buffer`): framed, in memory the node's keeper
+    maps (``handoff.py``), so a hand-off sends the keeper a descriptor, not the bytes.
+    """
 
     def __init__(
         self,
@@ -101,16 +109,43 @@ class KeeperSink:
         nodes = placement.groups[rank]
         self.holders = [(node, keepers[node]) for node in nodes]
         self.home = keepers[nodes[0]]  # the keeper on this rank's own node encodes
+        self.shared = SharedBuffers()
+        self.shared_ok = True  # until the keeper says it cannot map our buffers
+
+    def allocate_buffer(self, layout: SnapshotLayout) -> torch.Tensor:
+        return self.shared.allocate(layout)
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
-        payload = frame(layout, data)
+        found = self.shared.find(data)
         try:
-            ray.get(
-                self.home.store_snapshot.remote(
-                    version, self.rank, payload, self.holders, self.codec, self.generation, PUT_WAIT_S
-                )
-            )
+            try:
+                payload = found[0] if found and self.shared_ok else self._bytes(found, data, layout)
+                self._store(version, payload)
+            except SharedBufferUnavailable as e:
+                log.warning("rank %d: %s", self.rank, e)
+                self.shared_ok = False
+                self._store(version, self._bytes(found, data, layout))
         except UNREACHABLE as e:
             raise RecoveryError(f"snapshot version {version}: the keeper of rank {self.rank}'s node is gone") from e
         if self.coordinator is not None:
             self.coordinator.settle(version)
+
+    def _store(self, version: int, payload: SharedBuffer | np.ndarray) -> None:
+        ray.get(
+            self.home.store_snapshot.remote(
+                version, self.rank, payload, self.holders, self.codec, self.generation, PUT_WAIT_S
+            )
+        )
+
+    @staticmethod
+    def _bytes(found: tuple | None, data: memoryview, layout: SnapshotLayout) -> np.ndarray:
+        """The framed payload as a numpy argument: Ray copies it into the node's object store once and
+        the keeper reads it there in place (numpy arrays come back from Ray as zero-copy views)."""
+        return found[1] if found else np.frombuffer(frame(layout, data), dtype=np.uint8)
+
+    def close(self) -> None:
+        """Let the keeper unmap this rank's buffers (fire and forget: a gone keeper has none)."""
+        tokens = self.shared.tokens()
+        if tokens:
+            self.home.release_buffers.remote(tokens)
+        self.shared.close()

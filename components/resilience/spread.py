@@ -4,8 +4,9 @@ spreads the pieces over the group's keepers.
 Why the keeper encodes, not the trainer: the erasure code then runs in a process that is not on the
 training critical path (on a GPU node, on CPUs that sit idle), and every node's keeper encodes only
 its own node's ranks, so parity work is spread across the cluster instead of gathered on one
-coordinator. The trainer's hand-off thread makes one same-node call and waits for the pieces to be
-stored; a put that finds another version still being written waits for it (back-pressure), bounded
+coordinator. The trainer's hand-off thread makes one same-node call, naming its shared buffer
+(``handoff.py``): the keeper encodes from the trainer's pages, so the pieces it keeps are the only
+copy of the rank's share on the node besides the buffer. The call returns once the pieces are stored; a put that finds another version still being written waits for it (back-pressure), bounded
 by ``wait_s``.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import ray
 from ray.actor import ActorHandle
 
 from components.resilience.codec import ErasureCodec, make_codec
+from components.resilience.handoff import SharedBuffer, SharedBufferReader
 
 
 class SnapshotSpreader:
@@ -26,7 +29,7 @@ class SnapshotSpreader:
         self,
         version: int,
         group: int,
-        payload: bytes,
+        payload: SharedBuffer | np.ndarray | bytes,
         holders: Sequence[tuple[str, ActorHandle]],
         codec: tuple[str, int, int],
         generation: int,
@@ -34,10 +37,17 @@ class SnapshotSpreader:
     ) -> int:
         """Encode ``payload`` as (``version``, ``group``) and put piece ``i`` on ``holders[i]`` (node id, keeper).
 
-        Returns the number of pieces stored; raises whatever a holder's ``put`` raised.
+        ``payload`` is the framed snapshot: a trainer's shared buffer on this node (read in place), or
+        its bytes (a zero-copy view of Ray's object store when sent as a numpy array). Returns the
+        number of pieces stored; raises whatever a holder's ``put`` raised.
         """
-        pieces = self._codec(*codec).encode(version, group, payload)
-        del payload  # the pieces are all that is kept
+        if isinstance(payload, SharedBuffer):
+            payload = self._shared_buffers().view(payload, generation)
+        # Data pieces stay views of the payload until a holder takes them: the remote ones are copied
+        # once, into the object store, by `.remote()` itself (before it returns, so the trainer may
+        # reuse its buffer once this call ends); the local one by `put`, which owns what it keeps.
+        pieces = self._codec(*codec).encode(version, group, payload, copy=False)
+        del payload
         here = ray.get_runtime_context().get_node_id()
         local, remote = [], []
         for piece, (node, keeper) in zip(pieces, holders, strict=True):
@@ -45,10 +55,19 @@ class SnapshotSpreader:
                 local.append(piece)  # stored without a round trip through Ray
             else:
                 remote.append(keeper.put.remote(piece, generation=generation, wait_s=wait_s))
+        del pieces
         for piece in local:
             self.put(piece, generation=generation, wait_s=wait_s)
+        del local
         ray.get(remote)
-        return len(pieces)
+        return len(holders)
+
+    def release_buffers(self, tokens: list[str]) -> None:
+        """Unmap trainer buffers that will not be handed off again (the trainer's sink closed)."""
+        self._shared_buffers().release(tokens)
+
+    def _shared_buffers(self) -> SharedBufferReader:
+        return self.__dict__.setdefault("_shared", SharedBufferReader())
 
     def _codec(self, scheme: str, k: int, m: int) -> ErasureCodec:
         cache = self.__dict__.setdefault("_codecs", {})
