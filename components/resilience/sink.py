@@ -15,7 +15,6 @@ until every piece is stored).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from ray.actor import ActorHandle
 from components.common.errors import RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
-from components.resilience.commit import UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.commit import CALL_TIMEOUT_S, UNREACHABLE, CommitOutcome, commit_version
 from components.resilience.handoff import SharedBuffer, SharedBuffers, SharedBufferUnavailable
 from components.resilience.layout import SnapshotLayout
 from components.resilience.payload import frame
@@ -55,12 +54,23 @@ class Coordinator:
     def __init__(self, keepers: Mapping[str, ActorHandle], placement: Placement, persist: PersistTarget | None) -> None:
         self.keepers, self.placement, self.persist = dict(keepers), placement, persist
         self.committed = self.aborted = self.persisted = 0
+        self.calls = 0  # Ray calls made (prepare, commit, persist), for the fixed cost per snapshot
         self.last: CommitOutcome | None = None
 
     def settle(self, version: int) -> CommitOutcome:
         expected = self.placement.expected(version)
-        self._wait_complete(version, expected)
-        outcome = commit_version(self.keepers, version, expected)
+        # Phase 1 in one round: each keeper waits for its last expected piece (a put wakes it: no
+        # polling, which on a CPU box would steal the cores training runs on), then lists what it
+        # holds intact. A keeper that is gone or silent makes commit_version abort.
+        prepared = {
+            node: self.keepers[node].prepare.remote(version, ids, COMPLETE_TIMEOUT_S)
+            for node, ids in expected.items()
+            if node in self.keepers
+        }
+        outcome = commit_version(
+            self.keepers, version, expected, prepared=prepared, prepared_timeout_s=COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
+        )
+        self.calls += 2 * len(prepared)  # prepare, then commit (or drop)
         self.last = outcome
         if not outcome.committed:
             self.aborted += 1
@@ -69,23 +79,10 @@ class Coordinator:
         if self.persist and version % self.persist.every == 0:
             for keeper in self.keepers.values():
                 keeper.persist.remote(version, self.persist.root, self.persist.store_options)
+            self.calls += len(self.keepers)
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
-
-    def _wait_complete(self, version: int, expected: dict) -> None:
-        """Return once every keeper holds its expected pieces, a keeper is lost, or the deadline passes.
-
-        Each keeper blocks in ``wait_for_pieces`` until its last expected piece arrives: no polling,
-        which on a CPU box would steal the cores training runs on.
-        """
-        calls = [
-            self.keepers[node].wait_for_pieces.remote(version, ids, COMPLETE_TIMEOUT_S)
-            for node, ids in expected.items()
-            if ids and node in self.keepers
-        ]
-        with contextlib.suppress(*UNREACHABLE):  # a keeper is gone: commit_version finds out which and aborts
-            ray.get(calls)
 
 
 class KeeperSink:
@@ -111,6 +108,7 @@ class KeeperSink:
         self.home = keepers[nodes[0]]  # the keeper on this rank's own node encodes
         self.shared = SharedBuffers()
         self.shared_ok = True  # until the keeper says it cannot map our buffers
+        self.calls = 0  # Ray calls this rank made to hand off its snapshots
 
     def allocate_buffer(self, layout: SnapshotLayout) -> torch.Tensor:
         return self.shared.allocate(layout)
@@ -136,6 +134,7 @@ class KeeperSink:
                 version, self.rank, payload, self.holders, self.codec, self.generation, PUT_WAIT_S
             )
         )
+        self.calls += 1  # (the keeper makes one put call per piece held on another node)
 
     @staticmethod
     def _bytes(found: tuple | None, data: memoryview, layout: SnapshotLayout) -> np.ndarray:

@@ -20,6 +20,7 @@ from ray.actor import ActorHandle
 
 from components.resilience.codec import ErasureCodec, make_codec
 from components.resilience.handoff import SharedBuffer, SharedBufferReader
+from components.resilience.piece import PieceId
 
 
 class SnapshotSpreader:
@@ -61,6 +62,12 @@ class SnapshotSpreader:
         del local
         ray.get(remote)
         return len(holders)
+
+    def prepare(self, version: int, expected: set[PieceId], timeout_s: float) -> list[PieceId]:
+        """Phase 1 of the commit in one call: wait until the ``expected`` pieces are stored (or
+        ``timeout_s`` passes), then the ids of the pieces of ``version`` held intact."""
+        self.wait_for_pieces(version, expected, timeout_s)
+        return self.pieces(version)
 
     def release_buffers(self, tokens: list[str]) -> None:
         """Unmap trainer buffers that will not be handed off again (the trainer's sink closed)."""
