@@ -23,6 +23,12 @@ def checksum(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+def checksummer() -> xxhash.xxh3_128:
+    """:func:`checksum` in streaming form (``update`` chunk by chunk, then ``hexdigest``): the same
+    digest, computed while each chunk is still in cache from the step that wrote it."""
+    return xxhash.xxh3_128()
+
+
 @dataclass(frozen=True)
 class PieceId:
     """Where a piece belongs: snapshot version, EC group, and index (0..k-1 data, k..k+m-1 parity)."""
