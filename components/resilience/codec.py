@@ -65,14 +65,30 @@ class ErasureCodec(ABC):
 
     def decode_into(self, pieces: Sequence[Piece], out: BytesLike) -> memoryview:
         """Like :meth:`decode`, but into the writable buffer ``out`` (at least the payload's size, e.g.
-        a preallocated snapshot buffer); returns the view of ``out`` that holds the payload."""
-        chosen = self._choose_intact(pieces)
-        payload_size = chosen[0].payload_size
+        a preallocated snapshot buffer); returns the view of ``out`` that holds the payload.
+
+        A scheme that checks checksums while it decodes (:meth:`_decode_checked_into`) decodes the
+        first ``k`` pieces optimistically, in one pass; only if one of them fails its checksum are the
+        pieces checked one by one first and the decode run again on intact ones.
+        """
         target = as_array(out)
+        chosen = self._choose_intact(pieces, verify=False)
+        payload_size = chosen[0].payload_size
         if target.size < payload_size or not target.flags.writeable:
             raise ValueError(f"decode_into needs a writable buffer of >= {payload_size} bytes, got {target.size}")
+        if self._decode_checked_into(chosen, payload_size, target[:payload_size]):
+            return memoryview(target[:payload_size])
+        chosen = self._choose_intact(pieces)
         self._decode_into(chosen, payload_size, target[:payload_size])
         return memoryview(target[:payload_size])
+
+    def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
+        """Decode into ``out`` while checking the pieces' checksums; False if one fails (``out`` is then
+        garbage). Schemes without a fused path check first, then decode."""
+        if not all(p.is_intact() for p in pieces):
+            return False
+        self._decode_into(pieces, payload_size, out)
+        return True
 
     def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
         """Decode into ``out`` (exactly ``payload_size`` bytes); schemes without an in-place path copy."""
@@ -105,7 +121,9 @@ class ErasureCodec(ABC):
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         """Decode from exactly ``k`` intact pieces of distinct indices, sorted by index."""
 
-    def _choose_intact(self, pieces: Sequence[Piece]) -> list[Piece]:
+    def _choose_intact(self, pieces: Sequence[Piece], *, verify: bool = True) -> list[Piece]:
+        """``k`` pieces of distinct indices, data pieces first; with ``verify``, intact ones only
+        (checksums computed as needed), else the first ``k`` as they claim to be."""
         if not pieces:
             raise RecoveryError(f"{self!r}: no pieces to decode, need k={self.k} intact pieces")
         first = pieces[0]
@@ -126,7 +144,7 @@ class ErasureCodec(ABC):
                 break
             if p.id.index in intact:
                 continue
-            if p.is_intact():
+            if not verify or p.is_intact():
                 intact[p.id.index] = p
             else:
                 corrupt.add(p.id.index)
@@ -215,6 +233,36 @@ class XorCodec(ErasureCodec):
         return b"".join(
             memoryview(blocks[i]).cast("B")[: max(0, min(size, payload_size - i * size))] for i in range(self.k)
         )
+
+    def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
+        """One pass in cache-sized chunks, as :meth:`encode`: each chunk of each piece is checksummed,
+        then copied to its place or XORed into the lost piece's while it is in cache."""
+        size = len(pieces[0].data)
+        present = {p.id.index for p in pieces}
+        lost = next((i for i in range(self.k) if i not in present), None)
+        datas = [as_array(p.data) for p in pieces]
+        hashers = [checksummer() for _ in pieces]
+        spare = np.empty(min(size, ENCODE_CHUNK), dtype=np.uint8)
+        for lo in range(0, size, ENCODE_CHUNK):
+            hi = min(lo + ENCODE_CHUNK, size)
+            chunks = [d[lo:hi] for d in datas]
+            for h, c in zip(hashers, chunks, strict=True):
+                h.update(c)
+            for p, c in zip(pieces, chunks, strict=True):
+                have = max(0, min(hi - lo, payload_size - (p.id.index * size + lo)))
+                if p.id.index < self.k and have:
+                    start = p.id.index * size + lo
+                    np.copyto(out[start : start + have], c[:have])
+            have = 0 if lost is None else max(0, min(hi - lo, payload_size - (lost * size + lo)))
+            if have:  # the lost data piece: the XOR of the k pieces here (its copy, for k = 1)
+                start, partial = lost * size + lo, have < hi - lo  # a short tail: rebuilt whole, then trimmed
+                dst = spare[: hi - lo] if partial else out[start : start + have]
+                np.copyto(dst, chunks[0])
+                for c in chunks[1:]:
+                    np.bitwise_xor(dst, c, out=dst)
+                if partial:
+                    np.copyto(out[start : start + have], dst[:have])
+        return all(h.hexdigest() == p.checksum for h, p in zip(hashers, pieces, strict=True))
 
     def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
         size = len(pieces[0].data)

@@ -193,3 +193,15 @@ def test_reed_solomon_encodes_a_numpy_view_like_the_same_bytes():
     data = random_bytes(100_003)
     view = np.frombuffer(data, dtype=np.uint8)[3:]
     assert [p.data for p in codec.encode(1, 0, view)] == [p.data for p in codec.encode(1, 0, data[3:])]
+
+
+@pytest.mark.parametrize(("scheme", "k", "m"), [("xor", 3, 1), ("rs", 3, 2)])
+def test_decode_into_decodes_around_a_corrupted_piece_among_the_first_k(scheme, k, m):
+    codec = make_codec(scheme, k, m)
+    data = random_bytes(100_001)
+    pieces = codec.encode(1, 0, data)
+    damaged = [flip_byte(pieces[0], offset=len(pieces[0].data) // 2), *pieces[1:]]
+    assert bytes(codec.decode_into(damaged, np.empty(len(data), dtype=np.uint8))) == data
+    too_many = [flip_byte(p, offset=len(p.data) // 2) for p in pieces[: m + 1]] + pieces[m + 1 :]
+    with pytest.raises(RecoveryError, match="failed checksum"):
+        codec.decode_into(too_many, np.empty(len(data), dtype=np.uint8))
