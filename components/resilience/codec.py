@@ -26,8 +26,8 @@ import numpy as np
 
 from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
-from components.resilience.piece import Piece, PieceId
-from components.resilience.xor import WORD, BytesLike, xor_into
+from components.resilience.piece import Piece, PieceId, checksummer
+from components.resilience.xor import WORD, BytesLike, as_array, xor_into
 
 log = get_logger(__name__)
 
@@ -56,8 +56,46 @@ class ErasureCodec(ABC):
         return f"{type(self).__name__}(k={self.k}, m={self.m})"
 
     @abstractmethod
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        """``k`` data then ``m`` parity pieces of equal size, checksummed, ``payload_size = len(data)``."""
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """``k`` data then ``m`` parity pieces of equal size, checksummed, ``payload_size = len(data)``.
+
+        ``data`` is read in place (any buffer: bytes, memoryview, numpy array). With ``copy=False`` a
+        scheme may return data pieces that are views of ``data`` (no copy at all for them).
+        """
+
+    def decode_into(self, pieces: Sequence[Piece], out: BytesLike) -> memoryview:
+        """Like :meth:`decode`, but into the writable buffer ``out`` (at least the payload's size, e.g.
+        a preallocated snapshot buffer); returns the view of ``out`` that holds the payload.
+
+        A scheme that checks checksums while it decodes (:meth:`_decode_checked_into`) decodes the
+        first ``k`` pieces optimistically, in one pass; only if one of them fails its checksum are the
+        pieces checked one by one first and the decode run again on intact ones.
+        """
+        target = as_array(out)
+        chosen = self._choose_intact(pieces, verify=False)
+        payload_size = chosen[0].payload_size
+        if target.size < payload_size or not target.flags.writeable:
+            raise ValueError(f"decode_into needs a writable buffer of >= {payload_size} bytes, got {target.size}")
+        if self._decode_checked_into(chosen, payload_size, target[:payload_size]):
+            return memoryview(target[:payload_size])
+        chosen = self._choose_intact(pieces)
+        self._decode_into(chosen, payload_size, target[:payload_size])
+        return memoryview(target[:payload_size])
+
+    def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
+        """Decode into ``out`` while checking the pieces' checksums; False if one fails (``out`` is then
+        garbage). Schemes without a fused path check first, then decode."""
+        if not all(p.is_intact() for p in pieces):
+            return False
+        self._decode_into(pieces, payload_size, out)
+        return True
+
+    def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
+        """Decode into ``out`` (exactly ``payload_size`` bytes); schemes without an in-place path copy."""
+        decoded = self._decode(pieces, payload_size)
+        if len(decoded) != payload_size:
+            self._size_mismatch(pieces, len(decoded), payload_size)
+        np.copyto(out, np.frombuffer(decoded, dtype=np.uint8))
 
     def decode(self, pieces: Sequence[Piece]) -> bytes:
         """The original bytes from any ``k`` intact pieces of one (version, group).
@@ -69,18 +107,23 @@ class ErasureCodec(ABC):
         payload_size = chosen[0].payload_size
         out = self._decode(chosen, payload_size)
         if len(out) != payload_size:
-            pid = chosen[0].id
-            raise RecoveryError(
-                f"snapshot version {pid.version}, group {pid.group}: {self!r} decoded {len(out)} bytes, "
-                f"the pieces say {payload_size}; the pieces were not made by this codec"
-            )
+            self._size_mismatch(chosen, len(out), payload_size)
         return out
+
+    def _size_mismatch(self, pieces: Sequence[Piece], got: int, payload_size: int) -> None:
+        pid = pieces[0].id
+        raise RecoveryError(
+            f"snapshot version {pid.version}, group {pid.group}: {self!r} decoded {got} bytes, "
+            f"the pieces say {payload_size}; the pieces were not made by this codec"
+        )
 
     @abstractmethod
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         """Decode from exactly ``k`` intact pieces of distinct indices, sorted by index."""
 
-    def _choose_intact(self, pieces: Sequence[Piece]) -> list[Piece]:
+    def _choose_intact(self, pieces: Sequence[Piece], *, verify: bool = True) -> list[Piece]:
+        """``k`` pieces of distinct indices, data pieces first; with ``verify``, intact ones only
+        (checksums computed as needed), else the first ``k`` as they claim to be."""
         if not pieces:
             raise RecoveryError(f"{self!r}: no pieces to decode, need k={self.k} intact pieces")
         first = pieces[0]
@@ -101,7 +144,7 @@ class ErasureCodec(ABC):
                 break
             if p.id.index in intact:
                 continue
-            if p.is_intact():
+            if not verify or p.is_intact():
                 intact[p.id.index] = p
             else:
                 corrupt.add(p.id.index)
@@ -122,6 +165,10 @@ class ErasureCodec(ABC):
         return chosen
 
 
+#: bytes of each piece handled per step of the fused XOR encode: k + 1 chunks stay in cache together
+ENCODE_CHUNK = 256 << 10
+
+
 class XorCodec(ErasureCodec):
     """``k`` data pieces plus their XOR: any one lost piece is the XOR of the other ``k``."""
 
@@ -138,18 +185,41 @@ class XorCodec(ErasureCodec):
         """``payload_size / k`` rounded up to whole :data:`WORD`\\ s, so the XOR runs on ``uint64`` lanes."""
         return -(-payload_size // (self.k * WORD)) * WORD
 
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        view = memoryview(data).cast("B")
-        size = self.piece_size(view.nbytes)
-        blobs = []
-        for i in range(self.k):
-            part = view[i * size : (i + 1) * size]
-            pad = size - part.nbytes  # only the tail pieces are short; pad them with zeros
-            blobs.append(bytes(part) if pad == 0 else b"".join((part, bytes(pad))))
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """Pieces as ``uint8`` arrays; with ``copy=False`` each whole data piece is a view of ``data``
+        (only a padded tail piece and the parity are new memory), so the caller must keep ``data``
+        unchanged while it holds them (or :meth:`Piece.owned` them).
+
+        One pass over the payload in cache-sized chunks: each chunk of each piece is copied (into a
+        new piece), checksummed and XORed into the parity while it sits in cache, so memory sees one
+        read of the payload and one write per new piece, instead of a pass per step (copy, XOR, hash
+        each piece): about 2x faster than the three passes at 64 MiB.
+        """
+        view = as_array(data)
+        size = self.piece_size(view.size)
+        sources = [view[i * size : (i + 1) * size] for i in range(self.k)]
+        blobs = [src if src.size == size and not copy else np.empty(size, dtype=np.uint8) for src in sources]
         parity = np.empty(size, dtype=np.uint8)
-        xor_into(parity, blobs)
-        blobs.append(parity.tobytes())
-        return [Piece.make(PieceId(version, group, i), b, payload_size=view.nbytes) for i, b in enumerate(blobs)]
+        hashers = [checksummer() for _ in range(self.k + 1)]
+        for lo in range(0, size, ENCODE_CHUNK):
+            hi = min(lo + ENCODE_CHUNK, size)
+            acc = parity[lo:hi]
+            for i, (src, blob) in enumerate(zip(sources, blobs, strict=True)):
+                if blob is not src:  # np.copyto releases the GIL; only tail pieces are short: zero-pad them
+                    have = max(0, min(hi, src.size) - lo)
+                    np.copyto(blob[lo : lo + have], src[lo : lo + have])
+                    blob[lo + have : hi] = 0
+                chunk = blob[lo:hi]
+                hashers[i].update(chunk)
+                if i == 0:  # k = 1: the "parity" of one piece is a mirror copy
+                    np.copyto(acc, chunk)
+                else:
+                    np.bitwise_xor(acc, chunk, out=acc)
+            hashers[self.k].update(acc)
+        return [
+            Piece(PieceId(version, group, i), b, h.hexdigest(), view.size)
+            for i, (b, h) in enumerate(zip([*blobs, parity], hashers, strict=True))
+        ]
 
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         blocks: dict[int, BytesLike] = {p.id.index: p.data for p in pieces}
@@ -163,6 +233,52 @@ class XorCodec(ErasureCodec):
         return b"".join(
             memoryview(blocks[i]).cast("B")[: max(0, min(size, payload_size - i * size))] for i in range(self.k)
         )
+
+    def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
+        """One pass in cache-sized chunks, as :meth:`encode`: each chunk of each piece is checksummed,
+        then copied to its place or XORed into the lost piece's while it is in cache."""
+        size = len(pieces[0].data)
+        present = {p.id.index for p in pieces}
+        lost = next((i for i in range(self.k) if i not in present), None)
+        datas = [as_array(p.data) for p in pieces]
+        hashers = [checksummer() for _ in pieces]
+        spare = np.empty(min(size, ENCODE_CHUNK), dtype=np.uint8)
+        for lo in range(0, size, ENCODE_CHUNK):
+            hi = min(lo + ENCODE_CHUNK, size)
+            chunks = [d[lo:hi] for d in datas]
+            for h, c in zip(hashers, chunks, strict=True):
+                h.update(c)
+            for p, c in zip(pieces, chunks, strict=True):
+                have = max(0, min(hi - lo, payload_size - (p.id.index * size + lo)))
+                if p.id.index < self.k and have:
+                    start = p.id.index * size + lo
+                    np.copyto(out[start : start + have], c[:have])
+            have = 0 if lost is None else max(0, min(hi - lo, payload_size - (lost * size + lo)))
+            if have:  # the lost data piece: the XOR of the k pieces here (its copy, for k = 1)
+                start, partial = lost * size + lo, have < hi - lo  # a short tail: rebuilt whole, then trimmed
+                dst = spare[: hi - lo] if partial else out[start : start + have]
+                np.copyto(dst, chunks[0])
+                for c in chunks[1:]:
+                    np.bitwise_xor(dst, c, out=dst)
+                if partial:
+                    np.copyto(out[start : start + have], dst[:have])
+        return all(h.hexdigest() == p.checksum for h, p in zip(hashers, pieces, strict=True))
+
+    def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
+        size = len(pieces[0].data)
+        blocks: dict[int, BytesLike] = {p.id.index: p.data for p in pieces}
+        for i in range(self.k):
+            lo, hi = i * size, min((i + 1) * size, payload_size)
+            if hi <= lo:
+                continue
+            if i in blocks:  # padding is never copied
+                np.copyto(out[lo:hi], as_array(blocks[i])[: hi - lo])
+            elif hi - lo == size:  # the lost piece: k intact of k + 1, so the parity is here
+                xor_into(out[lo:hi], [p.data for p in pieces])
+            else:  # a lost short tail piece: rebuild it whole, keep what the payload holds of it
+                rebuilt = np.empty(size, dtype=np.uint8)
+                xor_into(rebuilt, [p.data for p in pieces])
+                np.copyto(out[lo:hi], rebuilt[: hi - lo])
 
 
 #: ISA-L's Vandermonde-derived matrix is guaranteed to decode every loss pattern only up to this m
@@ -195,16 +311,20 @@ class ReedSolomonCodec(ErasureCodec):
     def __reduce__(self):  # the pyeclib driver holds a C handle: rebuild it wherever the codec is unpickled
         return (type(self), (self.k, self.m, self.backends))
 
-    def encode(self, version: int, group: int, data: BytesLike) -> list[Piece]:
-        payload = data if isinstance(data, bytes) else memoryview(data).cast("B").tobytes()
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+        """Fragments made by pyeclib straight from ``data`` (bytes, or a numpy view of any buffer:
+        pyeclib reads it in place); they are new ``bytes`` whatever ``copy`` says."""
+        payload = data if isinstance(data, bytes) else as_array(data)
         fragments = self._driver.encode(payload)
-        return [Piece.make(PieceId(version, group, i), f, payload_size=len(payload)) for i, f in enumerate(fragments)]
+        size = len(payload)
+        return [Piece.make(PieceId(version, group, i), f, payload_size=size) for i, f in enumerate(fragments)]
 
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
         from pyeclib.ec_iface import ECDriverError
 
-        # liberasurecode asserts (aborting the process) on a fragment that is not a bytes object
-        fragments = [p.data if isinstance(p.data, bytes) else bytes(p.data) for p in pieces]
+        # liberasurecode asserts (aborting the process) on a fragment that is not a bytes object; a
+        # numpy array passes as pyeclib reads it in place (checked with pyeclib 1.6)
+        fragments = [p.data if isinstance(p.data, bytes | np.ndarray) else bytes(p.data) for p in pieces]
         try:
             return self._driver.decode(fragments)
         except ECDriverError as e:

@@ -140,6 +140,7 @@ class Keeper(ABC):
         """
         if not piece.is_intact():  # hashed outside the lock: it is the slow part of a put
             raise DataError(f"keeper refused piece {piece.id}: its bytes do not match its checksum")
+        piece = piece.owned()  # a view (snapshot buffer, object store) is not the keeper's to keep
         version, size = piece.id.version, len(piece.data)
         with self._lock:
             if wait_s > 0:

@@ -20,9 +20,11 @@ Why these Ray options:
 - ``runtime_env`` with :data:`~components.resilience.codec.MALLOC_REUSE_ENV`: keepers encode every
   snapshot; glibc must keep freed piece memory warm instead of unmapping it each time.
 
-Pieces reach a keeper as ordinary call arguments. Ray copies a ``bytes`` argument into the keeper's
-own heap when it deserializes it, so the keeper owns its copy; the trainer never ``ray.put``s snapshot
-bytes nor keeps an ObjectRef to them (Ray objects die with their owner, the crashed worker).
+A trainer hands its snapshot to its node's keeper as a descriptor of its shared buffer
+(``handoff.py``), not as bytes. Pieces for other nodes reach their keeper as call arguments: numpy
+views, which Ray copies once into the object store and hands to the keeper as read-only views of it;
+``put`` copies a view into the keeper's own memory (``Piece.owned``), because a Ray object dies with
+its owner. The trainer never ``ray.put``s snapshot bytes nor keeps an ObjectRef to them.
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ CALL_GROUPS = {
     "control": (
         "commit", "pieces", "status", "newest_committed", "busy_with", "start_generation", "drop",
         "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",
-        "inject_blob_corruption", "kill_node",
+        "inject_blob_corruption", "kill_node", "release_buffers",
     ),
-    "waits": ("wait_for_pieces", "wait_persisted"),
+    "waits": ("wait_for_pieces", "wait_persisted", "prepare"),
 }  # fmt: skip
 #: seconds to wait for a freshly placed keeper to answer
 START_TIMEOUT_S = 120.0

@@ -6,6 +6,9 @@ created state). The layout therefore travels inside the payload, covered by the 
 and parity as the tensors it describes::
 
     [magic "LMFS1"][u32 LE: layout JSON length][layout JSON][snapshot buffer]
+
+A buffer can be made with its header already in front (:func:`header`, ``handoff.py``): then framing
+costs nothing per snapshot, the buffer is the payload.
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ MAGIC = b"LMFS1"
 _HEADER = struct.Struct("<I")
 
 
+def header(layout: SnapshotLayout, *, align: int = 1) -> bytes:
+    """The bytes in front of the snapshot buffer: magic, length, layout JSON. With ``align`` the JSON
+    is padded with spaces (valid JSON whitespace) so the buffer behind it starts ``align``-aligned:
+    a buffer made with its header in front (``handoff.py``) keeps its tensors aligned."""
+    described = json.dumps(layout.to_dict(), separators=(",", ":")).encode()
+    pad = -(len(MAGIC) + _HEADER.size + len(described)) % align
+    described += b" " * pad
+    return b"".join((MAGIC, _HEADER.pack(len(described)), described))
+
+
 def frame(layout: SnapshotLayout, buffer: memoryview | bytes) -> bytes:
     """The payload of one snapshot: a single copy of ``buffer`` behind its layout."""
-    described = json.dumps(layout.to_dict(), separators=(",", ":")).encode()
-    return b"".join((MAGIC, _HEADER.pack(len(described)), described, buffer))
+    return b"".join((header(layout), buffer))
 
 
 def unframe(payload: bytes | memoryview, *, where: str = "snapshot payload") -> tuple[SnapshotLayout, memoryview]:

@@ -7,15 +7,26 @@ any holder (keeper, reader, decoder) can tell a damaged piece from a good one an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import xxhash
+
+#: a piece's bytes: ``bytes``, or a 1-D ``uint8`` numpy array (codecs make arrays so they can write
+#: pieces in place and hand views of a snapshot buffer on without copying them)
+PieceData = bytes | np.ndarray
 
 
 def checksum(data: bytes | bytearray | memoryview) -> str:
     """xxh3-128 of ``data``: not cryptographic, but fast enough (many GB/s) to check every piece on
     every store and every read without costing the snapshot its overlap with training."""
     return xxhash.xxh3_128_hexdigest(data)
+
+
+def checksummer() -> xxhash.xxh3_128:
+    """:func:`checksum` in streaming form (``update`` chunk by chunk, then ``hexdigest``): the same
+    digest, computed while each chunk is still in cache from the step that wrote it."""
+    return xxhash.xxh3_128()
 
 
 @dataclass(frozen=True)
@@ -30,16 +41,26 @@ class PieceId:
 @dataclass(frozen=True)
 class Piece:
     id: PieceId
-    data: bytes
+    data: PieceData
     checksum: str
     #: bytes of payload before padding to the group's piece size (the decoder trims to it)
     payload_size: int
 
     @classmethod
-    def make(cls, id: PieceId, data: bytes, payload_size: int | None = None) -> Piece:
+    def make(cls, id: PieceId, data: PieceData, payload_size: int | None = None) -> Piece:
         return cls(
             id=id, data=data, checksum=checksum(data), payload_size=len(data) if payload_size is None else payload_size
         )
 
     def is_intact(self) -> bool:
         return checksum(self.data) == self.checksum
+
+    def is_view(self) -> bool:
+        """True if ``data`` is a numpy view of memory this piece does not own (a snapshot buffer, or a
+        Ray object-store buffer that comes back from a call as a zero-copy, read-only view)."""
+        return isinstance(self.data, np.ndarray) and self.data.base is not None
+
+    def owned(self) -> Piece:
+        """This piece with bytes of its own: a holder that keeps a piece must not keep a view (the
+        snapshot buffer is reused; an object-store buffer dies with its owner, the sender)."""
+        return replace(self, data=np.array(self.data, dtype=np.uint8, copy=True)) if self.is_view() else self

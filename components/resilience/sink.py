@@ -1,8 +1,9 @@
 """Where a rank's finished snapshot goes: to the keeper on its node, and (rank 0) through the commit.
 
 The snapshot engine calls :class:`KeeperSink` on its hand-off thread, off the training critical
-path. Every rank frames its buffer with its layout (``payload.py``) and hands it to its own node's
-keeper, which encodes and spreads the pieces (``spread.py``). Rank 0 is also the commit
+path. Every rank's buffers are framed with its layout (``payload.py``) and shared with its own node's
+keeper (``handoff.py``); the hand-off names the buffer, and the keeper encodes it in place and
+spreads the pieces (``spread.py``). Rank 0 is also the commit
 coordinator (:class:`Coordinator`): once every piece of every group of the version is stored it runs
 the two-phase commit (``commit.py``), and every ``persist_every``-th snapshot it asks every keeper to
 upload its pieces to the object store in the background (``persist.py``).
@@ -12,27 +13,30 @@ as stall on rank 0's next ``begin``, which is the honest place for it (the versi
 until every piece is stored).
 
 Back-pressure: a keeper holds the committed version and one being written, so a rank that is a
-snapshot ahead of the commit must wait. It waits on its own hand-off thread, not in the keepers:
-it asks its group's keepers (``busy_with``, a control call) whether they would take the version,
-and sleeps with a growing backoff (:data:`RETRY_FIRST_S` to :data:`RETRY_MAX_S`) until they would,
-then hands off; a keeper that turned busy in between answers ``BusyError`` and the rank asks again.
+snapshot ahead of the commit must wait. It waits on its own hand-off thread, never in a keeper
+thread: a put that finds another version still being written is refused at once with ``BusyError``;
+the rank then asks its group's keepers (``busy_with``, a control call) with a growing backoff
+(:data:`RETRY_FIRST_S` to :data:`RETRY_MAX_S`) until they would take the version, and hands off
+again. The first attempt goes straight to the hand-off, so a rank that is not ahead pays one call.
 After :data:`PUT_WAIT_S` it gives up with an error that says which version blocks it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from ray.actor import ActorHandle
 
 from components.common.errors import RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
 from components.resilience.budget import KeeperNeed, check_need
-from components.resilience.commit import UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.commit import CALL_TIMEOUT_S, UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.handoff import SharedBuffer, SharedBuffers, SharedBufferUnavailable
 from components.resilience.keeper import MIB, BusyError
 from components.resilience.layout import SnapshotLayout
 from components.resilience.payload import frame
@@ -65,6 +69,7 @@ class Coordinator:
     def __init__(self, keepers: Mapping[str, ActorHandle], placement: Placement, persist: PersistTarget | None) -> None:
         self.keepers, self.placement, self.persist = dict(keepers), placement, persist
         self.committed = self.aborted = self.persisted = 0
+        self.calls = 0  # Ray calls made (prepare, commit, persist), for the fixed cost per snapshot
         self.last: CommitOutcome | None = None
         #: (scheme, k, m) the ranks encode with; rank 0's KeeperSink sets it. Persisted manifests
         #: record k, so a version counts as complete once every group has k pieces in the store.
@@ -72,8 +77,18 @@ class Coordinator:
 
     def settle(self, version: int) -> CommitOutcome:
         expected = self.placement.expected(version)
-        self._wait_complete(version, expected)
-        outcome = commit_version(self.keepers, version, expected)
+        # Phase 1 in one round: each keeper waits for its last expected piece (a put wakes it: no
+        # polling, which on a CPU box would steal the cores training runs on), then lists what it
+        # holds intact. A keeper that is gone or silent makes commit_version abort.
+        prepared = {
+            node: self.keepers[node].prepare.remote(version, ids, COMPLETE_TIMEOUT_S)
+            for node, ids in expected.items()
+            if node in self.keepers
+        }
+        outcome = commit_version(
+            self.keepers, version, expected, prepared=prepared, prepared_timeout_s=COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
+        )
+        self.calls += 2 * len(prepared)  # prepare, then commit (or drop)
         self.last = outcome
         if not outcome.committed:
             self.aborted += 1
@@ -86,6 +101,7 @@ class Coordinator:
             shape = VersionShape(len(groups), len(groups[0]), self.codec[1] if self.codec else None)
             for keeper in self.keepers.values():
                 keeper.persist.remote(version, self.persist.root, self.persist.store_options, shape)
+            self.calls += len(self.keepers)
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
@@ -98,6 +114,7 @@ class Coordinator:
         of them fails now, with the value to set, instead of a later snapshot failing mid-run.
         """
         calls = {node: keeper.memory_need.remote(version) for node, keeper in self.keepers.items()}
+        self.calls += len(calls)
         try:
             answers = wait_for_all(calls, call=f"memory_need(version {version})", timeout_s=CONTROL_TIMEOUT_S)
         except UNREACHABLE as e:  # a keeper lost right after the commit: recovery's business, not the budget's
@@ -107,25 +124,13 @@ class Coordinator:
         node, (need, budget) = max(needs.items(), key=lambda item: item[1][0].with_headroom)
         check_need(budget // MIB, need, f"measured on node {node[:8]} after snapshot version {version}")
 
-    def _wait_complete(self, version: int, expected: dict) -> None:
-        """Return once every keeper holds its expected pieces, a keeper is lost, or the deadline passes.
-
-        Each keeper blocks in ``wait_for_pieces`` until its last expected piece arrives: no polling,
-        which on a CPU box would steal the cores training runs on.
-        """
-        calls = {
-            node: self.keepers[node].wait_for_pieces.remote(version, ids, COMPLETE_TIMEOUT_S)
-            for node, ids in expected.items()
-            if ids and node in self.keepers
-        }
-        with contextlib.suppress(*UNREACHABLE):  # a keeper is gone: commit_version finds out which and aborts
-            wait_for_all(
-                calls, call=f"wait_for_pieces(version {version})", timeout_s=COMPLETE_TIMEOUT_S + CONTROL_TIMEOUT_S
-            )
-
 
 class KeeperSink:
-    """The snapshot engine's sink on one rank: frame, hand to the node's keeper, and (rank 0) commit."""
+    """The snapshot engine's sink on one rank: hand to the node's keeper, and (rank 0) commit.
+
+    The engine's buffers come from here (:meth:`allocate_buffer`): framed, in memory the node's keeper
+    maps (``handoff.py``), so a hand-off sends the keeper a descriptor, not the bytes.
+    """
 
     def __init__(
         self,
@@ -144,11 +149,24 @@ class KeeperSink:
         self.retries = 0  # back-pressure checks that found a keeper busy (all hand-offs)
         if coordinator is not None and coordinator.codec is None:
             coordinator.codec = codec
+        self.shared = SharedBuffers()
+        self.shared_ok = True  # until the keeper says it cannot map our buffers
+        self.calls = 0  # Ray calls this rank made to hand off its snapshots
+
+    def allocate_buffer(self, layout: SnapshotLayout) -> torch.Tensor:
+        return self.shared.allocate(layout)
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
-        payload = frame(layout, data)
+        found = self.shared.find(data)
+        deadline = time.monotonic() + PUT_WAIT_S
         try:
-            self.hand_off(version, payload, deadline=time.monotonic() + PUT_WAIT_S)
+            try:
+                payload = found[0] if found and self.shared_ok else self._bytes(found, data, layout)
+                self.hand_off(version, payload, deadline=deadline)
+            except SharedBufferUnavailable as e:
+                log.warning("rank %d: %s", self.rank, e)
+                self.shared_ok = False
+                self.hand_off(version, self._bytes(found, data, layout), deadline=deadline)
         except UNREACHABLE as e:
             raise RecoveryError(
                 f"snapshot version {version}: a keeper of rank {self.rank}'s group is gone or silent: {e}"
@@ -156,27 +174,20 @@ class KeeperSink:
         if self.coordinator is not None:
             self.coordinator.settle(version)
 
-    def hand_off(self, version: int, payload: bytes, *, deadline: float) -> None:
-        """Hand ``payload`` to the home keeper once no keeper of the group is busy with another version.
+    def hand_off(self, version: int, payload: SharedBuffer | np.ndarray, *, deadline: float) -> None:
+        """Hand ``payload`` to the home keeper; under back-pressure, back off and retry until ``deadline``.
 
-        Back-pressure never holds a keeper thread: busy keepers answer at once, and this (the rank's
-        hand-off thread) sleeps between checks. Past ``deadline`` (``time.monotonic()``) it raises.
+        Back-pressure never holds a keeper thread: a busy keeper answers ``BusyError`` at once, and
+        this (the rank's hand-off thread) sleeps between ``busy_with`` checks. Past ``deadline``
+        (``time.monotonic()``) it raises.
         """
-        delay, started = RETRY_FIRST_S, time.monotonic()
+        delay, started, busy = RETRY_FIRST_S, time.monotonic(), None
         while True:
-            busy = self._busy_with(version)
             if busy is None:
                 try:
-                    wait_for(
-                        self.home.store_snapshot.remote(
-                            version, self.rank, payload, self.holders, self.codec, self.generation, 0.0
-                        ),
-                        node=self.home_node,
-                        call=f"store_snapshot(version {version}, rank {self.rank})",
-                        timeout_s=DATA_TIMEOUT_S,
-                    )
+                    self._store(version, payload)
                     return
-                except BusyError:  # a holder took on another version between the check and the put
+                except BusyError:  # a holder is still writing the previous version
                     busy = "another version"
             self.retries += 1
             if time.monotonic() + delay > deadline:
@@ -188,9 +199,35 @@ class KeeperSink:
                 )
             time.sleep(delay)
             delay = min(2 * delay, RETRY_MAX_S)
+            busy = self._busy_with(version)
+
+    def _store(self, version: int, payload: SharedBuffer | np.ndarray) -> None:
+        self.calls += 1  # (the keeper makes one put call per piece held on another node)
+        wait_for(
+            self.home.store_snapshot.remote(
+                version, self.rank, payload, self.holders, self.codec, self.generation, 0.0
+            ),
+            node=self.home_node,
+            call=f"store_snapshot(version {version}, rank {self.rank})",
+            timeout_s=DATA_TIMEOUT_S,
+        )
 
     def _busy_with(self, version: int) -> int | None:
         """The version some keeper of this rank's group is still writing instead of ``version``, if any."""
         calls = {node: keeper.busy_with.remote(version, self.generation) for node, keeper in self.holders}
+        self.calls += len(calls)
         answers = wait_for_all(calls, call=f"busy_with(version {version})", timeout_s=CONTROL_TIMEOUT_S)
         return next((v for v in answers.values() if v is not None), None)
+
+    @staticmethod
+    def _bytes(found: tuple | None, data: memoryview, layout: SnapshotLayout) -> np.ndarray:
+        """The framed payload as a numpy argument: Ray copies it into the node's object store once and
+        the keeper reads it there in place (numpy arrays come back from Ray as zero-copy views)."""
+        return found[1] if found else np.frombuffer(frame(layout, data), dtype=np.uint8)
+
+    def close(self) -> None:
+        """Let the keeper unmap this rank's buffers (fire and forget: a gone keeper has none)."""
+        tokens = self.shared.tokens()
+        if tokens:
+            self.home.release_buffers.remote(tokens)
+        self.shared.close()

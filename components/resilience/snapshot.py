@@ -44,7 +44,9 @@ from components.resilience.piece import checksum
 from components.resilience.state import capture_meta, copy_tensors, write_meta
 
 #: Receives each completed snapshot: (version = step, the buffer's bytes, layout). It must be done
-#: with the bytes when it returns: the buffer is reused by a later snapshot.
+#: with the bytes when it returns: the buffer is reused by a later snapshot. A sink may also offer
+#: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory) and
+#: ``close()`` (called once the engine has finished).
 Sink = Callable[[int, memoryview, SnapshotLayout], None]
 
 
@@ -150,6 +152,8 @@ class SnapshotEngine:
             self._in_flight = []
             self._copier.shutdown(wait=True)
             self._handoff.shutdown(wait=True)
+            if hasattr(self.sink, "close"):  # e.g. KeeperSink: release its shared buffers
+                self.sink.close()
 
     def _allocate(self, state: Any) -> None:
         # FSDP2 seam: there every rank owns its local shards; ownership would be "all names".
@@ -159,9 +163,15 @@ class SnapshotEngine:
         self.layout = SnapshotLayout.build(state.module, state.optimizer, owned, meta_capacity=capacity)
         tensors = self.layout.live_tensors(state.module, state.optimizer)
         cuda = torch.cuda.is_available()
-        # Pinned host memory lets the GPU DMA engine copy while compute kernels run.
+        # A sink may provide the buffers, in memory it can hand on without a copy (KeeperSink: shared
+        # with the node's keeper, its frame header in front); otherwise pinned host memory, which
+        # lets the GPU DMA engine copy while compute kernels run.
+        allocate = getattr(self.sink, "allocate_buffer", None)
         self._buffers = [
-            torch.zeros(self.layout.total_bytes, dtype=torch.uint8, pin_memory=cuda) for _ in range(self.max_in_flight)
+            allocate(self.layout)
+            if allocate
+            else torch.zeros(self.layout.total_bytes, dtype=torch.uint8, pin_memory=cuda)
+            for _ in range(self.max_in_flight)
         ]
         self._views = [self.layout.byte_views(b) for b in self._buffers]
         for slot in range(self.max_in_flight):

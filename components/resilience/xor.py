@@ -24,13 +24,20 @@ WORD = 8
 CHUNK_BYTES = 256 << 10
 
 
+def as_array(buffer: BytesLike) -> np.ndarray:
+    """A 1-D ``uint8`` numpy view of any C-contiguous buffer (no copy; read-only if ``buffer`` is)."""
+    if isinstance(buffer, np.ndarray) and buffer.dtype == np.uint8 and buffer.ndim == 1:
+        return buffer
+    return np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8)
+
+
 def words(buffer: BytesLike) -> np.ndarray:
     """A numpy view of ``buffer`` (no copy): ``uint64`` words if the length allows, else bytes.
 
     Writable exactly when ``buffer`` is (a ``bytes`` object gives a read-only view).
     """
-    view = memoryview(buffer).cast("B")
-    return np.frombuffer(view, dtype=np.uint64 if view.nbytes % WORD == 0 else np.uint8)
+    view = as_array(buffer)
+    return view.view(np.uint64) if view.size % WORD == 0 else view
 
 
 def xor_into(out: BytesLike, sources: Sequence[BytesLike]) -> None:

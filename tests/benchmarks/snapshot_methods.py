@@ -2,19 +2,25 @@
 and a Ray Train worker loop that measures each one in turn on the same workers.
 
 - ``none``: no saving (the throughput baseline, measured first and last);
-- ``torch_save``: rank 0 ``torch.save``s model + optimizer state to local disk, synchronously (the
-  classic checkpoint: every rank waits for it at the next all-reduce);
-- ``dcp_async``: ``torch.distributed.checkpoint.async_save`` to local disk, on its own gloo group,
-  at most one save in flight (the trainer waits for the previous one before starting the next);
+- ``torch_save``: rank 0 ``torch.save``s model + optimizer state to local disk and fsyncs it,
+  synchronously (the classic checkpoint: every rank waits for it at the next all-reduce; without
+  the fsync it would only reach the page cache, and a node loss would take it along);
+- ``dcp_async``: ``torch.distributed.checkpoint.async_save`` to local disk (its FileSystemWriter
+  fsyncs every file: ``sync_files=True``), on its own gloo group, at most one save in flight (the
+  trainer waits for the previous one before starting the next);
 - ``memory``: lmforge's in-memory, erasure-coded snapshots (``components/resilience``).
 
-Stall = time the trainer thread spends in the method per save, on the critical path. This module is
-pickled by value to the Ray workers (see ``test_snapshot_cost.py``), so it imports lazily.
+Stall = time the trainer thread spends in the method per save, on the critical path, the first save's
+set-up included (the timed steps begin before a method's first save: the warm-up steps run without
+it). Background CPU = CPU seconds of every process of the Ray cluster (trainers, keepers, raylets)
+during the timed steps, minus the same for no saving. This module is pickled by value to the Ray
+workers (see ``test_snapshot_cost.py``), so it imports lazily.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,10 @@ class TorchSaveEvery(Callback):
             return
         t0 = time.perf_counter()
         state_dict = {"model": state.module.state_dict(), "optimizer": state.optimizer.state_dict()}
-        torch.save(state_dict, Path(self.directory) / "checkpoint.pt")
+        with open(Path(self.directory) / "checkpoint.pt", "wb") as f:
+            torch.save(state_dict, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk, not only in the page cache
         self.stall += time.perf_counter() - t0
         self.saves += 1
 
@@ -122,22 +131,34 @@ def bench_loop(config: dict) -> None:
             callbacks = method_callbacks(method, every, cfg, scratch, run)
             for cb in callbacks:
                 cb.pre_train(state)
-            for _ in range(config["warmup"]):
-                train_step(state, callbacks, device=device, grad_clip=1.0)
-            stall0 = _stall(callbacks)
+            for _ in range(config["warmup"]):  # without the method: its first save falls in the timed steps
+                train_step(state, [], device=device, grad_clip=1.0)
             dist.barrier()
-            t0 = time.perf_counter()
+            cpu0, t0 = _cluster_cpu_seconds(config["driver_pid"]), time.perf_counter()
             for _ in range(config["steps"]):
                 train_step(state, callbacks, device=device, grad_clip=1.0)
             dist.barrier()
             elapsed = time.perf_counter() - t0
-            saves, stall = (a - b for a, b in zip(_stall(callbacks), stall0, strict=True))
+            if method == "memory":
+                callbacks[0].engine.wait()  # the last snapshot's background work belongs to these steps
+                dist.barrier()
+            cpu = _cluster_cpu_seconds(config["driver_pid"]) - cpu0
+            saves, stall = _stall(callbacks)
             extra = _keeper_memory(callbacks, world) if method == "memory" else {}
-            if method == "memory":  # where the stall goes: begin (meta, waiting for a free buffer) vs fence
-                s = callbacks[0].engine.stats
+            if method == "memory":  # where the stall goes: set-up, begin (meta, a free buffer), fence
+                cb = callbacks[0]
+                s = cb.engine.stats
+                cross = _cross_node_bytes(cb)
                 extra |= {
+                    "setup_ms": 1e3 * s.setup_seconds,
                     "begin_ms": 1e3 * s.begin_seconds / s.snapshots,
                     "fence_ms": 1e3 * s.fence_seconds / s.snapshots,
+                    "bytes_per_rank": cb.engine.layout.total_bytes,
+                    "handoff_ms": 1e3 * s.handoff_seconds / max(s.completed, 1),
+                    "cross_node_bytes_per_rank": cross,
+                    "handoff_calls_per_snapshot": cb.engine.sink.calls / max(s.completed, 1),
+                    "keeper_puts_per_snapshot": cb.r.k + cb.r.m - 1,  # one per piece held on another node
+                    "commit_calls_per_snapshot": cb.coordinator.calls / max(s.completed, 1) if cb.coordinator else 0,
                 }
             for cb in callbacks:
                 cb.close()
@@ -151,6 +172,7 @@ def bench_loop(config: dict) -> None:
                 "steps_per_second": config["steps"] / elapsed,
                 "saves": saves,
                 "stall_ms": 1e3 * stall / saves if saves else 0.0,
+                "cpu_seconds": cpu,
                 "scheme": f"{cfg.resilience.scheme} k={cfg.resilience.k} m={cfg.resilience.m}" if cfg else "",
                 **extra,
             }
@@ -161,11 +183,34 @@ def bench_loop(config: dict) -> None:
 
 def _stall(callbacks: list[Callback]) -> tuple[int, float]:
     for cb in callbacks:
-        if hasattr(cb, "engine"):  # ResilienceCallback: begin + fence on the trainer thread
+        if hasattr(cb, "engine"):  # ResilienceCallback: set-up + begin + fence on the trainer thread
             s = cb.engine.stats
-            return s.snapshots, s.begin_seconds + s.fence_seconds
+            return s.snapshots, s.setup_seconds + s.begin_seconds + s.fence_seconds
         return cb.saves, cb.stall
     return 0, 0.0
+
+
+def _cluster_cpu_seconds(driver_pid: int) -> float:
+    """User + system CPU seconds of the benchmark driver's process tree: the Ray cluster it started
+    (GCS, raylets, trainers, keepers). Processes that exit meanwhile drop out: none does mid-run."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(driver_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _cross_node_bytes(cb: Any) -> int:
+    """Bytes one snapshot of this rank sends to other nodes: every piece but the one its home keeps."""
+    k, m = cb.r.k, cb.r.m
+    piece = -(-cb.engine.layout.total_bytes // k)  # (the frame header adds a few KB)
+    return (k + m - 1) * piece
 
 
 def _keeper_memory(callbacks: list[Callback], world: int) -> dict:

@@ -154,3 +154,54 @@ def test_xor_into_matches_python_xor_across_chunk_boundaries():
     xor_into(out, sources)
     expected = np.bitwise_xor.reduce([np.frombuffer(s, np.uint8) for s in sources])
     assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize(("scheme", "k", "m"), [("xor", 3, 1), ("rs", 3, 2)])
+def test_decode_into_a_preallocated_buffer_matches_decode_for_every_loss(scheme, k, m):
+    codec = make_codec(scheme, k, m)
+    for size in (1, 23, 24, 25, 4097):
+        data = random_bytes(size, seed=size)
+        pieces = codec.encode(1, 0, data)
+        for lost in itertools.combinations(range(k + m), m):
+            out = np.full(size + 5, 0xAB, dtype=np.uint8)  # larger than the payload: the tail is untouched
+            view = codec.decode_into([p for p in pieces if p.id.index not in lost], out)
+            assert bytes(view) == data, f"size {size}, lost {lost}"
+            assert (out[size:] == 0xAB).all()
+
+
+def test_decode_into_refuses_a_buffer_smaller_than_the_payload():
+    codec = make_codec("xor", 2, 1)
+    with pytest.raises(ValueError, match=">= 10 bytes"):
+        codec.decode_into(codec.encode(1, 0, random_bytes(10)), np.empty(9, dtype=np.uint8))
+
+
+def test_xor_encode_without_copy_hands_whole_data_pieces_on_as_views_of_the_buffer():
+    codec = XorCodec(2)
+    buffer = np.frombuffer(random_bytes(40), dtype=np.uint8).copy()  # pieces of 24 bytes: the second is short
+    pieces = codec.encode(1, 0, buffer, copy=False)
+    assert np.shares_memory(pieces[0].data, buffer) and pieces[0].is_view()
+    assert not np.shares_memory(pieces[1].data, buffer), "the short tail piece is padded, so it is a copy"
+    owned = pieces[0].owned()
+    assert not np.shares_memory(owned.data, buffer) and owned.is_intact()
+    copied = codec.encode(1, 0, buffer)
+    assert not any(np.shares_memory(p.data, buffer) for p in copied)
+    assert codec.decode(copied[1:]) == buffer.tobytes()
+
+
+def test_reed_solomon_encodes_a_numpy_view_like_the_same_bytes():
+    codec = make_codec("rs", 4, 2)
+    data = random_bytes(100_003)
+    view = np.frombuffer(data, dtype=np.uint8)[3:]
+    assert [p.data for p in codec.encode(1, 0, view)] == [p.data for p in codec.encode(1, 0, data[3:])]
+
+
+@pytest.mark.parametrize(("scheme", "k", "m"), [("xor", 3, 1), ("rs", 3, 2)])
+def test_decode_into_decodes_around_a_corrupted_piece_among_the_first_k(scheme, k, m):
+    codec = make_codec(scheme, k, m)
+    data = random_bytes(100_001)
+    pieces = codec.encode(1, 0, data)
+    damaged = [flip_byte(pieces[0], offset=len(pieces[0].data) // 2), *pieces[1:]]
+    assert bytes(codec.decode_into(damaged, np.empty(len(data), dtype=np.uint8))) == data
+    too_many = [flip_byte(p, offset=len(p.data) // 2) for p in pieces[: m + 1]] + pieces[m + 1 :]
+    with pytest.raises(RecoveryError, match="failed checksum"):
+        codec.decode_into(too_many, np.empty(len(data), dtype=np.uint8))

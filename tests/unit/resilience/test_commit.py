@@ -183,3 +183,24 @@ def test_an_incomplete_commit_raises_through_the_actor_as_incomplete_version_err
     ray.get(keeper.put.remote(content(PieceId(1, 0, 0))))
     with pytest.raises(IncompleteVersionError, match="1 of 2 expected pieces"):
         ray.get(keeper.commit.remote(1, {PieceId(1, 0, 0), PieceId(1, 0, 1)}))
+
+
+def test_a_prepared_phase_one_waits_for_the_last_piece_then_commits_in_one_round_fewer(keepers):
+    import ray
+
+    expected = layout(keepers, 40)
+    write(keepers, expected, skip=1)
+    prepared = {node: keepers[node].prepare.remote(40, ids, 30.0) for node, ids in expected.items()}
+    write_last = [(node, pid) for node, ids in sorted(expected.items()) for pid in sorted(ids, key=str)][-1]
+    ray.get(keepers[write_last[0]].put.remote(content(write_last[1])))  # lands while prepare waits
+    outcome = commit_version(keepers, 40, expected, prepared=prepared, prepared_timeout_s=60.0)
+    assert outcome.committed
+    assert ray.get([k.newest_committed.remote() for k in keepers.values()]) == [40] * len(keepers)
+
+
+def test_a_prepared_phase_one_that_times_out_on_a_missing_piece_aborts(keepers):
+    expected = layout(keepers, 41)
+    write(keepers, expected, skip=1)
+    prepared = {node: keepers[node].prepare.remote(41, ids, 0.5) for node, ids in expected.items()}
+    outcome = commit_version(keepers, 41, expected, prepared=prepared, prepared_timeout_s=60.0)
+    assert not outcome.committed and sum(len(ids) for ids in outcome.missing.values()) == 1

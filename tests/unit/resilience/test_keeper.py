@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from components.common.config import load_config
 from components.common.errors import ConfigError, DataError, RecoveryError
@@ -232,6 +233,61 @@ def test_keeper_survives_the_crash_of_the_worker_that_wrote_to_it(keepers):
         ray.get(worker.snapshot.remote(keeper, 11), timeout=30)
     assert ray.get(keeper.get.remote(PieceId(10, 0, 1))) == piece(10, 0, 1, 256 * 1024)
     ray.get(keeper.drop.remote(10))
+
+
+def test_keeper_encodes_a_trainers_shared_buffer_in_place_and_keeps_it_after_the_trainer_dies(keepers):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from components.resilience.codec import make_codec
+    from components.resilience.layout import SnapshotLayout
+
+    nodes = list(keepers)[:3]  # k=2 data pieces and the parity on three nodes; the trainer on the first
+    holders = [(n, keepers[n]) for n in nodes]
+
+    @ray.remote(num_cpus=0)
+    class TrainingWorker:
+        def snapshot(self, version: int) -> bytes:
+            from components.resilience.handoff import SharedBuffers
+
+            self.shared = SharedBuffers()  # kept: the trainer holds its buffer until it dies
+            buffer = self.shared.allocate(SnapshotLayout((), meta_offset=0, meta_capacity=3 * MIB))
+            buffer.copy_(torch.randint(0, 256, buffer.shape, dtype=torch.uint8))
+            desc, framed = self.shared.find(memoryview(buffer.numpy()))
+            ray.get(keepers[nodes[0]].store_snapshot.remote(version, 0, desc, holders, ("xor", 2, 1), 0, 30.0))
+            return framed.tobytes()
+
+    worker = TrainingWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[0], soft=False)).remote()
+    payload = ray.get(worker.snapshot.remote(30))
+    ray.kill(worker)  # the trainer's memfd and its object-store arguments die with it; the pieces must not
+    ids = [PieceId(30, 0, i) for i in range(3)]
+    for i, (_, keeper) in enumerate(holders):
+        ray.get(keeper.commit.remote(30, {ids[i]}))
+    pieces = [ray.get(keeper.get.remote(ids[i])) for i, (_, keeper) in enumerate(holders)]
+    codec = make_codec("xor", 2, 1)
+    assert codec.decode(pieces[:2]) == payload
+    assert codec.decode(pieces[1:]) == payload
+    for keeper in keepers.values():
+        ray.get(keeper.drop.remote(30))
+
+
+def test_a_buffer_the_keeper_cannot_map_is_refused_by_name_and_the_bytes_are_taken_instead(keepers):
+    import numpy as np
+    import ray
+
+    from components.resilience.codec import make_codec
+    from components.resilience.handoff import SharedBuffer, SharedBufferUnavailable
+
+    node, keeper = next(iter(keepers.items()))
+    holders = [(node, keeper), (node, keeper)]  # k=1, m=1: both pieces here, to keep the test small
+    gone = SharedBuffer(pid=1, fd=10_000, nbytes=64, token="gone")
+    with pytest.raises(SharedBufferUnavailable, match="falls back to sending the bytes"):
+        ray.get(keeper.store_snapshot.remote(31, 0, gone, holders, ("xor", 1, 1), 0, 5.0))
+    payload = np.random.default_rng(0).integers(0, 256, MIB, dtype=np.uint8)  # read in the object store
+    assert ray.get(keeper.store_snapshot.remote(31, 0, payload, holders, ("xor", 1, 1), 0, 5.0)) == 2
+    ray.get(keeper.commit.remote(31, {PieceId(31, 0, 0), PieceId(31, 0, 1)}))
+    assert make_codec("xor", 1, 1).decode([ray.get(keeper.get.remote(PieceId(31, 0, 0)))]) == payload.tobytes()
+    ray.get(keeper.drop.remote(31))
 
 
 def test_put_get_throughput_through_the_actor_for_a_16_mib_piece(keepers):
