@@ -16,7 +16,10 @@ Why these Ray options:
   ``waits`` serves the calls that block by design (``wait_for_pieces``), so they cannot take the
   control threads either. Back-pressure holds no thread at all: a busy keeper answers "retry"
   (``keeper.py``, ``BusyError``) and the rank's hand-off backs off (``sink.py``). The keeper's own
-  lock keeps state changes atomic across groups.
+  lock keeps state changes atomic across groups. Why data calls must never park in the keeper: a
+  call that finds every thread of its group busy stops Ray's dispatch of *all* further calls to the
+  actor, control calls included, until a thread of that group frees up; so the ``data`` group is
+  sized above the node's concurrent transfers, and no data call waits on another one.
 - ``runtime_env`` with :data:`~components.resilience.codec.MALLOC_REUSE_ENV`: keepers encode every
   snapshot; glibc must keep freed piece memory warm instead of unmapping it each time.
 
@@ -52,7 +55,7 @@ log = get_logger(__name__)
 #: threads per concurrency group of a keeper actor: ``data`` serves the node's ranks' hand-offs and
 #: reads during recovery (8 ranks per node plus readers), ``control`` the quick state calls,
 #: ``waits`` the calls that block by design
-KEEPER_CONCURRENCY = {"data": 16, "control": 4, "waits": 4}
+KEEPER_CONCURRENCY = {"data": 32, "control": 4, "waits": 4}
 #: the concurrency group of every public keeper call (a test checks that none is left out: an
 #: unlisted call would run on the actor's single default thread)
 CALL_GROUPS = {

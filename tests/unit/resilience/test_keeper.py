@@ -385,10 +385,11 @@ def test_commit_and_status_are_answered_while_every_data_thread_is_busy(keepers)
 
     keeper = next(iter(keepers.values()))
     ray.get(keeper.put.remote(piece(50)), timeout=30)
-    # Puts that wait in the keeper for version 50 to be decided occupy every data thread (and one
-    # more queues): a keeper with a single pool of threads could not even run the commit that ends
-    # their wait, and the puts would time out.
-    waiting = [keeper.put.remote(piece(51, index=i), wait_s=60.0) for i in range(KEEPER_CONCURRENCY["data"] + 1)]
+    # Puts that wait in the keeper for version 50 to be decided occupy every data thread: a keeper
+    # with a single pool of threads could not even run the commit that ends their wait, and the
+    # puts would time out. (One call more would stall Ray's dispatch to the whole actor: see
+    # keeper_actor.py; that is why the product's data calls never wait in a keeper.)
+    waiting = [keeper.put.remote(piece(51, index=i), wait_s=60.0) for i in range(KEEPER_CONCURRENCY["data"])]
     try:
         assert ray.get(keeper.status.remote(), timeout=30).writing == 50
         ray.get(keeper.commit.remote(50, {PieceId(50, 0, 0)}), timeout=30)
