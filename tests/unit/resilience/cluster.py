@@ -18,8 +18,15 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0), head_cpus: int = 0) -> Iterator[Any]:
-    """Head with ``head_cpus`` plus one node per entry of ``worker_cpus``, connected; torn down on exit."""
+def training_cluster(
+    worker_cpus: tuple[int, ...] = (1, 1, 0), head_cpus: int = 0, object_store_mb: int | None = None
+) -> Iterator[Any]:
+    """Head with ``head_cpus`` plus one node per entry of ``worker_cpus``, connected; torn down on exit.
+
+    ``object_store_mb`` per node: ``Cluster`` gives each node 150 MiB by default, enough for tests; a
+    benchmark moving pieces of tens of MB would spill them to disk, which no real node's store does.
+    """
+    store = {} if object_store_mb is None else {"object_store_memory": object_store_mb << 20}
     import ray
     from ray.cluster_utils import Cluster
 
@@ -34,13 +41,14 @@ def training_cluster(worker_cpus: tuple[int, ...] = (1, 1, 0), head_cpus: int = 
             "node_ip_address": "127.0.0.1",
             "temp_dir": temp_dir,
             "include_dashboard": False,
+            **store,
             # a killed node is declared dead after a few seconds instead of ~30
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
         },
     )
     try:
         for cpus in worker_cpus:
-            cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
+            cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1", **store)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         yield cluster
