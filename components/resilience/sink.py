@@ -15,7 +15,7 @@ until every piece is stored).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import ray
@@ -52,10 +52,14 @@ class Coordinator:
         self.keepers, self.placement, self.persist = dict(keepers), placement, persist
         self.committed = self.aborted = self.persisted = 0
         self.last: CommitOutcome | None = None
+        #: fault injection (``commit_cut``): called with (version, expected) once every piece is stored
+        self.cut: Callable[[int, dict], None] | None = None
 
     def settle(self, version: int) -> CommitOutcome:
         expected = self.placement.expected(version)
         self._wait_complete(version, expected)
+        if self.cut is not None:
+            self.cut(version, expected)
         outcome = commit_version(self.keepers, version, expected)
         self.last = outcome
         if not outcome.committed:

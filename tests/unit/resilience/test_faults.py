@@ -210,6 +210,17 @@ def test_fault_naming_a_rank_beyond_the_world_is_a_config_error(tmp_path):
     assert "ConfigError: resilience.faults: worker_hang@step=3,rank=2 names rank 2; ranks are 0..1" in result.stderr
 
 
+@pytest.mark.parametrize("fault", ["keeper_crash@step=3,node=1", "commit_cut@step=3"])
+def test_faults_on_keepers_need_resilience_enabled(make_config, fault):
+    from components.resilience.driver import fault_callbacks
+
+    cfg = make_config("resilience.enabled=false", f"resilience.faults={fault}")
+    with pytest.raises(
+        ConfigError, match=f"resilience.faults: {fault} act on snapshot keepers; set resilience.enabled"
+    ):
+        fault_callbacks(cfg, "file:///tmp/ckpt", "pretrain")
+
+
 def test_injector_from_config_reads_the_faults_key(make_config, tmp_path):
     cfg = make_config("resilience.faults=worker_crash@step=3;corrupt_piece@step=5")
     injector = FaultInjector.from_config(cfg, str(tmp_path))
