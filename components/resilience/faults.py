@@ -43,7 +43,6 @@ import os
 import random
 import re
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -272,8 +271,7 @@ def hang_forever() -> None:
     Only the hang watchdog (or a kill) ends it; the frames of this function are what its stack shows.
     """
     log.warning("fault worker_hang: this rank stops making progress (pid %d)", os.getpid())
-    stop = threading.Event()
-    while not stop.is_set():
+    while True:
         time.sleep(1.0)
 
 

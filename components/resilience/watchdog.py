@@ -18,8 +18,12 @@ daemon thread checks that the next one comes in time.
 - **What it does.** It logs the rank, the step, how long it ran against the timeout, the training
   thread's stack (``sys._current_frames``), then every thread's stack through ``faulthandler``, and
   ends its process with exit code :data:`HANG_EXIT_CODE`. To Ray Train that is a dead worker like
-  any crash: the worker group is torn down and restarted (``pretrain.max_failures``), and recovery
-  proceeds from the keepers as after a crash.
+  any crash (its controller logs "A worker health check failed ... The actor died unexpectedly",
+  exit type ``SYSTEM_ERROR``; Ray does not pass the exit code on, hence the log line first): its
+  ``FailurePolicy`` counts it against ``pretrain.max_failures``, tears the group down and restarts
+  it, and recovery proceeds from the keepers as after a crash. Exiting rather than raising into the
+  training thread: a thread stuck in a kernel or a collective never returns to Python to see an
+  exception.
 """
 
 from __future__ import annotations
