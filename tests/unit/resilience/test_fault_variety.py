@@ -19,8 +19,10 @@ from tests.unit.resilience.cluster import train_spec, training_cluster
 
 STEPS = 12
 WORKERS = 2
-#: the seeds ``make test`` draws fault plans from (more in tests/benchmarks/test_fault_draws.py)
+#: the seeds ``make test`` draws fault plans from, one fault each: a restart costs ~15 s on 2 cores, and
+#: several faults in one run are the four-kinds test's (more seeds, 3 faults each: tests/benchmarks/test_fault_draws.py)
 SEEDS = (1, 2, 3)
+FAULTS_PER_SEED = 1
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_four_kinds_of_fault_in_one_run_each_recovered_and_reported(
 def test_faults_drawn_from_a_seed_all_fire_and_the_run_replays_the_clean_loss_curve(
     cluster, clean_run, make_config, tiny_dataset, tmp_path, seed
 ):
-    plan = draw_faults(seed, steps=STEPS, world_size=WORKERS, count=2)
+    plan = draw_faults(seed, steps=STEPS, world_size=WORKERS, count=FAULTS_PER_SEED)
     spec = ";".join(str(f) for f in plan)
     summary = train(config(make_config, f"resilience.faults={spec}"), tiny_dataset, tmp_path)
 
