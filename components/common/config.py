@@ -376,8 +376,23 @@ class ResilienceConfig:
     max_in_flight: int = knob(1, "Snapshots being copied at once per rank before the trainer waits.", versioned=False)
     faults: list = knob(
         [],
-        "Injected faults (components/resilience/faults.py), e.g. "
-        "'worker_crash@step=40;node_loss@step=60,node=2;corrupt_piece@step=30' (';' separates faults).",
+        "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R]', fired once "
+        "per run; kinds: worker_crash[,rank=R], worker_hang[,rank=R], node_loss[,node=N], keeper_crash[,node=N] "
+        "(node=N: the node running rank N), commit_cut, corrupt_piece. E.g. "
+        "'worker_crash@step=40,rank=1;node_loss@step=60,node=2;commit_cut@step=30' (';' separates faults).",
+        versioned=False,
+    )
+    hang_factor: float = knob(
+        10.0,
+        "Hang watchdog (with resilience.enabled): a rank whose step runs longer than hang_factor x the median of "
+        "its recent step times (and at least resilience.hang_min_seconds) is declared hung: its stack is logged "
+        "and its process exits so Ray Train restarts the worker group (0 = no watchdog).",
+        versioned=False,
+    )
+    hang_min_seconds: float = knob(
+        300.0,
+        "Shortest step time the hang watchdog ever declares a hang at (covers slow first steps, evaluation, "
+        "checkpoint uploads and collectives after a peer's restart).",
         versioned=False,
     )
 
@@ -543,6 +558,8 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(r.persist_every >= 1, "resilience.persist_every", "must be >= 1")
     need(r.max_in_flight >= 1, "resilience.max_in_flight", "must be >= 1")
     need(r.keeper_memory_mb > 0, "resilience.keeper_memory_mb", "must be > 0")
+    need(r.hang_factor == 0 or r.hang_factor >= 2, "resilience.hang_factor", "must be 0 (off) or >= 2")
+    need(r.hang_min_seconds > 0, "resilience.hang_min_seconds", "must be > 0")
     need(
         cfg.pretrain.launcher in {"ray", "rayjob"},
         "pretrain.launcher",

@@ -14,11 +14,15 @@ Then every ``snapshot_every`` steps ``post_step`` begins an asynchronous snapsho
 whose hand-off goes to the node's keeper and, on rank 0, through the commit (``sink.py``);
 ``pre_optimizer_step`` fences it. Every keeper notes the newest snapshot step it received a piece
 of and when, so a recovery knows how many steps were lost and since when (to within one snapshot
-interval: a per-step note would cost a Ray call every step). Rank 0 executes the ``node_loss`` and
-``corrupt_piece`` faults, which act on keepers (``faults.py``).
+interval: a per-step note would cost a Ray call every step). Rank 0 executes the ``node_loss``,
+``keeper_crash``, ``commit_cut`` and ``corrupt_piece`` faults, which act on keepers and on the commit
+(``faults.py``).
 
 What a recovery did (tier, version, seconds, steps lost) is logged, sent to MLflow when a run id is
-given, and kept in ``state_dict()["recoveries"]`` for the training summary.
+given, and kept in ``state_dict()["recoveries"]`` for the training summary. A restarted worker group
+starts with fresh callbacks (and the checkpoint's copy of the list, which predates later recoveries),
+so rank 0 also writes every record to the object store (``ResilienceTarget.recoveries_uri``) and
+reads them all back on start: the summary and the MLflow tags list every recovery of the run.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ import torch.distributed as dist
 
 from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
-from components.common.storage import open_store
+from components.common.storage import join, open_store
 from components.resilience.codec import make_codec
 from components.resilience.commit import newest_common_committed
-from components.resilience.faults import Fault, fire_once
+from components.resilience.faults import Fault, cut_commit, fire_once
 from components.resilience.keeper_actor import keeper_name, keeper_namespace, start_keepers
 from components.resilience.persist import persisted_versions
 from components.resilience.piece import PieceId
@@ -66,6 +70,8 @@ class ResilienceTarget:
     markers_uri: str  # fired faults: <checkpoint_uri>/<stage>/faults
     store_options: dict = field(default_factory=dict)
     mlflow: tuple[str, str] | None = None  # (tracking URI, run id) to report recoveries to
+    #: every recovery of the run, one JSON object each: <checkpoint_uri>/<stage>/recoveries ('' = not kept)
+    recoveries_uri: str = ""
 
 
 class ResilienceCallback(SnapshotCallback):
@@ -79,13 +85,14 @@ class ResilienceCallback(SnapshotCallback):
         super().__init__(every=cfg.resilience.snapshot_every, max_in_flight=cfg.resilience.max_in_flight)
         self.cfg, self.target = cfg, target
         self.r = cfg.resilience
-        self.faults = tuple(f for f in faults if f.kind in ("node_loss", "corrupt_piece"))
+        self.faults = tuple(f for f in faults if f.kind in ("node_loss", "keeper_crash", "commit_cut", "corrupt_piece"))
         # enough curve points to bridge the gap back to the last persistent checkpoint
         self.curve_tail = cfg.pretrain.checkpoint_every + self.r.snapshot_every
         self.recoveries: list[dict] = []
         self.coordinator: Coordinator | None = None
         self._pending: RecoveryRecord | None = None
         self._failed_at_time: float | None = None
+        self._cuts_settled: set[Fault] = set()  # commit_cut faults that fired already
 
     # ------------------------------------------------------------------ loop events
 
@@ -124,6 +131,9 @@ class ResilienceCallback(SnapshotCallback):
                 self.target.snapshots_uri, self.r.snapshot_every * self.r.persist_every, self.target.store_options
             )
             self.coordinator = Coordinator(self.keepers, self.placement, persist)
+            if any(f.kind == "commit_cut" for f in self.faults):
+                self.coordinator.cut = self._cut_commit
+            self.recoveries = self._recorded_recoveries()
         sink = KeeperSink(
             rank=state.rank,
             keepers=self.keepers,
@@ -222,7 +232,11 @@ class ResilienceCallback(SnapshotCallback):
         if self._failed_at_time is not None:
             record.recovery_seconds = now - self._failed_at_time
         self.recoveries.append(record.to_dict())
-        log.warning("recovery: %s", json.dumps(record.to_dict()))
+        if self.target.recoveries_uri:  # read back by the next worker group (see the module docstring)
+            store = open_store(self.target.recoveries_uri, **self.target.store_options)
+            name = f"{time.time_ns():020d}.json"  # named by time: a listing is in order
+            store.write_text(join(self.target.recoveries_uri, name), json.dumps(record.to_dict()))
+        log.warning("recovery %d of this run: %s", len(self.recoveries), json.dumps(record.to_dict()))
         if self.target.mlflow:
             from mlflow.tracking import MlflowClient
 
@@ -235,6 +249,15 @@ class ResilienceCallback(SnapshotCallback):
                 if value is not None:
                     client.log_metric(run_id, f"recovery_{key}", float(value), step=step)
 
+    def _recorded_recoveries(self) -> list[dict]:
+        """Rank 0: every recovery earlier worker groups of this run reported (oldest first), else the
+        checkpoint's list (a target that keeps none)."""
+        if not self.target.recoveries_uri:
+            return self.recoveries
+        store = open_store(self.target.recoveries_uri, **self.target.store_options)
+        uris = [u for u in store.list(self.target.recoveries_uri) if u.endswith(".json")]
+        return [json.loads(store.read_text(u)) for u in uris]
+
     # ------------------------------------------------------------------ faults acting on keepers
 
     def _inject(self, state: TrainState) -> None:
@@ -245,16 +268,45 @@ class ResilienceCallback(SnapshotCallback):
         losses = [f for f in due if f.kind == "node_loss"]
         doomed = []
         for fault in losses:
-            rank = state.world_size - 1 if fault.node is None else fault.node
-            if not 0 <= rank < state.world_size:
-                raise ConfigError(f"resilience.faults: {fault} names rank {rank}; ranks are 0..{state.world_size - 1}")
+            rank = self._rank_of(fault, state)
             if fire_once(self.target.markers_uri, fault, f"step {state.step}", self.target.store_options):
                 doomed.append(self.placement.groups[rank][0])  # the node that runs that rank
+        for fault in (f for f in due if f.kind == "keeper_crash"):
+            rank = self._rank_of(fault, state)
+            if fire_once(self.target.markers_uri, fault, f"step {state.step}", self.target.store_options):
+                self._crash_keeper(self.placement.groups[rank][0])
         # other nodes first: if rank 0's own node is doomed, this process dies with it
         own = self.placement.groups[0][0]
         for node in sorted(set(doomed), key=lambda n: n == own):
             log.warning("injecting node_loss after step %d: node %s", state.step, node[:8])
             self.keepers[node].kill_node.remote()
+
+    @staticmethod
+    def _rank_of(fault: Fault, state: TrainState) -> int:
+        """The rank whose node ``node_loss``/``keeper_crash`` strike (``node=N``; default the highest)."""
+        rank = state.world_size - 1 if fault.node is None else fault.node
+        if not 0 <= rank < state.world_size:
+            raise ConfigError(f"resilience.faults: {fault} names rank {rank}; ranks are 0..{state.world_size - 1}")
+        return rank
+
+    def _crash_keeper(self, node: str) -> None:
+        """Kill the keeper actor of ``node`` alone (its node and training worker live on), once the
+        newest snapshot is committed: recovery then decodes that version around the lost pieces."""
+        import ray
+
+        self.engine.wait()
+        ray.kill(self.keepers[node], no_restart=True)
+        log.warning("fault keeper_crash: killed the snapshot keeper of node %s", node[:8])
+
+    def _cut_commit(self, version: int, expected: dict) -> None:
+        """The coordinator's ``commit_cut`` hook: cut the commit of the first snapshot at or after each
+        fault's step (and die); other versions commit normally."""
+        for fault in (f for f in self.faults if f.kind == "commit_cut" and version >= f.step):
+            if fault in self._cuts_settled:
+                continue  # fired before this worker group started: no store look-up per snapshot
+            if fire_once(self.target.markers_uri, fault, f"version {version}", self.target.store_options):
+                cut_commit(self.keepers, version, expected)
+            self._cuts_settled.add(fault)
 
     def _corrupt_newest(self) -> None:
         """Flip a byte of the first data piece of the newest committed version (after its commit)."""

@@ -20,9 +20,10 @@ from components.common.log import get_logger
 from components.common.storage import join
 from components.resilience.budget import KeeperNeed, check_need, estimate_before_fit, framed_share_bytes
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
-from components.resilience.faults import FaultInjector, local_marker_uri, parse_faults
+from components.resilience.faults import TAKES_RANK, FaultInjector, local_marker_uri, parse_faults
 from components.resilience.layout import DEFAULT_META_CAPACITY
 from components.resilience.placement import check_node_count
+from components.resilience.watchdog import HangWatchdog
 from components.training.callbacks import Callback
 from components.training.spec import TrainSpec
 
@@ -69,15 +70,21 @@ def keeper_need_estimate(cfg: LifecycleConfig, vocab_size: int, nodes: int) -> K
 
 
 def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tuple[Callback, ...]:
-    """The worker-crash injector for ``cfg.resilience.faults`` (empty when none is configured)."""
+    """The injector of ``worker_crash`` and ``worker_hang`` faults (empty when none is configured)."""
     faults = parse_faults(cfg.resilience.faults)
-    keeper_faults = [str(f) for f in faults if f.kind != "worker_crash"]
+    keeper_faults = [str(f) for f in faults if f.kind not in TAKES_RANK]
     if keeper_faults and not cfg.resilience.enabled:
         raise ConfigError(
             f"resilience.faults: {', '.join(keeper_faults)} act on snapshot keepers; "
             "set resilience.enabled=true or remove them"
         )
-    if not any(f.kind == "worker_crash" for f in faults):
+    hangs = [str(f) for f in faults if f.kind == "worker_hang"]
+    if hangs and not watchdog_on(cfg):
+        raise ConfigError(
+            f"resilience.faults: {', '.join(hangs)} hang a rank until the hang watchdog ends it; "
+            "set resilience.enabled=true and resilience.hang_factor > 0, or remove them"
+        )
+    if not any(f.kind in TAKES_RANK for f in faults):
         return ()
     return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), store_options(cfg)),)
 
@@ -86,11 +93,16 @@ def markers_uri(checkpoint_uri: str, stage: str) -> str:
     return join(local_marker_uri(checkpoint_uri), stage, "faults")
 
 
+def watchdog_on(cfg: LifecycleConfig) -> bool:
+    return cfg.resilience.enabled and cfg.resilience.hang_factor > 0
+
+
 def resilience_callbacks(
     cfg: LifecycleConfig, *, checkpoint_uri: str, stage: str, vocab_size: int, mlflow: tuple[str, str] | None = None
 ) -> tuple[Callback, ...]:
     """Check the cluster and the budget, start the keepers, and return the callbacks for the workers
-    (the resilience callback first, so a fault at step S strikes after snapshot S has begun)."""
+    (the resilience callback first, so a fault at step S strikes after snapshot S has begun; then the
+    hang watchdog, whose heartbeat precedes a ``worker_hang``)."""
     import ray
 
     from components.resilience.keeper_actor import start_keepers
@@ -112,8 +124,11 @@ def resilience_callbacks(
             markers_uri=markers_uri(checkpoint_uri, stage),
             store_options=store_options(cfg),
             mlflow=mlflow,
+            recoveries_uri=join(local_marker_uri(checkpoint_uri), stage, "recoveries"),
         )
         callbacks.append(ResilienceCallback(cfg, target, parse_faults(r.faults)))
+        if watchdog_on(cfg):
+            callbacks.append(HangWatchdog.from_config(cfg))
         log.info(
             "in-memory snapshots every %d step(s), %s k=%d m=%d over %d nodes; persisted every %d snapshots",
             r.snapshot_every, r.scheme, r.k, r.m, len(nodes), r.persist_every,

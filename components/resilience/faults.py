@@ -1,30 +1,49 @@
-"""Injected faults: parse ``cfg.resilience.faults`` and crash a training worker on cue, once per run.
+"""Injected faults: parse ``cfg.resilience.faults`` and strike on cue, each once per run.
 
-A fault spec is ``<kind>@step=<S>[,node=<N>]``:
+A fault spec is ``<kind>@step=<S>[,node=<N>][,rank=<R>]``; the fault strikes right after step S
+(``worker_hang``: inside step S+1, before its optimizer step):
 
-- ``worker_crash@step=S``: rank 0's training process dies (``os._exit(1)``) right after step S.
+- ``worker_crash@step=S[,rank=R]``: rank R's training process (default rank 0) dies (``os._exit(1)``).
   Executed by :class:`FaultInjector`.
-- ``node_loss@step=S[,node=N]``: the node running rank N (default: the highest rank) dies right after
-  step S: its raylet is killed, and with it every process of the node, the training worker and the
-  snapshot keeper included. Several ``node_loss`` at one step lose several nodes at once.
+- ``worker_hang@step=S[,rank=R]``: rank R (default 0) stops making progress inside the next step (it
+  sleeps before its optimizer step, as a rank stuck in a kernel or a lost collective would); the
+  other ranks then wait for it in the next collective. The hang watchdog (``watchdog.py``) must
+  notice, log the hung rank and its stack, and end the worker group so Ray Train restarts it.
+  Executed by :class:`FaultInjector`; needs the watchdog (``resilience.hang_factor > 0``).
+- ``node_loss@step=S[,node=N]``: the node running rank N (default: the highest rank) dies: its raylet
+  is killed, and with it every process of the node, the training worker and the snapshot keeper
+  included. Several ``node_loss`` at one step lose several nodes at once.
+- ``keeper_crash@step=S[,node=N]``: once snapshot S is committed, the snapshot keeper actor on the
+  node running rank N (default: the highest rank) is killed; the node and its training worker live.
+  The next snapshot's hand-off to that keeper fails, so the worker group restarts; recovery decodes
+  around the pieces the keeper held, and a new keeper is started on that node for the new group.
+- ``commit_cut@step=S``: rank 0 (the commit coordinator) dies in the middle of committing snapshot S,
+  after some keepers committed it and before the others did. Recovery settles the half-done commit
+  (``commit.py``: ``newest_common_committed`` rolls the others forward) and restores S.
 - ``corrupt_piece@step=S``: once snapshot S is committed, one byte of its first data piece (group 0,
   index 0) is flipped in its keeper; the next recovery must notice and decode around it.
 
-``node_loss`` and ``corrupt_piece`` act on snapshot keepers, so the resilience callback
-(``components/resilience/callback.py``) executes them through the keepers (:class:`NodeKiller` is the
-keeper's part). Every fault fires once per run: :func:`fire_once` records it in the object store.
+The faults acting on keepers and commits (``node_loss``, ``keeper_crash``, ``commit_cut``,
+``corrupt_piece``) need ``resilience.enabled``; the resilience callback
+(``components/resilience/callback.py``) executes them (:class:`NodeKiller` is the keeper's part of
+``node_loss``, :func:`cut_commit` the coordinator's part of ``commit_cut``). Every fault fires once
+per run: :func:`fire_once` records it in the object store before it strikes, and every firing is
+logged as ``injecting fault <spec>``.
 
 Several faults in one string are separated by ``;``, because ``,`` already joins ``node=N`` to its
-fault: ``--set "resilience.faults=worker_crash@step=4;node_loss@step=6,node=2"``. For forgiveness,
-``,`` between two faults works too (a part without ``@`` continues the fault before it).
+fault: ``--set "resilience.faults=worker_crash@step=4,rank=1;node_loss@step=6,node=2"``. For
+forgiveness, ``,`` between two faults works too (a part without ``@`` continues the fault before it).
+:func:`draw_faults` draws a small plan of faults at random steps from a seed (property tests, drills).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +57,16 @@ from components.training.callbacks import Callback, TrainState
 
 log = get_logger(__name__)
 
-KINDS = ("worker_crash", "node_loss", "corrupt_piece")
-ACCEPTED = "worker_crash@step=S, node_loss@step=S[,node=N], corrupt_piece@step=S (several: separate with ';')"
-_FAULT = re.compile(r"(?P<kind>[a-z_]+)@step=(?P<step>\d+)(?:,node=(?P<node>\d+))?")
+KINDS = ("worker_crash", "worker_hang", "node_loss", "keeper_crash", "commit_cut", "corrupt_piece")
+#: the kinds that take ``rank=R`` (a training rank) and ``node=N`` (the node running rank N)
+TAKES_RANK = ("worker_crash", "worker_hang")
+TAKES_NODE = ("node_loss", "keeper_crash")
+ACCEPTED = (
+    "worker_crash@step=S[,rank=R], worker_hang@step=S[,rank=R], node_loss@step=S[,node=N], "
+    "keeper_crash@step=S[,node=N], commit_cut@step=S, corrupt_piece@step=S (several: separate with ';')"
+)
+_FAULT = re.compile(r"(?P<kind>[a-z_]+)@step=(?P<step>\d+)(?P<options>(?:,[a-z]+=\d+)*)")
+_OPTION = re.compile(r",(?P<key>[a-z]+)=(?P<value>\d+)")
 
 
 @dataclass(frozen=True)
@@ -48,30 +74,57 @@ class Fault:
     kind: str
     #: optimizer steps completed when the fault strikes (>= 1)
     step: int
-    #: node_loss only: which node to lose (None: the harness picks one that is not the head)
+    #: node_loss, keeper_crash: the node running this rank (None: the highest rank)
     node: int | None = None
+    #: worker_crash, worker_hang: the rank that crashes or hangs (None: rank 0)
+    rank: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.kind}@step={self.step}" + (f",node={self.node}" if self.node is not None else "")
+        return (
+            f"{self.kind}@step={self.step}"
+            + (f",node={self.node}" if self.node is not None else "")
+            + (f",rank={self.rank}" if self.rank is not None else "")
+        )
+
+    @property
+    def marker(self) -> str:
+        """The name of this fault's marker object (see :func:`fire_once`)."""
+        return (
+            f"{self.kind}-step{self.step}"
+            + (f"-node{self.node}" if self.node is not None else "")
+            + (f"-rank{self.rank}" if self.rank is not None else "")
+            + ".fired"
+        )
 
 
 def parse_fault(spec: str) -> Fault:
     """One spec, e.g. ``node_loss@step=6,node=2``; a malformed spec raises :class:`ConfigError`."""
     text = re.sub(r"\s+", "", spec)
     match = _FAULT.fullmatch(text)
+    options: dict[str, int] = {}
     problem = ""
     if not match:
         problem = "not of the form kind@step=S"
+    else:
+        for option in _OPTION.finditer(match["options"]):
+            if option["key"] in options:
+                problem = f"{option['key']}= given twice"
+            options[option["key"]] = int(option["value"])
+    if problem:
+        pass  # reported below
     elif match["kind"] not in KINDS:
         problem = f"unknown kind {match['kind']!r}"
     elif int(match["step"]) < 1:
         problem = "step must be >= 1 (a fault strikes after a completed step)"
-    elif match["node"] is not None and match["kind"] != "node_loss":
-        problem = "only node_loss takes node=N"
+    elif unknown := sorted(set(options) - {"node", "rank"}):
+        problem = f"unknown option {unknown[0]}=; options are node=N and rank=R"
+    elif "node" in options and match["kind"] not in TAKES_NODE:
+        problem = f"only {' and '.join(TAKES_NODE)} take node=N"
+    elif "rank" in options and match["kind"] not in TAKES_RANK:
+        problem = f"only {' and '.join(TAKES_RANK)} take rank=R"
     if problem:
         raise ConfigError(f"resilience.faults: cannot parse fault {spec!r}: {problem}; accepted forms: {ACCEPTED}")
-    node = int(match["node"]) if match["node"] is not None else None
-    return Fault(kind=match["kind"], step=int(match["step"]), node=node)
+    return Fault(kind=match["kind"], step=int(match["step"]), node=options.get("node"), rank=options.get("rank"))
 
 
 def parse_faults(specs: str | Iterable[str]) -> tuple[Fault, ...]:
@@ -85,6 +138,41 @@ def parse_faults(specs: str | Iterable[str]) -> tuple[Fault, ...]:
         else:  # "node=2" after "node_loss@step=6": an option of the fault before it
             merged[-1] += "," + part
     return tuple(parse_fault(spec) for spec in merged)
+
+
+#: the kinds :func:`draw_faults` draws from: each ends in a restart of the worker group
+DRAWN_KINDS = ("worker_crash", "worker_hang", "keeper_crash", "commit_cut")
+
+
+def draw_faults(
+    seed: int, *, steps: int, world_size: int, count: int = 2, kinds: Sequence[str] = DRAWN_KINDS, gap: int = 3
+) -> tuple[Fault, ...]:
+    """A plan of ``count`` faults drawn from ``seed``: kinds, steps in ``[2, steps - 2]``, ranks and nodes.
+
+    Steps are at least ``gap`` apart, so every fault fires: a fault's restart resumes at most one
+    snapshot behind it, and the next fault is due after that. The same seed gives the same plan.
+    """
+    rng = random.Random(seed)
+    first, last = 2, steps - 2
+    slack = last - first - gap * (count - 1)  # room left once the gaps are laid out
+    if count < 1 or slack < 0:
+        raise ValueError(f"cannot place {count} faults {gap} steps apart in a run of {steps} steps")
+    # sorted offsets drawn with replacement, then spread by the gaps: uniform over the valid placements
+    offsets = sorted(rng.randint(0, slack) for _ in range(count))
+    chosen = [first + offset + gap * i for i, offset in enumerate(offsets)]
+    plan = []
+    for step in sorted(chosen):
+        kind = rng.choice(list(kinds))
+        who = rng.randrange(world_size)
+        plan.append(
+            Fault(
+                kind,
+                step,
+                node=who if kind in TAKES_NODE else None,
+                rank=who if kind in TAKES_RANK else None,
+            )
+        )
+    return tuple(plan)
 
 
 def faults_of_kind(faults: Iterable[Fault], kind: str) -> tuple[Fault, ...]:
@@ -104,15 +192,20 @@ def fire_once(marker_uri: str, fault: Fault, note: str, store_options: dict | No
     run's checkpoint URI is what the run resumes from, so wherever it can resume the marker is seen.
     """
     store = open_store(marker_uri, **(store_options or {}))
-    marker = join(
-        marker_uri,
-        f"{fault.kind}-step{fault.step}" + (f"-node{fault.node}" if fault.node is not None else "") + ".fired",
-    )
+    marker = join(marker_uri, fault.marker)
     if store.exists(marker):
         log.info("fault %s already fired in this run (%s); continuing", fault, marker)
         return False
     store.write_text(marker, note + "\n")
+    log.warning("injecting fault %s (%s)", fault, note)
     return True
+
+
+def fired_faults(marker_uri: str, store_options: dict | None = None) -> list[str]:
+    """The marker names of every fault that fired in the run whose markers live at ``marker_uri``."""
+    marker_uri = local_marker_uri(marker_uri)
+    store = open_store(marker_uri, **(store_options or {}))
+    return sorted(uri.rsplit("/", 1)[-1] for uri in store.list(marker_uri) if uri.endswith(".fired"))
 
 
 def local_marker_uri(path_or_uri: str) -> str:
@@ -120,22 +213,27 @@ def local_marker_uri(path_or_uri: str) -> str:
 
 
 class FaultInjector(Callback):
-    """Kills rank 0's worker process after the step of each ``worker_crash`` fault, once per run.
+    """Crashes or hangs a training rank on cue: ``worker_crash`` and ``worker_hang``, once per run each.
 
-    Give each run its own ``marker_uri`` (e.g. ``<checkpoint_uri>/<stage>/faults``): see :func:`fire_once`.
+    A crash exits the process right after step S; a hang sleeps inside step S+1, before its optimizer
+    step (the gradients are all-reduced, the other ranks go on to the next collective and wait there),
+    until the hang watchdog ends the process. Give each run its own ``marker_uri`` (e.g.
+    ``<checkpoint_uri>/<stage>/faults``): see :func:`fire_once`.
     """
 
     def __init__(self, faults: Sequence[Fault | str], marker_uri: str, store_options: dict | None = None) -> None:
         parsed = [f if isinstance(f, Fault) else parse_fault(f) for f in faults]
-        self.crashes = {f.step: f for f in faults_of_kind(parsed, "worker_crash")}
+        self.crashes = faults_of_kind(parsed, "worker_crash")
+        self.hangs = faults_of_kind(parsed, "worker_hang")
         self.marker_uri = local_marker_uri(marker_uri)
         #: open_store keyword arguments (see components.common.artifacts.store_options) for an s3:// marker_uri
         self.store_options = dict(store_options or {})
-        self._active = False
+        self._crashes: dict[int, Fault] = {}
+        self._hangs: dict[int, Fault] = {}
 
     @property
     def crash_steps(self) -> set[int]:
-        return set(self.crashes)
+        return {f.step for f in self.crashes}
 
     @classmethod
     def from_config(cls, cfg: LifecycleConfig, marker_uri: str) -> FaultInjector:
@@ -143,24 +241,70 @@ class FaultInjector(Callback):
         return cls(parse_faults(cfg.resilience.faults), marker_uri, store_options(cfg))
 
     def pre_train(self, state: TrainState) -> None:
-        self._active = state.rank == 0 and bool(self.crashes)
+        for fault in (*self.crashes, *self.hangs):
+            if (fault.rank or 0) >= state.world_size:
+                raise ConfigError(
+                    f"resilience.faults: {fault} names rank {fault.rank}; ranks are 0..{state.world_size - 1}"
+                )
+        # this rank's faults only; a later fault at the same step would never be reached
+        self._crashes = {f.step: f for f in self.crashes if (f.rank or 0) == state.rank}
+        self._hangs = {f.step: f for f in self.hangs if (f.rank or 0) == state.rank}
+
+    def pre_optimizer_step(self, state: TrainState) -> None:
+        fault = self._hangs.get(state.step)  # state.step counts completed steps: this is step S + 1
+        if fault is not None and self._fire(fault, state):
+            hang_forever()
 
     def post_step(self, state: TrainState) -> None:
-        fault = self.crashes.get(state.step) if self._active else None
-        if fault is None:
-            return
-        if not fire_once(self.marker_uri, fault, f"rank {state.rank}, pid {os.getpid()}", self.store_options):
-            return
-        log.warning("injecting fault %s: exiting rank 0 (pid %d)", fault, os.getpid())
-        exit_now()
+        fault = self._crashes.get(state.step)
+        if fault is not None and self._fire(fault, state):
+            log.warning("fault %s: exiting rank %d (pid %d)", fault, state.rank, os.getpid())
+            exit_now()
+
+    def _fire(self, fault: Fault, state: TrainState) -> bool:
+        return fire_once(self.marker_uri, fault, f"rank {state.rank}, pid {os.getpid()}", self.store_options)
 
 
-def exit_now() -> None:
+def hang_forever() -> None:
+    """Stop making progress, as a rank stuck in a kernel or a lost collective does (``worker_hang``).
+
+    Only the hang watchdog (or a kill) ends it; the frames of this function are what its stack shows.
+    """
+    log.warning("fault worker_hang: this rank stops making progress (pid %d)", os.getpid())
+    while True:
+        time.sleep(1.0)
+
+
+def exit_now(code: int = 1) -> None:
     """Die like a crashed process: no clean-up, but flush the logs first so the cause is on record."""
     logging.shutdown()  # os._exit skips interpreter clean-up
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(code)
+
+
+def cut_commit(keepers: dict, version: int, expected: dict) -> None:
+    """``commit_cut``: commit ``version`` on some of its keepers, then kill this process (rank 0).
+
+    Called by the commit coordinator (``sink.py``) once every piece of ``version`` is stored, in place
+    of the two-phase commit: phase 1 is checked as ``commit.py`` does, phase 2 reaches only the first
+    half of the keepers (at least one, never all), so the survivors disagree on the newest committed
+    version exactly as after a coordinator that died between its phase-2 calls.
+    """
+    import ray
+
+    involved = sorted(node for node in expected if node in keepers)
+    held = ray.get([keepers[n].pieces.remote(version) for n in involved])
+    if any(not expected[n] <= set(ids) for n, ids in zip(involved, held, strict=True)):
+        log.warning("commit_cut: version %d is incomplete, so no commit would start; not cutting", version)
+        return
+    first = involved[: max(1, len(involved) // 2)]
+    ray.get([keepers[n].commit.remote(version, set(expected[n])) for n in first])
+    log.warning(
+        "fault commit_cut: version %d committed on %d of %d keepers (%s); the coordinator dies now",
+        version, len(first), len(involved), ", ".join(n[:8] for n in first),
+    )  # fmt: skip
+    exit_now()
 
 
 class NodeKiller:

@@ -23,8 +23,9 @@ After :data:`PUT_WAIT_S` it gives up with an error that says which version block
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +75,8 @@ class Coordinator:
         #: (scheme, k, m) the ranks encode with; rank 0's KeeperSink sets it. Persisted manifests
         #: record k, so a version counts as complete once every group has k pieces in the store.
         self.codec: tuple[str, int, int] | None = None
+        #: fault injection (``commit_cut``): called with (version, expected) once every piece is stored
+        self.cut: Callable[[int, dict], None] | None = None
 
     def settle(self, version: int) -> CommitOutcome:
         expected = self.placement.expected(version)
@@ -85,6 +88,10 @@ class Coordinator:
             for node, ids in expected.items()
             if node in self.keepers
         }
+        if self.cut is not None:  # the fault strikes between a complete phase 1 and the commit
+            with contextlib.suppress(*UNREACHABLE):
+                wait_for_all(prepared, call=f"prepare(version {version})", timeout_s=COMPLETE_TIMEOUT_S)
+            self.cut(version, expected)
         outcome = commit_version(
             self.keepers, version, expected, prepared=prepared, prepared_timeout_s=COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
         )

@@ -10,7 +10,20 @@ import pytest
 
 from components.common.config import load_config
 from components.common.errors import ConfigError
-from components.resilience.faults import Fault, FaultInjector, faults_of_kind, parse_fault, parse_faults
+from components.resilience.faults import (
+    ACCEPTED,
+    DRAWN_KINDS,
+    TAKES_NODE,
+    TAKES_RANK,
+    Fault,
+    FaultInjector,
+    draw_faults,
+    faults_of_kind,
+    fire_once,
+    fired_faults,
+    parse_fault,
+    parse_faults,
+)
 
 
 def test_parses_each_fault_kind():
@@ -18,11 +31,18 @@ def test_parses_each_fault_kind():
     assert parse_fault("node_loss@step=6,node=2") == Fault("node_loss", 6, node=2)
     assert parse_fault("node_loss@step=6") == Fault("node_loss", 6)
     assert parse_fault(" corrupt_piece @ step = 30 ") == Fault("corrupt_piece", 30)
+    assert parse_fault("worker_crash@step=4,rank=1") == Fault("worker_crash", 4, rank=1)
+    assert parse_fault("worker_hang@step=7") == Fault("worker_hang", 7)
+    assert parse_fault("worker_hang@step=7,rank=1") == Fault("worker_hang", 7, rank=1)
+    assert parse_fault("keeper_crash@step=5,node=1") == Fault("keeper_crash", 5, node=1)
+    assert parse_fault("commit_cut@step=3") == Fault("commit_cut", 3)
 
 
 def test_fault_prints_back_as_its_spec():
     assert str(Fault("node_loss", 6, node=2)) == "node_loss@step=6,node=2"
     assert parse_fault(str(Fault("worker_crash", 3))) == Fault("worker_crash", 3)
+    assert str(Fault("worker_hang", 9, rank=1)) == "worker_hang@step=9,rank=1"
+    assert parse_fault(str(Fault("keeper_crash", 2, node=0))) == Fault("keeper_crash", 2, node=0)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +52,12 @@ def test_fault_prints_back_as_its_spec():
         ("worker_crash@step=x", "not of the form"),
         ("disk_full@step=3", "unknown kind 'disk_full'"),
         ("worker_crash@step=0", "step must be >= 1"),
-        ("worker_crash@step=3,node=1", "only node_loss takes node"),
+        ("worker_crash@step=3,node=1", "only node_loss and keeper_crash take node=N"),
+        ("commit_cut@step=3,node=1", "only node_loss and keeper_crash take node=N"),
+        ("node_loss@step=3,rank=1", "only worker_crash and worker_hang take rank=R"),
+        ("keeper_crash@step=3,rank=1", "only worker_crash and worker_hang take rank=R"),
+        ("worker_crash@step=3,host=1", "unknown option host="),
+        ("worker_hang@step=3,rank=1,rank=0", "rank= given twice"),
     ],
 )
 def test_bad_spec_is_a_config_error_naming_spec_key_and_accepted_forms(spec, problem):
@@ -40,7 +65,10 @@ def test_bad_spec_is_a_config_error_naming_spec_key_and_accepted_forms(spec, pro
         parse_fault(spec)
     message = str(info.value)
     assert "resilience.faults" in message and repr(spec) in message and problem in message
-    assert "worker_crash@step=S, node_loss@step=S[,node=N], corrupt_piece@step=S" in message
+    assert ACCEPTED in message
+    for form in ("worker_crash@step=S[,rank=R]", "worker_hang@step=S[,rank=R]", "keeper_crash@step=S[,node=N]"):
+        assert form in message
+    assert "commit_cut@step=S" in message
 
 
 def test_cli_override_separates_faults_with_semicolons():
@@ -57,6 +85,52 @@ def test_single_node_loss_with_node_survives_the_cli_list_split():
 def test_comma_between_faults_is_forgiven():
     faults = parse_faults("worker_crash@step=4,node_loss@step=6,node=2,corrupt_piece@step=8")
     assert faults == (Fault("worker_crash", 4), Fault("node_loss", 6, node=2), Fault("corrupt_piece", 8))
+
+
+def test_comma_between_faults_is_forgiven_with_rank_options_too():
+    faults = parse_faults("worker_crash@step=2,rank=1,keeper_crash@step=6,node=1,worker_hang@step=9,rank=1")
+    assert faults == (
+        Fault("worker_crash", 2, rank=1),
+        Fault("keeper_crash", 6, node=1),
+        Fault("worker_hang", 9, rank=1),
+    )
+
+
+def test_faults_of_a_run_each_have_their_own_marker():
+    markers = {f.marker for f in parse_faults("worker_crash@step=4;worker_crash@step=4,rank=1;commit_cut@step=4")}
+    assert markers == {"worker_crash-step4.fired", "worker_crash-step4-rank1.fired", "commit_cut-step4.fired"}
+
+
+def test_fired_faults_lists_the_markers_written_by_fire_once(tmp_path):
+    assert fired_faults(str(tmp_path)) == []
+    assert fire_once(tmp_path.as_uri(), Fault("keeper_crash", 6, node=1), "step 6")
+    assert not fire_once(tmp_path.as_uri(), Fault("keeper_crash", 6, node=1), "step 6 again")
+    assert fired_faults(str(tmp_path)) == ["keeper_crash-step6-node1.fired"]
+
+
+def test_same_seed_draws_the_same_plan_and_other_seeds_other_plans():
+    plans = {seed: draw_faults(seed, steps=12, world_size=2) for seed in range(20)}
+    assert draw_faults(3, steps=12, world_size=2) == plans[3]
+    assert len(set(plans.values())) > 10
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_drawn_plan_fits_the_run_and_spaces_its_faults(seed):
+    plan = draw_faults(seed, steps=12, world_size=2, count=3)
+    steps = [f.step for f in plan]
+    assert steps == sorted(steps) and all(2 <= s <= 10 for s in steps)
+    assert all(b - a >= 3 for a, b in zip(steps, steps[1:], strict=False))
+    for fault in plan:
+        assert fault.kind in DRAWN_KINDS
+        assert parse_fault(str(fault)) == fault  # every drawn fault is a valid spec
+        assert (fault.rank is not None) == (fault.kind in TAKES_RANK)
+        assert (fault.node is not None) == (fault.kind in TAKES_NODE)
+        assert 0 <= (fault.rank if fault.rank is not None else fault.node or 0) < 2
+
+
+def test_a_plan_that_cannot_be_spaced_is_refused():
+    with pytest.raises(ValueError, match="cannot place 4 faults 3 steps apart in a run of 8 steps"):
+        draw_faults(0, steps=8, world_size=2, count=4)
 
 
 def test_other_list_overrides_still_split_on_commas():
@@ -79,7 +153,8 @@ WORKER = textwrap.dedent(
     from components.resilience.faults import FaultInjector
 
     rank, marker_dir = int(sys.argv[1]), sys.argv[2]
-    injector = FaultInjector(["worker_crash@step=4", "node_loss@step=2,node=1"], marker_dir)
+    faults = sys.argv[3].split(";") if len(sys.argv) > 3 else ["worker_crash@step=4", "node_loss@step=2,node=1"]
+    injector = FaultInjector(faults, marker_dir)
     state = TrainState(spec=None, rank=rank, world_size=2, model=None, module=None, tokenizer=None,
                        optimizer=None, scheduler=None, batches=None)
     injector.pre_train(state)
@@ -92,9 +167,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def run_worker(rank: int, marker_dir) -> subprocess.CompletedProcess:
+def run_worker(rank: int, marker_dir, faults: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", WORKER, str(rank), str(marker_dir)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", WORKER, str(rank), str(marker_dir), *([faults] if faults else [])],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -115,6 +193,32 @@ def test_worker_crash_spares_other_ranks(tmp_path):
     result = run_worker(1, tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("finished")
     assert not list(tmp_path.iterdir())
+
+
+def test_worker_crash_with_rank_kills_that_rank_and_spares_rank_zero(tmp_path):
+    spared = run_worker(0, tmp_path, "worker_crash@step=3,rank=1")
+    assert spared.returncode == 0 and spared.stdout.strip().endswith("finished")
+    crashed = run_worker(1, tmp_path, "worker_crash@step=3,rank=1")
+    assert crashed.returncode == 1 and crashed.stdout.split("\n")[-2] == "step 3"
+    assert "injecting fault worker_crash@step=3,rank=1" in crashed.stderr
+    assert fired_faults(str(tmp_path)) == ["worker_crash-step3-rank1.fired"]
+
+
+def test_fault_naming_a_rank_beyond_the_world_is_a_config_error(tmp_path):
+    result = run_worker(0, tmp_path, "worker_hang@step=3,rank=2")
+    assert result.returncode != 0
+    assert "ConfigError: resilience.faults: worker_hang@step=3,rank=2 names rank 2; ranks are 0..1" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["keeper_crash@step=3,node=1", "commit_cut@step=3"])
+def test_faults_on_keepers_need_resilience_enabled(make_config, fault):
+    from components.resilience.driver import fault_callbacks
+
+    cfg = make_config("resilience.enabled=false", f"resilience.faults={fault}")
+    with pytest.raises(
+        ConfigError, match=f"resilience.faults: {fault} act on snapshot keepers; set resilience.enabled"
+    ):
+        fault_callbacks(cfg, "file:///tmp/ckpt", "pretrain")
 
 
 def test_injector_from_config_reads_the_faults_key(make_config, tmp_path):
