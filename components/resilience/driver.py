@@ -20,7 +20,7 @@ from components.common.log import get_logger
 from components.common.storage import join
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
 from components.resilience.faults import FaultInjector, local_marker_uri, parse_faults
-from components.resilience.placement import check_node_count
+from components.resilience.placement import check_node_count, cluster_nodes
 from components.training.callbacks import Callback
 from components.training.spec import TrainSpec
 
@@ -66,6 +66,20 @@ def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tu
     return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), store_options(cfg)),)
 
 
+def _has_snapshots(run_name: str, snapshots_uri: str, options: dict) -> bool:
+    """Whether an earlier attempt of this step left snapshots: keepers still running, or persisted ones."""
+    import ray
+
+    from components.common.storage import open_store
+    from components.resilience.keeper_actor import keeper_namespace
+    from components.resilience.persist import persisted_versions
+
+    namespace = keeper_namespace(run_name)
+    if any(a["namespace"] == namespace for a in ray.util.list_named_actors(all_namespaces=True)):
+        return True
+    return bool(persisted_versions(open_store(snapshots_uri, **options), snapshots_uri))
+
+
 def markers_uri(checkpoint_uri: str, stage: str) -> str:
     return join(local_marker_uri(checkpoint_uri), stage, "faults")
 
@@ -75,7 +89,6 @@ def resilience_callbacks(
 ) -> tuple[Callback, ...]:
     """Check the cluster and the budget, start the keepers, and return the callbacks for the workers
     (the resilience callback first, so a fault at step S strikes after snapshot S has begun)."""
-    import ray
 
     from components.resilience.keeper import check_keeper_budget
     from components.resilience.keeper_actor import start_keepers
@@ -83,18 +96,27 @@ def resilience_callbacks(
     callbacks: list[Callback] = []
     if cfg.resilience.enabled:
         r = cfg.resilience
-        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        check_node_count(r.k, r.m, len(nodes))
+        hosts_of = cluster_nodes()  # nodes that may hold pieces -> their host
+        nodes, hosts = list(hosts_of), len(set(hosts_of.values()))
+        run_name = keeper_run_name(checkpoint_uri, stage)
+        snapshots_uri = join(local_marker_uri(checkpoint_uri), stage, "snapshots")
+        if hosts < r.k + r.m and _has_snapshots(run_name, snapshots_uri, store_options(cfg)):
+            # a retried step after losing nodes: recover what exists, on the hosts left
+            log.warning(
+                "resuming on %d host(s), fewer than resilience.k + resilience.m = %d: new snapshots are less "
+                "protected until nodes are added", hosts, r.k + r.m,
+            )  # fmt: skip
+        else:
+            check_node_count(r.k, r.m, hosts)  # a fresh start with too few hosts is a configuration error
         workers = cfg.pretrain.num_workers
         # Each node holds at most one piece per group, about (k + m) / nodes of all pieces.
         per_piece = -(-state_bytes_estimate(cfg, vocab_size) // (workers * r.k))
         per_node = min(workers, -(-workers * (r.k + r.m) // len(nodes)))
         check_keeper_budget(r.keeper_memory_mb, per_node * per_piece)
-        run_name = keeper_run_name(checkpoint_uri, stage)
         start_keepers(run_name, cfg, expected_version_bytes=per_node * per_piece)
         target = ResilienceTarget(
             run_name=run_name,
-            snapshots_uri=join(local_marker_uri(checkpoint_uri), stage, "snapshots"),
+            snapshots_uri=snapshots_uri,
             markers_uri=markers_uri(checkpoint_uri, stage),
             store_options=store_options(cfg),
             mlflow=mlflow,
