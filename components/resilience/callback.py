@@ -2,12 +2,16 @@
 
 Per worker group (a fresh start, or Ray Train's restart after a failure), in ``pre_train``:
 
-1. every rank reports its node; rank 0 places the EC groups (``placement.py``), starts or finds the
-   per-node keepers (``keeper_actor.py``), settles a half-done commit (``commit.py``) and writes the
-   recovery plan: the newest committed version in memory, which keeper holds which piece, the
-   persisted versions, a new generation number. The plan is broadcast, so all ranks agree;
+1. every rank reports its node; rank 0 starts or finds the per-node keepers (``keeper_actor.py``),
+   settles a half-done commit (``commit.py``) and writes the recovery plan: the newest committed
+   version in memory, which keeper holds which piece (asked of every keeper, so the pieces are found
+   where the placement they were written with put them), the persisted versions, a new generation
+   number, and the placement of the *new* snapshots over the hosts left (``placement.py``). The plan
+   is broadcast, so all ranks agree. Fewer hosts than ``k + m`` do not stop a restart: recovery uses
+   what exists, and training goes on with a warning that new snapshots are less protected;
 2. the ranks try the tiers of ``recovery.py`` in order (memory/decode → persistent → the Ray Train
-   checkpoint the loop already loaded); a tier counts only if it worked on every rank;
+   checkpoint the loop already loaded): each rank fetches and restores only its own group, then the
+   owners broadcast what the other replicas need; a tier counts only if it worked on every rank;
 3. rank 0 fences the keepers to the new generation, keeping only the version restored from memory.
 
 Then every ``snapshot_every`` steps ``post_step`` begins an asynchronous snapshot (``snapshot.py``)
@@ -39,19 +43,22 @@ from components.common.errors import ConfigError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import join, open_store
 from components.resilience.codec import make_codec
-from components.resilience.commit import newest_common_committed
+from components.resilience.commit import UNREACHABLE, newest_common_committed
 from components.resilience.faults import Fault, cut_commit, fire_once
 from components.resilience.keeper_actor import keeper_name, keeper_namespace, start_keepers
 from components.resilience.persist import persisted_versions
 from components.resilience.piece import PieceId
-from components.resilience.placement import Placement
+from components.resilience.placement import Placement, cluster_nodes
 from components.resilience.recovery import (
+    CALL_TIMEOUT_S,
+    Fetched,
     RecoveryRecord,
-    check_groups,
+    broadcast_owned,
+    check_group,
     group_from_keepers,
     group_from_store,
     inventory,
-    restore_groups,
+    restore_own,
 )
 from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
@@ -103,7 +110,7 @@ class ResilienceCallback(SnapshotCallback):
         self.codec = make_codec(self.r.scheme, self.r.k, self.r.m)
         rank_nodes = _all_gather(ray.get_runtime_context().get_node_id(), state.world_size)
         plan = _broadcast(self._plan(state, rank_nodes) if state.rank == 0 else None, state.world_size)
-        self.placement = Placement(tuple(plan["ring"]), tuple(tuple(g) for g in plan["groups"]))
+        self.placement = Placement.from_dict(plan["placement"])
         namespace = keeper_namespace(self.target.run_name)
         self.keepers = {
             node: ray.get_actor(keeper_name(self.target.run_name, node), namespace=namespace)
@@ -111,9 +118,12 @@ class ResilienceCallback(SnapshotCallback):
         }
         record = self._recover(state, plan)
         record.restore_seconds = time.perf_counter() - started
+        record.hosts, record.less_protected = self.placement.hosts, self.placement.short
         if state.rank == 0:
             keep = record.version if record.tier in ("memory", "decode") else None
-            ray.get([k.start_generation.remote(plan["generation"], keep) for k in self.keepers.values()])
+            refs = {node: k.start_generation.remote(plan["generation"], keep) for node, k in self.keepers.items()}
+            for node, ref in refs.items():
+                _get(ref, node, f"start_generation({plan['generation']})")
         _barrier(state.world_size)
         if plan["failed_at"] is not None or record.tier not in ("none", "checkpoint") or state.step > 0:
             failed_step, self._failed_at_time = plan["failed_at"] or (None, None)
@@ -170,8 +180,17 @@ class ResilienceCallback(SnapshotCallback):
         """Rank 0: place the groups, find the keepers, and decide what memory and the store offer."""
         import ray
 
-        alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        placement = Placement.build(rank_nodes, alive, self.r.k, self.r.m)
+        # A restart after losing nodes goes on with fewer hosts than k + m: the pieces already stored
+        # are found wherever they are (inventory below), and only new snapshots use this placement.
+        placement = Placement.build(rank_nodes, cluster_nodes(), self.r.k, self.r.m, allow_fewer=True)
+        if placement.short:
+            log.warning(
+                "only %d host(s) hold snapshot pieces, fewer than resilience.k + resilience.m = %d: training goes on, "
+                "but new snapshots are less protected (a host holds several pieces of a group, so losing one more "
+                "host can cost the in-memory tiers; the persistent tier still holds every %d-th snapshot). Add "
+                "nodes to restore full protection",
+                placement.hosts, self.r.k + self.r.m, self.r.persist_every,
+            )  # fmt: skip
         state_bytes = sum(p.numel() * p.element_size() for p in state.module.parameters()) * 3  # + AdamW moments
         per_piece = -(-state_bytes // (state.world_size * self.r.k))
         keepers = start_keepers(
@@ -181,15 +200,20 @@ class ResilienceCallback(SnapshotCallback):
         if missing:
             raise RecoveryError(f"nodes {missing} of the placement ring have no snapshot keeper")
         keepers = {n: keepers[n] for n in placement.ring}
-        statuses = dict(zip(keepers, ray.get([k.status.remote() for k in keepers.values()]), strict=True))
+        refs = {node: k.status.remote() for node, k in keepers.items()}
+        statuses = {}
+        for node, ref in refs.items():
+            try:
+                statuses[node] = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            except UNREACHABLE as e:  # lost since start_keepers: it holds nothing this recovery can use
+                log.warning("keeper on node %s did not answer status() within %.0fs: %s", node[:8], CALL_TIMEOUT_S, e)
         held = any(s.committed is not None or s.writing is not None for s in statuses.values())
         version = newest_common_committed(keepers) if held else None
         progress = [(s.progress_step, s.progress_time) for s in statuses.values() if s.progress_step is not None]
         store = open_store(self.target.snapshots_uri, **self.target.store_options)
         return {
-            "ring": placement.ring,
-            "groups": placement.groups,
-            "generation": max(s.generation for s in statuses.values()) + 1,
+            "placement": placement.to_dict(),
+            "generation": max((s.generation for s in statuses.values()), default=0) + 1,
             "version": version,
             "inventory": inventory(keepers, version) if version is not None else {},
             "persisted": [v for v in persisted_versions(store, self.target.snapshots_uri) if v > state.step],
@@ -204,25 +228,28 @@ class ResilienceCallback(SnapshotCallback):
         fallbacks = []
         store = open_store(self.target.snapshots_uri, **self.target.store_options) if plan["persisted"] else None
         for tier, version in attempts:
-            error, framed, decoded = "", None, False
-            try:
-                fetched = [self._fetch(tier, version, group, plan, store) for group in range(state.world_size)]
-                framed = check_groups([payload for payload, _ in fetched], state)
-                decoded = any(d for _, d in fetched)
+            error, own, fetched = "", None, None
+            try:  # only this rank's own group: recovery traffic per rank does not grow with the world size
+                fetched = self._fetch(tier, version, state.rank, plan, store)
+                own = check_group(fetched.payload, state.rank, state)
             except Exception as e:  # any failure of a tier means: try the next one (and say why)
                 error = f"{type(e).__name__}: {e}"
                 log.warning("rank %d: restoring %s version %d failed: %s", state.rank, tier, version, error)
             if _all_ranks(not error, state.world_size):
-                restore_groups(framed, state.rank, state)
+                restore_own(own, state)
+                broadcast_owned(own, state)
                 state.start_step = state.step
-                if tier == "memory" and _any_rank(decoded, state.world_size):
+                if tier == "memory" and _any_rank(fetched.decoded, state.world_size):
                     tier = "decode"
-                return RecoveryRecord(tier, version, 0.0, fallbacks=fallbacks)
+                record = RecoveryRecord(tier, version, 0.0, fallbacks=fallbacks)
+                record.pieces_fetched = _all_gather(fetched.pieces, state.world_size)
+                record.bytes_fetched = _all_gather(fetched.nbytes, state.world_size)
+                return record
             fallbacks.append(f"{tier}@{version}: {error or 'failed on another rank'}")
         tier = "checkpoint" if state.step > 0 else "none"
         return RecoveryRecord(tier, state.step if state.step > 0 else None, 0.0, fallbacks=fallbacks)
 
-    def _fetch(self, tier: str, version: int, group: int, plan: dict, store: Any) -> tuple[bytes, bool]:
+    def _fetch(self, tier: str, version: int, group: int, plan: dict, store: Any) -> Fetched:
         if tier == "memory":
             return group_from_keepers(self.keepers, plan["inventory"], version, group, self.codec)
         return group_from_store(store, self.target.snapshots_uri, version, group, self.codec)
@@ -310,16 +337,27 @@ class ResilienceCallback(SnapshotCallback):
 
     def _corrupt_newest(self) -> None:
         """Flip a byte of the first data piece of the newest committed version (after its commit)."""
-        import ray
-
         self.engine.wait()  # the hand-off, and with it rank 0's commit, has finished
         version = self.coordinator.last.version if self.coordinator.last else None
         if version is None or not self.coordinator.last.committed:
             log.warning("corrupt_piece: no committed snapshot yet, nothing to corrupt")
             return
         node = self.placement.groups[0][0]
-        ray.get(self.keepers[node].inject_corruption.remote(PieceId(version, 0, 0)))
+        _get(self.keepers[node].inject_corruption.remote(PieceId(version, 0, 0)), node, "inject_corruption")
         log.warning("injected corrupt_piece: version %d, group 0, piece 0 on node %s", version, node[:8])
+
+
+def _get(ref: Any, node: str, call: str) -> Any:
+    """``ray.get`` with the recovery timeout, and an error that names the keeper's node and the call."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=CALL_TIMEOUT_S)
+    except UNREACHABLE as e:
+        raise RecoveryError(
+            f"snapshot keeper on node {node[:8]}: {call} failed or took over {CALL_TIMEOUT_S:.0f}s ({type(e).__name__}); "
+            "the node may be lost or overloaded"
+        ) from e
 
 
 # ---------------------------------------------------------------------- collectives (no-ops alone)

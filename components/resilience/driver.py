@@ -22,7 +22,7 @@ from components.resilience.budget import KeeperNeed, check_need, estimate_before
 from components.resilience.callback import ResilienceCallback, ResilienceTarget
 from components.resilience.faults import TAKES_RANK, FaultInjector, local_marker_uri, parse_faults
 from components.resilience.layout import DEFAULT_META_CAPACITY
-from components.resilience.placement import check_node_count
+from components.resilience.placement import check_node_count, cluster_nodes
 from components.resilience.watchdog import HangWatchdog
 from components.training.callbacks import Callback
 from components.training.spec import TrainSpec
@@ -89,6 +89,20 @@ def fault_callbacks(cfg: LifecycleConfig, checkpoint_uri: str, stage: str) -> tu
     return (FaultInjector(faults, markers_uri(checkpoint_uri, stage), store_options(cfg)),)
 
 
+def _has_snapshots(run_name: str, snapshots_uri: str, options: dict) -> bool:
+    """Whether an earlier attempt of this step left snapshots: keepers still running, or persisted ones."""
+    import ray
+
+    from components.common.storage import open_store
+    from components.resilience.keeper_actor import keeper_namespace
+    from components.resilience.persist import persisted_versions
+
+    namespace = keeper_namespace(run_name)
+    if any(a["namespace"] == namespace for a in ray.util.list_named_actors(all_namespaces=True)):
+        return True
+    return bool(persisted_versions(open_store(snapshots_uri, **options), snapshots_uri))
+
+
 def markers_uri(checkpoint_uri: str, stage: str) -> str:
     return join(local_marker_uri(checkpoint_uri), stage, "faults")
 
@@ -103,24 +117,32 @@ def resilience_callbacks(
     """Check the cluster and the budget, start the keepers, and return the callbacks for the workers
     (the resilience callback first, so a fault at step S strikes after snapshot S has begun; then the
     hang watchdog, whose heartbeat precedes a ``worker_hang``)."""
-    import ray
 
     from components.resilience.keeper_actor import start_keepers
 
     callbacks: list[Callback] = []
     if cfg.resilience.enabled:
         r = cfg.resilience
-        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        check_node_count(r.k, r.m, len(nodes))
+        hosts_of = cluster_nodes()  # nodes that may hold pieces -> their host
+        nodes, hosts = list(hosts_of), len(set(hosts_of.values()))
+        run_name = keeper_run_name(checkpoint_uri, stage)
+        snapshots_uri = join(local_marker_uri(checkpoint_uri), stage, "snapshots")
+        if hosts < r.k + r.m and _has_snapshots(run_name, snapshots_uri, store_options(cfg)):
+            # a retried step after losing nodes: recover what exists, on the hosts left
+            log.warning(
+                "resuming on %d host(s), fewer than resilience.k + resilience.m = %d: new snapshots are less "
+                "protected until nodes are added", hosts, r.k + r.m,
+            )  # fmt: skip
+        else:
+            check_node_count(r.k, r.m, hosts)  # a fresh start with too few hosts is a configuration error
         need = keeper_need_estimate(cfg, vocab_size, len(nodes))
         check_need(
             r.keeper_memory_mb, need, f"estimated before training from the model's {cfg.pretrain.num_workers} shares"
         )
-        run_name = keeper_run_name(checkpoint_uri, stage)
         start_keepers(run_name, cfg, expected_version_bytes=need.stored)
         target = ResilienceTarget(
             run_name=run_name,
-            snapshots_uri=join(local_marker_uri(checkpoint_uri), stage, "snapshots"),
+            snapshots_uri=snapshots_uri,
             markers_uri=markers_uri(checkpoint_uri, stage),
             store_options=store_options(cfg),
             mlflow=mlflow,

@@ -157,20 +157,31 @@ def persisted_versions(store: ObjectStore, root: str) -> list[int]:
     return sorted(complete, reverse=True)
 
 
-def read_group(store: ObjectStore, root: str, version: int, group: int) -> list[Piece]:
-    """Every persisted piece of (``version``, ``group``), damaged ones included (the decoder skips them)."""
-    pieces = []
+def read_group(store: ObjectStore, root: str, version: int, group: int, k: int | None = None) -> list[Piece]:
+    """Persisted pieces of (``version``, ``group``), damaged ones included (the decoder skips them).
+
+    With ``k``, only as many as it takes to hold ``k`` intact ones: data pieces first, then one more
+    (parity) for each piece missing, unreadable or failing its checksum; so a recovery reads ``k``
+    pieces of its group, not ``k + m``. Without ``k``, every piece.
+    """
+    found = []
     for uri in store.list(version_uri(root, version)):
         match = _PIECE.search(uri)
-        if not match or int(match["group"]) != group:
-            continue
+        if match and int(match["group"]) == group:
+            found.append((int(match["index"]), uri, match))
+    pieces, intact = [], 0
+    for index, uri, match in sorted(found, key=lambda item: item[0]):  # data pieces have the low indices
+        if k is not None and intact >= k:
+            break
         try:
             data = store.read_bytes(uri)
         except StorageError as e:
             log.warning("persisted snapshot piece unreadable, treated as lost: %s", e)
             continue
-        pid = PieceId(version, group, int(match["index"]))
-        pieces.append(Piece(pid, data, match["checksum"], int(match["size"])))
+        piece = Piece(PieceId(version, group, index), data, match["checksum"], int(match["size"]))
+        pieces.append(piece)
+        if k is not None and piece.is_intact():
+            intact += 1
     return pieces
 
 

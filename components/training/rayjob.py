@@ -30,7 +30,10 @@ ends. Everything that cluster needs is decided here, from ``cluster.*`` and
   (``$(VAR)`` is not one), so the label travels in ``RAY_OVERRIDE_LABELS``: a JSON object that every
   ``ray start`` merges over its other labels (Ray's ``ResourceAndLabelSpec``), whose value Kubernetes
   fills in from a downward-API variable (``$(VAR)`` in ``env[].value`` expands variables defined
-  earlier in the same list).
+  earlier in the same list). The same JSON carries ``lmforge.io/role``: ``head`` on the head (it holds no
+  snapshot pieces: it runs the GCS and the driver, and is no failure domain of the training state),
+  ``train`` on the workers (``components/resilience/placement.py`` places pieces on ``train`` and
+  ``keeper`` nodes only).
 - **Token auth** (``cluster.ray_token_secret``): ``rayClusterSpec.authOptions`` (mode token, that
   Secret), which KubeRay needs for its own job-status calls to the dashboard and to configure the
   containers it injects (the workers' wait-for-GCS init container); and ``RAY_AUTH_MODE=token`` plus
@@ -57,6 +60,10 @@ KIND = "RayJob"
 MAX_NAME_LENGTH = 47
 #: The Ray node label holding the Kubernetes node a Ray node runs on (for host-distinct placement).
 HOST_LABEL = "lmforge.io/host"
+#: The Ray node label saying what a Ray node is for: ``train`` (training workers and a snapshot keeper),
+#: ``keeper`` (a snapshot keeper only), anything else (``head``, ``cpu``) holds no snapshot pieces.
+ROLE_LABEL = "lmforge.io/role"
+PIECE_ROLES = ("train", "keeper")
 #: Pod label naming the RayJob on every pod of it: ``kubectl get pods -l lmforge.io/rayjob=<name>``.
 RAYJOB_LABEL = "lmforge.io/rayjob"
 #: KubeRay's SubmitterContainerName; the launcher reads this container's log.
@@ -134,7 +141,8 @@ def build_rayjob(
 
     extra = dict(labels or {})
     token_env = _token_env(c.ray_token_secret)
-    ray_env = _ray_node_env(c.s3_secret) + token_env
+    head_env = _ray_node_env(c.s3_secret, "head") + token_env
+    ray_env = _ray_node_env(c.s3_secret, "train") + token_env
     cache = _cache_volume(p.data_cache_dir)
 
     def pod_labels(component: str) -> dict[str, str]:
@@ -146,7 +154,7 @@ def build_rayjob(
         }
 
     head = _ray_pod(
-        "ray-head", image, c.head_cpu, c.head_memory, env=ray_env, shm=c.shm_size, cache=cache, ports=HEAD_PORTS
+        "ray-head", image, c.head_cpu, c.head_memory, env=head_env, shm=c.shm_size, cache=cache, ports=HEAD_PORTS
     )
     if p.use_gpu:
         replicas = math.ceil(p.num_workers / c.gpus_per_worker_pod)
@@ -223,11 +231,12 @@ def _token_env(secret: str) -> list[dict]:
     return [{"name": "RAY_AUTH_MODE", "value": "token"}, _secret_env("RAY_AUTH_TOKEN", secret, TOKEN_SECRET_KEY)]
 
 
-def _ray_node_env(s3_secret: str) -> list[dict]:
+def _ray_node_env(s3_secret: str, role: str) -> list[dict]:
+    labels = {HOST_LABEL: f"$({_NODE_NAME_VAR})", ROLE_LABEL: role}
     return [
         # Order matters: $(LMFORGE_NODE_NAME) below expands only because it is defined first.
         {"name": _NODE_NAME_VAR, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-        {"name": "RAY_OVERRIDE_LABELS", "value": json.dumps({HOST_LABEL: f"$({_NODE_NAME_VAR})"})},
+        {"name": "RAY_OVERRIDE_LABELS", "value": json.dumps(labels)},
         _secret_env("AWS_ACCESS_KEY_ID", s3_secret, "AWS_ACCESS_KEY_ID"),
         _secret_env("AWS_SECRET_ACCESS_KEY", s3_secret, "AWS_SECRET_ACCESS_KEY"),
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},

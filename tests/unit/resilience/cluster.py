@@ -2,8 +2,11 @@
 
 ``training_cluster`` starts, on 127.0.0.1, by default a head with no CPUs (training never lands there, so
 losing a training node never kills the GCS), two 1-CPU nodes for the two training workers and
-one keeper-only node: four nodes, four keepers. ``train_replacing_lost_nodes`` plays KubeRay's
-part after a ``node_loss``: every node that dies is replaced by a fresh 1-CPU node.
+one keeper-only node. Every node is its own host (Ray node label ``lmforge.io/host``: ``host-0``,
+``host-1``, ...); a CPU-less head is labelled ``lmforge.io/role=head``, as the RayJob labels its head,
+so it holds no snapshot pieces: three nodes hold pieces. ``train_replacing_lost_nodes`` plays KubeRay's
+part after a ``node_loss``: every node that dies is replaced by a fresh 1-CPU node, on a new host
+unless told which.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from components.training.rayjob import HOST_LABEL, ROLE_LABEL
 
 
 @contextlib.contextmanager
@@ -42,13 +47,15 @@ def training_cluster(
             "temp_dir": temp_dir,
             "include_dashboard": False,
             **store,
+            # a head without CPUs is a control node only, as on KubeRay: it holds no snapshot pieces
+            "labels": {HOST_LABEL: "host-head", **({ROLE_LABEL: "head"} if head_cpus == 0 else {})},
             # a killed node is declared dead after a few seconds instead of ~30
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
         },
     )
     try:
-        for cpus in worker_cpus:
-            cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1", **store)
+        for i, cpus in enumerate(worker_cpus):
+            cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1", labels={HOST_LABEL: f"host-{i}"}, **store)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         yield cluster
@@ -63,8 +70,9 @@ def training_cluster(
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict]) -> dict:
-    """Run ``train()`` while every node that dies is replaced by a fresh 1-CPU node.
+def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict], host: str | None = None) -> dict:
+    """Run ``train()`` while every node that dies is replaced by a fresh 1-CPU node, on a new host, or
+    on ``host`` (a pod rescheduled onto a machine that already runs one: fewer failure domains).
 
     Training runs on a thread and the watcher on the main thread, because ``Cluster.add_node``
     installs signal handlers, which Python allows only there. Returns the summary plus
@@ -87,8 +95,8 @@ def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict]) -> dict:
     while trainer.is_alive():
         for node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen:
             seen.add(node)
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
             joined += 1
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: host or f"host-new-{joined}"})
         trainer.join(timeout=0.2)
     if "error" in result:
         raise result["error"]

@@ -1,9 +1,14 @@
 """Pretraining survives worker crashes, node losses and corrupted pieces: real Ray Train on a real
 multi-node Ray cluster (``ray.cluster_utils.Cluster`` on 127.0.0.1), faults injected from the config.
 
-The cluster (``cluster.py``): a CPU-less head, two 1-CPU training nodes and a keeper-only node; a
-lost node is replaced by adding one, as KubeRay restarts a pod. Each faulted run must end with
-exactly the loss curve of the uninterrupted run (bitwise: two gloo ranks sum in a fixed order on CPU).
+The cluster (``cluster.py``): a CPU-less head (role ``head``: no pieces), two 1-CPU training nodes and
+a keeper-only node, each its own host; a lost node is replaced by adding one, as KubeRay restarts a
+pod. Each faulted run must end with exactly the loss curve of the uninterrupted run (bitwise: two
+gloo ranks sum in a fixed order on CPU).
+
+Group-local recovery without Ray first: each rank fetches its own group from persisted pieces (its
+``k`` pieces whatever the world size), and the owners' broadcast over a gloo group makes every
+replica bitwise the snapshotted state.
 """
 
 from __future__ import annotations
@@ -11,11 +16,75 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, RecoveryError
+from components.common.storage import open_store
+from components.resilience.codec import make_codec
+from components.resilience.persist import write_pieces
+from components.resilience.recovery import check_group, group_from_store
 from tests.unit.resilience.cluster import train_replacing_lost_nodes, train_spec, training_cluster
+from tests.unit.resilience.replicas import full_state, persist_snapshot, restore_rank, small_state, train
+from tests.unit.resilience.tiny_training import make_state, run_steps
 
 STEPS = 10
+VERSION = 3  # the snapshot step of the group-local tests
+
+
+# ---------------------------------------------------------------------- group-local recovery (no Ray)
+
+
+def _persist_snapshot(root: str, world_size: int, codec) -> None:
+    """Every rank's share of the tiny Llama after ``VERSION`` steps, persisted as the keepers would."""
+    state = make_state(seed=0)
+    run_steps(state, VERSION)
+    persist_snapshot(state, root, VERSION, world_size, codec)
+
+
+@pytest.mark.parametrize("scheme,k,m", [("xor", 2, 1), ("rs", 3, 2)])
+def test_each_rank_fetches_k_pieces_of_its_own_group_whatever_the_world_size(tmp_path, scheme, k, m):
+    codec = make_codec(scheme, k, m)
+    fetched_per_world = {}
+    for world_size in (1, 2, 4, 8):
+        root = f"file://{tmp_path}/w{world_size}"
+        _persist_snapshot(root, world_size, codec)
+        fetched, fresh = [], make_state(seed=1, world_size=world_size)
+        for rank in range(world_size):
+            got = group_from_store(open_store(root), root, VERSION, rank, codec)
+            fresh.rank = rank
+            check_group(got.payload, rank, fresh)  # it is that rank's share of this model
+            fetched.append((got.pieces, got.nbytes))
+        fetched_per_world[world_size] = fetched
+        assert {pieces for pieces, _ in fetched} == {k}, (world_size, fetched)
+    # and the bytes a rank moves shrink with the world size (its share of the state), never grow
+    largest = {w: max(nbytes for _, nbytes in f) for w, f in fetched_per_world.items()}
+    assert largest[1] > largest[2] > largest[4] > largest[8], largest
+
+
+def test_a_group_snapshotted_at_another_world_size_is_refused_naming_the_key(tmp_path):
+    codec = make_codec("xor", 2, 1)
+    root = f"file://{tmp_path}/w2"
+    _persist_snapshot(root, 2, codec)
+    got = group_from_store(open_store(root), root, VERSION, 0, codec)
+    with pytest.raises(RecoveryError, match="pretrain.num_workers"):
+        check_group(got.payload, 0, make_state(seed=1, world_size=4, rank=0))
+
+
+def test_owners_broadcast_makes_every_replica_bitwise_the_snapshotted_state(tmp_path):
+    world_size = 3  # three owners, one of them with an uneven share
+    root = f"file://{tmp_path}/snapshots"
+    reference = small_state(seed=0)
+    train(reference, VERSION)
+    persist_snapshot(reference, root, VERSION, world_size, make_codec("xor", 2, 1))
+    torch.save(full_state(reference), tmp_path / "expected.pt")
+    torch.multiprocessing.spawn(
+        restore_rank,
+        args=(world_size, root, VERSION, str(tmp_path / "pg-init"), str(tmp_path / "expected.pt")),
+        nprocs=world_size,
+    )
+
+
+# ---------------------------------------------------------------------- pretraining under faults (Ray)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +114,8 @@ def _train(cfg, dataset: Path, out: Path) -> dict:
     return run_training(train_spec(cfg, dataset, out))
 
 
-def _train_replacing_lost_nodes(cluster, cfg, dataset: Path, out: Path) -> dict:
-    return train_replacing_lost_nodes(cluster, lambda: _train(cfg, dataset, out))
+def _train_replacing_lost_nodes(cluster, cfg, dataset: Path, out: Path, host: str | None = None) -> dict:
+    return train_replacing_lost_nodes(cluster, lambda: _train(cfg, dataset, out), host=host)
 
 
 def _recoveries(summary: dict) -> list[dict]:
@@ -80,6 +149,8 @@ def test_worker_crash_resumes_from_memory_with_the_same_loss_trajectory(
     # the crash strikes right after step 6: its snapshot, or its progress report, may not have landed
     assert recovery["version"] in (5, 6) and recovery["failed_at_step"] in (5, 6)
     assert recovery["steps_lost"] == recovery["failed_at_step"] - recovery["version"]
+    assert recovery["pieces_fetched"] == [2, 2]  # each rank: the k = 2 data pieces of its own group
+    assert recovery["hosts"] == 3 and not recovery["less_protected"]  # the head holds no pieces
     assert summary["loss_curve"] == clean_run["loss_curve"]
 
 
@@ -90,18 +161,19 @@ def test_corrupted_piece_is_caught_by_its_checksum_and_decoded_around(
     summary = _train(cfg, tiny_dataset, tmp_path)
     (recovery,) = _recoveries(summary)
     assert recovery["tier"] == "decode" and recovery["version"] == 5
+    assert recovery["pieces_fetched"] == [2, 2]  # rank 0: piece 1 and the parity for its damaged piece 0
     assert summary["loss_curve"] == clean_run["loss_curve"]
 
 
-def test_node_loss_is_decoded_from_survivors_and_resumes_on_a_replacement_node(
-    cluster, clean_run, make_config, tiny_dataset, tmp_path
-):
-    cfg = _config(make_config, "resilience.faults=node_loss@step=6,node=1")
-    summary = _train_replacing_lost_nodes(cluster, cfg, tiny_dataset, tmp_path)
-    (recovery,) = _recoveries(summary)
-    assert recovery["tier"] == "decode"
-    assert summary["replacement_nodes"] == 1  # the restarted group needed the new node's CPU
-    assert summary["loss_curve"] == clean_run["loss_curve"]
+def test_cluster_nodes_carry_host_labels_and_the_head_holds_no_pieces(cluster):
+    import ray
+
+    from components.resilience.placement import cluster_nodes
+
+    hosts = cluster_nodes()
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("lmforge.io/role") == "head")
+    assert head not in hosts and len(hosts) >= 3
+    assert all(host.startswith("host-") for host in hosts.values())
 
 
 def test_losing_more_nodes_than_parity_falls_back_to_the_persisted_snapshot(
@@ -121,7 +193,52 @@ def test_more_parity_than_nodes_fails_before_training_naming_the_keys(cluster, m
         _train(cfg, tiny_dataset, tmp_path)
 
 
+def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(cluster, make_config, tmp_path):
+    from components.common.storage import join
+    from components.resilience.driver import release_keepers, resilience_callbacks
+    from components.resilience.faults import local_marker_uri
+
+    cfg = _config(make_config, "resilience.scheme=rs", "resilience.k=4", "resilience.m=2")
+    checkpoint_uri = (tmp_path / "ckpt").as_uri()
+    with pytest.raises(ConfigError, match="needs at least 6 Ray nodes"):  # a fresh start: a config error
+        resilience_callbacks(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain", vocab_size=512)
+    # an earlier attempt of the step persisted a snapshot before it lost its nodes
+    root = join(local_marker_uri(checkpoint_uri), "pretrain", "snapshots")
+    write_pieces(open_store(root), root, make_codec("rs", 4, 2).encode(4, 0, b"state" * 100))
+    try:
+        (callback,) = resilience_callbacks(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain", vocab_size=512)
+        assert callback.target.snapshots_uri == root
+    finally:
+        release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain")
+
+
 def test_keeper_budget_below_the_snapshot_fails_before_training(cluster, make_config, tiny_dataset, tmp_path):
     cfg = _config(make_config, "resilience.keeper_memory_mb=1")
     with pytest.raises(ConfigError, match="resilience.keeper_memory_mb=1 is too small"):
         _train(cfg, tiny_dataset, tmp_path)
+
+
+def test_node_loss_replaced_on_a_host_already_in_use_decodes_and_trains_on_less_protected(
+    cluster, clean_run, make_config, tiny_dataset, tmp_path
+):
+    """Last in the module on purpose: it leaves the shared cluster with two hosts, where a fresh start
+    (the tests above) would rightly be refused."""
+    import ray
+
+    cfg = _config(make_config, "resilience.faults=node_loss@step=6,node=1")
+    keeper_only = next(
+        n
+        for n in ray.nodes()
+        if n["Alive"] and n["Resources"].get("CPU", 0) == 0 and "lmforge.io/role" not in n["Labels"]
+    )
+    # the replacement pod lands on the keeper-only node's machine: two hosts left for k + m = 3 pieces
+    summary = _train_replacing_lost_nodes(
+        cluster, cfg, tiny_dataset, tmp_path, host=keeper_only["Labels"]["lmforge.io/host"]
+    )
+    (recovery,) = _recoveries(summary)
+    assert recovery["tier"] == "decode"
+    assert recovery["hosts"] == 2 and recovery["less_protected"]
+    assert summary["replacement_nodes"] == 1  # the restarted group needed the new node's CPU
+    resilience = summary["callbacks"]["ResilienceCallback"]
+    assert resilience["commits"]["committed"] >= STEPS - 7  # snapshots go on after the recovery at step 6
+    assert summary["loss_curve"] == clean_run["loss_curve"]

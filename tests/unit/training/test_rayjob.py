@@ -10,7 +10,14 @@ import pytest
 from packaging.requirements import Requirement
 
 from components.common.errors import ConfigError
-from components.training.rayjob import HOST_LABEL, MAX_NAME_LENGTH, RAYJOB_LABEL, TOKEN_SECRET_KEY, rayjob_name
+from components.training.rayjob import (
+    HOST_LABEL,
+    MAX_NAME_LENGTH,
+    RAYJOB_LABEL,
+    ROLE_LABEL,
+    TOKEN_SECRET_KEY,
+    rayjob_name,
+)
 
 from ..deploy.k8s_checks import (
     crd_available,
@@ -243,11 +250,12 @@ def test_without_a_token_secret_nothing_asks_for_token_auth(rayjob):
     assert all("RAY_AUTH_MODE" not in env_of(c) for c in ray_containers(job).values())
 
 
-def test_each_ray_node_labels_itself_with_its_kubernetes_node(rayjob):
+def test_each_ray_node_labels_itself_with_its_kubernetes_node_and_its_role(rayjob):
     job = rayjob(*GPU)
-    for role in ("head", "worker"):
-        env = expand_env(ray_containers(job)[role]["env"], node_name="gpu-node-7.example.internal")
-        assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {HOST_LABEL: "gpu-node-7.example.internal"}, role
+    for pod, role in (("head", "head"), ("worker", "train")):
+        env = expand_env(ray_containers(job)[pod]["env"], node_name="gpu-node-7.example.internal")
+        labels = json.loads(env["RAY_OVERRIDE_LABELS"])
+        assert labels == {HOST_LABEL: "gpu-node-7.example.internal", ROLE_LABEL: role}, pod
     cluster = job["spec"]["rayClusterSpec"]
     # KubeRay rejects rayStartParams['labels'], and validates group `labels` as static label values.
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
