@@ -53,6 +53,7 @@ from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
 from components.training.callbacks import TrainState
+from components.training.parallel import is_sharded
 
 log = get_logger(__name__)
 
@@ -193,17 +194,20 @@ class ResilienceCallback(SnapshotCallback):
         attempts += [("persistent", v) for v in plan["persisted"]]
         fallbacks = []
         store = open_store(self.target.snapshots_uri, **self.target.store_options) if plan["persisted"] else None
+        # FSDP: a group holds its rank's own shards, which no other rank needs: restore it alone, no broadcast
+        own_only = is_sharded(state.module)
+        groups = [state.rank] if own_only else list(range(state.world_size))
         for tier, version in attempts:
             error, framed, decoded = "", None, False
             try:
-                fetched = [self._fetch(tier, version, group, plan, store) for group in range(state.world_size)]
+                fetched = [self._fetch(tier, version, group, plan, store) for group in groups]
                 framed = check_groups([payload for payload, _ in fetched], state)
                 decoded = any(d for _, d in fetched)
             except Exception as e:  # any failure of a tier means: try the next one (and say why)
                 error = f"{type(e).__name__}: {e}"
                 log.warning("rank %d: restoring %s version %d failed: %s", state.rank, tier, version, error)
             if _all_ranks(not error, state.world_size):
-                restore_groups(framed, state.rank, state)
+                restore_groups(framed, 0 if own_only else state.rank, state)
                 state.start_step = state.step
                 if tier == "memory" and _any_rank(decoded, state.world_size):
                     tier = "decode"

@@ -11,7 +11,8 @@ A tier *fails* when any rank cannot get ``k`` intact pieces of some group, or a 
 does not describe this model; the failure is logged and the next tier is tried, so a bad state is
 never reloaded in a loop. With DDP every rank needs every group (each group is one rank's disjoint
 share of the replicated state), so every rank fetches and restores all groups and then the meta
-state (RNG streams, step, scheduler) of its own group.
+state (RNG streams, step, scheduler) of its own group. With FSDP a group is its rank's own shards,
+needed by no other rank: each rank fetches and restores only its own group, with no broadcast.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from components.resilience.payload import unframe
 from components.resilience.persist import read_group
 from components.resilience.piece import Piece, PieceId
 from components.resilience.state import restore_meta, restore_tensors
+from components.training.parallel import is_sharded
 
 log = get_logger(__name__)
 
@@ -108,7 +110,9 @@ def check_groups(payloads: list[bytes], state: Any) -> list[tuple[SnapshotLayout
     """Unframe every group's payload and check it fits this model and optimizer, changing nothing
     the snapshot would not overwrite (absent optimizer state is created, as zeros, on the way)."""
     framed = [unframe(p, where=f"snapshot group {g}") for g, p in enumerate(payloads)]
+    sharded = is_sharded(state.module)
     for layout, _ in framed:
+        layout.check_world(state.world_size, sharded)  # another world size or parallelism: next tier
         layout.live_tensors(state.module, state.optimizer, create_missing=True)  # raises on a mismatch
     return framed
 
