@@ -147,8 +147,8 @@ class SnapshotLayout:
             raise RecoveryError(
                 f"snapshot was taken by {self.world_size} ranks, this worker group has {world_size}: each rank's "
                 f"in-memory snapshot holds {what} at that world size and is not re-sharded; restore with "
-                f"pretrain.num_workers={self.world_size} (recovery falls back to the next tier: the persistent "
-                "checkpoint, which under pretrain.parallelism=fsdp holds the full state)"
+                f"pretrain.num_workers={self.world_size} (recovery falls back to the next tier, down to the Ray "
+                "Train checkpoint, which under pretrain.parallelism=fsdp holds the full state)"
             )
 
     def live_tensors(
