@@ -261,6 +261,12 @@ class CurateConfig:
 class PretrainConfig:
     num_workers: int = knob(2, "Ray Train workers (one process each; gloo on CPU, NCCL on GPU).")
     use_gpu: bool = knob(False, "Give each worker one GPU.")
+    parallelism: str = knob(
+        "ddp",
+        "How the workers split the model: 'ddp' replicates it on every worker (gradients all-reduced); 'fsdp' "
+        "shards parameters, gradients and AdamW state across the workers (FSDP2 fully_shard per decoder layer "
+        "and the root), so each holds about 1/num_workers of the training state.",
+    )
     steps: int = knob(200, "Optimizer steps.")
     batch_size: int = knob(8, "Sequences per worker per step.")
     lr: float = knob(3e-3, "Peak learning rate after warmup.")
@@ -537,6 +543,11 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
+    need(
+        cfg.pretrain.parallelism in {"ddp", "fsdp"},
+        "pretrain.parallelism",
+        f"must be ddp or fsdp, got {cfg.pretrain.parallelism!r}",
+    )
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
     need(

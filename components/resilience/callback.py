@@ -64,6 +64,7 @@ from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
 from components.training.callbacks import TrainState
+from components.training.parallel import is_sharded
 
 log = get_logger(__name__)
 
@@ -227,6 +228,8 @@ class ResilienceCallback(SnapshotCallback):
         attempts += [("persistent", v) for v in plan["persisted"]]
         fallbacks = []
         store = open_store(self.target.snapshots_uri, **self.target.store_options) if plan["persisted"] else None
+        # FSDP: a group holds its rank's own shards, which no other rank needs: no broadcast
+        own_only = is_sharded(state.module)
         for tier, version in attempts:
             error, own, fetched = "", None, None
             try:  # only this rank's own group: recovery traffic per rank does not grow with the world size
@@ -237,7 +240,8 @@ class ResilienceCallback(SnapshotCallback):
                 log.warning("rank %d: restoring %s version %d failed: %s", state.rank, tier, version, error)
             if _all_ranks(not error, state.world_size):
                 restore_own(own, state)
-                broadcast_owned(own, state)
+                if not own_only:  # DDP: the owners make every replica whole again
+                    broadcast_owned(own, state)
                 state.start_step = state.step
                 if tier == "memory" and _any_rank(fetched.decoded, state.world_size):
                     tier = "decode"

@@ -15,6 +15,11 @@ AdamW creates its state (``step``, ``exp_avg``, ``exp_avg_sq``) lazily, at a par
 ``optimizer.step()``: build the layout *after* the first optimizer step (``post_step`` always is).
 On restore into a fresh optimizer, :meth:`SnapshotLayout.live_tensors` creates the missing state
 tensors so the snapshot's values land in them and AdamW continues as if it had never stopped.
+
+Under FSDP2 a parameter and its ``exp_avg``/``exp_avg_sq`` are DTensors: an entry then holds this
+rank's *local shard* (``to_local()``, shape and bytes of the shard) and is marked ``sharded``. Such a
+layout only fits the same sharding, so it records the world size it was taken at and
+:meth:`SnapshotLayout.check_world` refuses a restore into another one (or into DDP replicas).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from components.common.errors import RecoveryError
+from components.training.parallel import local_tensor
 
 ALIGN = 64
 META_HEADER = 8  # u64 little-endian length of the meta JSON
@@ -49,6 +55,7 @@ class TensorEntry:
     offset: int
     nbytes: int
     on_param_device: bool  # False for AdamW's CPU "step" scalars next to GPU parameters
+    sharded: bool = False  # the live tensor is a DTensor (FSDP) and this entry holds its local shard
 
     @property
     def key(self) -> str:
@@ -63,6 +70,8 @@ class SnapshotLayout:
     entries: tuple[TensorEntry, ...]
     meta_offset: int
     meta_capacity: int
+    world_size: int = 0  # ranks of the worker group that took the snapshot (0: not recorded)
+    sharded: bool = False  # FSDP shards (each rank its own part of every tensor), not DDP replicas
 
     @property
     def total_bytes(self) -> int:
@@ -79,8 +88,11 @@ class SnapshotLayout:
         optimizer: torch.optim.Optimizer,
         owned: Sequence[str],
         meta_capacity: int = DEFAULT_META_CAPACITY,
+        *,
+        world_size: int = 0,
     ) -> SnapshotLayout:
-        """The layout of the parameters named ``owned`` and of their optimizer state."""
+        """The layout of the parameters named ``owned`` and of their optimizer state (local shards of
+        DTensors), taken by one rank of a ``world_size``-rank worker group."""
         params = dict(module.named_parameters())
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         entries, offset = [], 0
@@ -103,12 +115,41 @@ class SnapshotLayout:
                         )
                     tensors.append((part, state[part]))
             for part, t in tensors:
-                nbytes = t.numel() * t.element_size()
+                local = local_tensor(t)
+                nbytes = local.numel() * local.element_size()
                 entries.append(
-                    TensorEntry(name, part, _dtype_name(t.dtype), tuple(t.shape), offset, nbytes, t.device == p.device)
+                    TensorEntry(
+                        name,
+                        part,
+                        _dtype_name(local.dtype),
+                        tuple(local.shape),
+                        offset,
+                        nbytes,
+                        t.device == p.device,
+                        sharded=local is not t,
+                    )
                 )
                 offset = _aligned(offset + nbytes)
-        return cls(tuple(entries), meta_offset=offset, meta_capacity=meta_capacity)
+        sharded = any(e.sharded for e in entries)
+        return cls(tuple(entries), offset, meta_capacity, world_size=world_size, sharded=sharded)
+
+    def check_world(self, world_size: int, sharded: bool) -> None:
+        """Refuse, with :class:`RecoveryError`, a restore into a worker group this snapshot does not fit:
+        another parallelism (FSDP shards vs DDP replicas) or, for a recorded world size, another one."""
+        if sharded != self.sharded:
+            raise RecoveryError(
+                f"snapshot holds {'FSDP shards' if self.sharded else 'DDP replicas'} but this worker group trains "
+                f"with pretrain.parallelism={'fsdp' if sharded else 'ddp'}; restore with the parallelism the "
+                "snapshot was taken with (recovery falls back to the next tier)"
+            )
+        if self.world_size and self.world_size != world_size:
+            what = "its own shard of every tensor" if self.sharded else "its share of the parameters"
+            raise RecoveryError(
+                f"snapshot was taken by {self.world_size} ranks, this worker group has {world_size}: each rank's "
+                f"in-memory snapshot holds {what} at that world size and is not re-sharded; restore with "
+                f"pretrain.num_workers={self.world_size} (recovery falls back to the next tier, down to the Ray "
+                "Train checkpoint, which under pretrain.parallelism=fsdp holds the full state)"
+            )
 
     def live_tensors(
         self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *, create_missing: bool = False
@@ -124,6 +165,7 @@ class SnapshotLayout:
         for e in self.entries:
             p = params.get(e.name)
             live = p if e.part == PARAM or p is None else optimizer.state.get(p, {}).get(e.part)
+            live = None if live is None else local_tensor(live)
             if live is None and not (create_missing and p is not None and e.part != PARAM):
                 self._mismatch(e, "none")
             if live is not None and (_dtype_name(live.dtype), tuple(live.shape)) != (e.dtype, e.shape):
@@ -133,10 +175,14 @@ class SnapshotLayout:
         for e, live in zip(self.entries, found, strict=True):
             if live is None:
                 p = params[e.name]
-                live = torch.zeros(
-                    e.shape, dtype=getattr(torch, e.dtype), device=p.device if e.on_param_device else "cpu"
-                )
-                optimizer.state[p][e.part] = live
+                if e.sharded:  # a DTensor with the parameter's placements, as AdamW would create it
+                    state = torch.zeros_like(p, dtype=getattr(torch, e.dtype))
+                    live = local_tensor(state)
+                else:
+                    live = state = torch.zeros(
+                        e.shape, dtype=getattr(torch, e.dtype), device=p.device if e.on_param_device else "cpu"
+                    )
+                optimizer.state[p][e.part] = state
             tensors.append(live)
         return tensors
 
@@ -158,9 +204,17 @@ class SnapshotLayout:
             "entries": [asdict(e) for e in self.entries],
             "meta_offset": self.meta_offset,
             "meta_capacity": self.meta_capacity,
+            "world_size": self.world_size,
+            "sharded": self.sharded,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> SnapshotLayout:
         entries = tuple(TensorEntry(**{**e, "shape": tuple(e["shape"])}) for e in data["entries"])
-        return cls(entries, meta_offset=data["meta_offset"], meta_capacity=data["meta_capacity"])
+        return cls(
+            entries,
+            meta_offset=data["meta_offset"],
+            meta_capacity=data["meta_capacity"],
+            world_size=data.get("world_size", 0),
+            sharded=data.get("sharded", False),
+        )

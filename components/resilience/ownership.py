@@ -10,10 +10,11 @@ needs no communication, because every rank computes the same answer from the sam
 ``named_parameters()`` sizes, and its largest part exceeds the mean by at most one parameter's size.
 Ties are broken by name and by rank index, so the result does not depend on the input order.
 
-FSDP2 seam: with ``fully_shard`` each rank already owns a distinct shard of every parameter (the
-local tensor of a ``DTensor``), so no ownership is needed there: a rank would own *all* names and
-snapshot ``param.to_local()`` instead of ``param``. Only :func:`owned_names` and the tensor lookup in
-``components.resilience.layout`` would change.
+FSDP2 (``pretrain.parallelism=fsdp``): with ``fully_shard`` each rank already holds a distinct shard of
+every parameter (the local tensor of a ``DTensor``) and of its AdamW state, so no partition is needed:
+a rank snapshots *all* names (:func:`snapshot_names`), and the layout reads ``param.to_local()``
+(``components.resilience.layout``). Nobody else holds a rank's shards, so nothing is broadcast after
+a restore either: each rank restores its own group.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import heapq
 from collections.abc import Iterable
 
 import torch
+
+from components.training.parallel import is_sharded
 
 
 def parameter_sizes(module: torch.nn.Module) -> list[tuple[str, int]]:
@@ -71,3 +74,11 @@ def owned_names(named_sizes: Iterable[tuple[str, int]], rank: int, world_size: i
 def owners(named_sizes: Iterable[tuple[str, int]], world_size: int) -> dict[str, int]:
     """``{name: owning rank}``: who broadcasts each parameter after a restore."""
     return {name: rank for rank, names in enumerate(partition(named_sizes, world_size)) for name in names}
+
+
+def snapshot_names(module: torch.nn.Module, rank: int, world_size: int) -> list[str]:
+    """The parameter names ``rank`` snapshots, in model order: every name when ``module`` is FSDP-sharded
+    (the rank holds its own shard of each), else its DDP share (:func:`owned_names`)."""
+    if is_sharded(module):
+        return [name for name, _ in module.named_parameters()]
+    return owned_names(parameter_sizes(module), rank, world_size)

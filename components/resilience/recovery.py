@@ -40,11 +40,12 @@ from components.resilience.codec import ErasureCodec
 from components.resilience.commit import UNREACHABLE
 from components.resilience.keeper import MissingPieceError
 from components.resilience.layout import SnapshotLayout
-from components.resilience.ownership import owned_names, parameter_sizes
+from components.resilience.ownership import snapshot_names
 from components.resilience.payload import unframe
 from components.resilience.persist import read_group
 from components.resilience.piece import Piece, PieceId
 from components.resilience.state import as_byte_tensor, restore_meta, restore_tensors
+from components.training.parallel import is_sharded
 
 log = get_logger(__name__)
 
@@ -149,11 +150,12 @@ def check_group(payload: bytes, rank: int, state: Any) -> tuple[SnapshotLayout, 
     """Unframe ``rank``'s own group and check it is this rank's share of this model and optimizer,
     changing nothing the snapshot would not overwrite (absent optimizer state is created, as zeros)."""
     layout, buffer = unframe(payload, where=f"snapshot group {rank}")
-    expected = owned_names(parameter_sizes(state.module), rank, state.world_size)
+    layout.check_world(state.world_size, is_sharded(state.module))  # another world size or parallelism: next tier
+    expected = snapshot_names(state.module, rank, state.world_size)  # DDP: its share; FSDP: its shard of each
     names = list(dict.fromkeys(e.name for e in layout.entries))
     if names != expected:
         raise RecoveryError(
-            f"snapshot group {rank} holds parameters {names[:3]}... but rank {rank} of {state.world_size} owns "
+            f"snapshot group {rank} holds parameters {names[:3]}... but rank {rank} of {state.world_size} snapshots "
             f"{expected[:3]}...: the snapshot was taken at another world size (pretrain.num_workers) or of another model"
         )
     layout.live_tensors(state.module, state.optimizer, create_missing=True)  # raises on a mismatch

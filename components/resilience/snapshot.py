@@ -39,7 +39,7 @@ import torch
 
 from components.common.errors import ConfigError
 from components.resilience.layout import DEFAULT_META_CAPACITY, SnapshotLayout
-from components.resilience.ownership import owned_names, parameter_sizes
+from components.resilience.ownership import snapshot_names
 from components.resilience.piece import checksum
 from components.resilience.state import capture_meta, copy_tensors, write_meta
 
@@ -156,11 +156,13 @@ class SnapshotEngine:
                 self.sink.close()
 
     def _allocate(self, state: Any) -> None:
-        # FSDP2 seam: there every rank owns its local shards; ownership would be "all names".
-        owned = owned_names(parameter_sizes(state.module), state.rank, state.world_size)
+        # DDP: this rank's share of the replicated parameters; FSDP: all names (its own local shards)
+        owned = snapshot_names(state.module, state.rank, state.world_size)
         # ~80 bytes of JSON per curve point (two curves), on top of the RNG streams
         capacity = DEFAULT_META_CAPACITY + 80 * self.curve_tail
-        self.layout = SnapshotLayout.build(state.module, state.optimizer, owned, meta_capacity=capacity)
+        self.layout = SnapshotLayout.build(
+            state.module, state.optimizer, owned, meta_capacity=capacity, world_size=state.world_size
+        )
         tensors = self.layout.live_tensors(state.module, state.optimizer)
         cuda = torch.cuda.is_available()
         # A sink may provide the buffers, in memory it can hand on without a copy (KeeperSink: shared

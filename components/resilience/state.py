@@ -33,6 +33,7 @@ import torch
 from components.common.errors import RecoveryError
 from components.resilience.layout import META_HEADER, SnapshotLayout
 from components.training.checkpoint import capture_rng, restore_rng
+from components.training.parallel import is_sharded
 
 Buffer = torch.Tensor | memoryview | bytearray | bytes
 
@@ -111,11 +112,13 @@ def unpack_from(buffer: Buffer, layout: SnapshotLayout, state: Any) -> int:
     fresh optimizer does not have yet), then :func:`restore_meta`. Returns the restored step.
 
     With DDP, parameters this rank does not own keep their old values here: restore the other
-    ranks' snapshots with :func:`restore_tensors` (``ownership.owners`` says who owns what). A
-    snapshot taken from a different model raises :class:`RecoveryError` naming the first differing
-    tensor, before anything changes.
+    ranks' snapshots with :func:`restore_tensors` (``ownership.owners`` says who owns what). With FSDP
+    the snapshot is this rank's own shards, complete. A snapshot taken from a different model, with
+    another parallelism or at another world size raises :class:`RecoveryError` (naming the first
+    differing tensor, or the sizes), before anything changes.
     """
     buf = _checked(buffer, layout)
+    layout.check_world(state.world_size, is_sharded(state.module))
     meta = read_meta(buf, layout)
     _check_groups(meta, state)
     restore_tensors(buf, layout, state)

@@ -3,7 +3,8 @@
 Layout (rank 0 writes it; Ray Train uploads it to ``<checkpoint_uri>/<run name>/checkpoint-<step>``)::
 
     model/               the HF model (save_pretrained, safetensors) and its tokenizer: loadable as is
-    train_state.pt       optimizer, LR scheduler, step, every rank's RNG states, the resume key
+    train_state.pt       optimizer, LR scheduler, step, every rank's RNG states, the resume key (under
+                         pretrain.parallelism=fsdp the full optimizer state gathered on rank 0, keyed by name)
     summary.json         loss curve so far, throughput, callback results: what the driver reports
     lmforge_config.json  the resolved LifecycleConfig the run was started with
 
@@ -35,6 +36,7 @@ import torch
 from components.common.config import to_dict
 from components.common.errors import RecoveryError
 from components.common.storage import join, open_store
+from components.training.parallel import FULL_FQN
 
 MODEL_DIR = "model"
 STATE_FILE = "train_state.pt"
@@ -96,14 +98,29 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_checkpoint(path: Path, state: Any, *, rng_states: list[dict], resume_key: dict, summary: dict) -> None:
-    """Write the checkpoint of TrainState ``state`` into the (empty) directory ``path``."""
-    state.module.save_pretrained(path / MODEL_DIR)
+def write_checkpoint(
+    path: Path,
+    state: Any,
+    *,
+    rng_states: list[dict],
+    resume_key: dict,
+    summary: dict,
+    full_state: tuple[dict, dict] | None = None,
+) -> None:
+    """Write the checkpoint of TrainState ``state`` into the (empty) directory ``path``.
+
+    ``full_state``: the ``(model, optimizer)`` state dicts gathered from FSDP shards
+    (``parallel.full_state_dicts``); the optimizer state is then keyed by parameter name and marked
+    ``optimizer_format: full-fqn``, which loads at any world size (``parallel.load_full_optimizer_state``).
+    """
+    model_state, optimizer_state = full_state or (None, state.optimizer.state_dict())
+    state.module.save_pretrained(path / MODEL_DIR, state_dict=model_state)
     state.tokenizer.save_pretrained(path / MODEL_DIR)
     torch.save(
         {
             "step": state.step,
-            "optimizer": state.optimizer.state_dict(),
+            "optimizer": optimizer_state,
+            "optimizer_format": FULL_FQN if full_state else "ddp",
             "scheduler": state.scheduler.state_dict(),
             "rng": rng_states,
             "resume_key": resume_key,

@@ -32,14 +32,30 @@ def window_count(windows: TokenWindows, max_tokens: int) -> int:
     return max(1, min(len(windows), max_tokens // windows.length))
 
 
+def batches_per_rank(windows: int, world_size: int, batch_size: int) -> int:
+    """Forward passes of the rank with the most of ``windows`` split round-robin over ``world_size`` ranks."""
+    most = math.ceil(windows / world_size)
+    return math.ceil(most / batch_size)
+
+
 @torch.no_grad()
-def loss_sums(model, windows: TokenWindows, indices: Sequence[int], batch_size: int) -> tuple[float, int]:
-    """(summed next-token cross-entropy in nats, number of predicted tokens) over the given windows."""
+def loss_sums(
+    model, windows: TokenWindows, indices: Sequence[int], batch_size: int, *, batches: int = 0
+) -> tuple[float, int]:
+    """(summed next-token cross-entropy in nats, number of predicted tokens) over the given windows.
+
+    ``batches``: run at least this many forward passes, the ones past ``indices`` on window 0 and
+    left out of the sums. FSDP needs it: every forward all-gathers the weights from all ranks, so
+    every rank must run as many, even one whose share of the windows is smaller.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, len(indices), batch_size):
+    for start in range(0, max(len(indices), batches * batch_size), batch_size):
+        if start >= len(indices):  # a filler pass: only takes part in the collectives
+            model(input_ids=torch.from_numpy(np.stack([windows[0]])).to(device)[:, :-1])
+            continue
         rows = [windows[i] for i in indices[start : start + batch_size]]
         batch = torch.from_numpy(np.stack(rows)).to(device)
         logits = model(input_ids=batch[:, :-1]).logits.float()

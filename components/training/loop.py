@@ -2,7 +2,9 @@
 
 Read it top to bottom, nanoGPT style: build (or resume) → for each step: batch → forward → backward
 → clip → optimizer and LR step → mean loss over ranks → callbacks → maybe checkpoint. Distributed
-differences are the DDP wrapper from ``prepare_model`` and one all-reduce of the loss for logging.
+differences are the wrapper of ``pretrain.parallelism`` (DDP replicas or FSDP2 shards:
+:mod:`~components.training.parallel`) and one all-reduce of the loss for logging; under FSDP the
+checkpoint and the published model gather the full state on rank 0 first.
 Everything else (MLflow, forgetting probes, in-memory snapshots, fault injection) is a
 :class:`~components.training.callbacks.Callback`.
 
@@ -26,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from components.common.artifacts import store_options
-from components.common.errors import DataError
+from components.common.errors import DataError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import join, open_store
 from components.training.callbacks import Callback, TrainState
@@ -43,6 +45,15 @@ from components.training.checkpoint import (
 )
 from components.training.data import ResumableBatches
 from components.training.inputs import local_copy
+from components.training.parallel import (
+    FSDP,
+    FULL_FQN,
+    full_model_state,
+    full_state_dicts,
+    is_sharded,
+    load_full_optimizer_state,
+    wrap_model,
+)
 from components.training.probes import HeldoutProbes
 from components.training.schedule import warmup_cosine
 from components.training.spec import TrainSpec
@@ -192,7 +203,7 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
             f"model vocabulary ({module.config.vocab_size}) is smaller than the tokenizer in {spec.tokenizer_uri} "
             f"({len(tokenizer)}); start from a model trained with this tokenizer"
         )
-    model = ray.train.torch.prepare_model(module)
+    model = wrap_model(module, cfg.pretrain.parallelism, world_size=world_size, device=ray.train.torch.get_device())
     optimizer = _adamw(module, lr=spec.lr, weight_decay=cfg.pretrain.weight_decay)
     scheduler = warmup_cosine(
         optimizer, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_lr_ratio=spec.min_lr_ratio
@@ -222,7 +233,16 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
     summary: dict = {}
     if resume_dir is not None:
         saved = read_train_state(resume_dir, resume_key=spec.resume_key(world_size))
-        optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("optimizer_format") == FULL_FQN:
+            load_full_optimizer_state(model, optimizer, saved["optimizer"])
+        elif cfg.pretrain.parallelism == FSDP:
+            raise RecoveryError(
+                f"the checkpoint under {run_uri(spec)} holds a DDP optimizer state; pretrain.parallelism=fsdp resumes "
+                "only checkpoints written with fsdp: resume with pretrain.parallelism=ddp or train into a fresh "
+                "checkpoint location"
+            )
+        else:
+            optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         restore_rng(saved["rng"][rank])
         summary = read_summary(resume_dir)
@@ -262,6 +282,8 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
         "lr": state.lr,
         "tokens_per_second": state.tokens_per_second,
     }
+    # FSDP: every rank sends its shards, rank 0 receives the full model and optimizer state
+    full_state = full_state_dicts(state.model, state.optimizer) if is_sharded(state.module) else None
     with tempfile.TemporaryDirectory(prefix="lmforge-ckpt-") as tmp:
         checkpoint = None
         if state.rank == 0:
@@ -271,6 +293,7 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
                 rng_states=rng_states,
                 resume_key=state.spec.resume_key(state.world_size),
                 summary=training_summary(state, callbacks),
+                full_state=full_state,
             )
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.step))
@@ -305,11 +328,13 @@ def publish(state: TrainState, callbacks: list[Callback]) -> None:
     (Ray Train restarting after a failure here resumes at the last step and publishes again), so a
     retried publish is idempotent.
     """
+    # FSDP: gather the full weights on rank 0 (a collective, so every rank takes part)
+    weights = full_model_state(state.model) if is_sharded(state.module) else None
     if state.rank == 0:
         spec = state.spec
         store = open_store(spec.output_uri, **store_options(spec.cfg))
         with tempfile.TemporaryDirectory(prefix="lmforge-model-") as tmp:
-            state.module.save_pretrained(tmp)
+            state.module.save_pretrained(tmp, state_dict=weights)
             state.tokenizer.save_pretrained(tmp)
             store.upload_dir(tmp, join(spec.output_uri, MODEL_DIR))
         store.write_text(spec.summary_uri, json.dumps(training_summary(state, callbacks)))

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from components.training.callbacks import Callback, TrainState
-from components.training.heldout import heldout_windows, loss_sums, window_count
+from components.training.heldout import batches_per_rank, heldout_windows, loss_sums, window_count
+from components.training.parallel import is_sharded
 from components.training.spec import Probe, probe_points
 
 
@@ -71,7 +72,10 @@ class HeldoutProbes(Callback):
             )
         windows = self._windows[probe.name]
         mine = list(range(window_count(windows, probe.max_tokens)))[state.rank :: state.world_size]
-        total, count = loss_sums(state.module, windows, mine, probe.batch_size)
+        batches = 0
+        if is_sharded(state.module):  # FSDP: every rank must run as many forwards (each is a collective)
+            batches = batches_per_rank(window_count(windows, probe.max_tokens), state.world_size, probe.batch_size)
+        total, count = loss_sums(state.module, windows, mine, probe.batch_size, batches=batches)
         device = next(state.module.parameters()).device  # NCCL reduces device tensors only
         sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         if state.world_size > 1:

@@ -48,7 +48,8 @@ class Fence(Callback):
 def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_continues():
     state = make_state()
     run_steps(state, 2)
-    layout = SnapshotLayout.build(state.module, state.optimizer, owned_names(parameter_sizes(state.module), 0, 1))
+    owned = owned_names(parameter_sizes(state.module), 0, 1)
+    layout = SnapshotLayout.build(state.module, state.optimizer, owned, world_size=1)
     reference = torch.zeros(layout.total_bytes, dtype=torch.uint8)
     pack_into(reference, layout, state)
     weights_at_2 = state.module.model.norm.weight.detach().clone()

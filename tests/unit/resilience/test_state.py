@@ -51,6 +51,22 @@ def test_layout_survives_a_json_round_trip():
     assert SnapshotLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
 
 
+def test_a_snapshot_of_ddp_shares_refuses_another_world_size_before_changing_anything():
+    state = make_state(world_size=2)
+    run_steps(state, 1)
+    owned = [n for n, _ in parameter_sizes(state.module)][:3]
+    layout = SnapshotLayout.build(state.module, state.optimizer, owned, world_size=2)
+    buffer = torch.zeros(layout.total_bytes, dtype=torch.uint8)
+    pack_into(buffer, layout, state)
+    layout.check_world(2, sharded=False)  # the world it was taken in: fits
+    other = make_state(seed=1, world_size=3)
+    before = [p.detach().clone() for p in other.module.parameters()]
+    with pytest.raises(RecoveryError, match="snapshot was taken by 2 ranks, this worker group has 3"):
+        unpack_from(buffer, layout, other)
+    assert all(torch.equal(a, b) for a, b in zip(before, other.module.parameters(), strict=True))
+    assert other.step == 0
+
+
 def test_unpack_restores_parameters_optimizer_scheduler_and_rng_bit_identically():
     source = make_state(seed=0)
     run_steps(source, 2)

@@ -14,14 +14,17 @@ from transformers import LlamaForCausalLM
 from components.common.models import llama_config
 from components.training.callbacks import TrainState
 from components.training.loop import _adamw
+from components.training.parallel import FSDP, wrap_model
 from components.training.schedule import warmup_cosine
 
 VOCAB, SEQ_LEN, BATCH = 512, 32, 4
 
 
 def make_state(
-    seed: int = 0, *, intermediate_size: int | None = None, world_size: int = 1, rank: int = 0
+    seed: int = 0, *, intermediate_size: int | None = None, world_size: int = 1, rank: int = 0, fsdp: bool = False
 ) -> TrainState:
+    """A tiny Llama with AdamW and the warmup-cosine schedule; ``fsdp`` shards it over the current
+    process group (``parallel.wrap_model``, as the trainer does) before the optimizer is built."""
     torch.manual_seed(seed)
     config = llama_config("tiny", vocab_size=VOCAB, seq_len=SEQ_LEN, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     config.attention_dropout = 0.1
@@ -29,6 +32,8 @@ def make_state(
         config.intermediate_size = intermediate_size
     module = LlamaForCausalLM(config)
     module.train()
+    if fsdp:
+        module = wrap_model(module, FSDP, world_size=world_size, device=torch.device("cpu"))
     optimizer = _adamw(module, lr=3e-3, weight_decay=0.1)
     scheduler = warmup_cosine(optimizer, warmup_steps=2, total_steps=20, min_lr_ratio=0.1)
     return TrainState(
