@@ -31,7 +31,7 @@ def _layout_and_state():
     state = make_state()
     run_steps(state, 1)
     owned = owned_names(parameter_sizes(state.module), 0, 1)
-    return SnapshotLayout.build(state.module, state.optimizer, owned), state
+    return SnapshotLayout.build(state.module, state.optimizer, owned, world_size=state.world_size), state
 
 
 class SharedSink:
