@@ -185,14 +185,22 @@ def test_an_incomplete_commit_raises_through_the_actor_as_incomplete_version_err
         ray.get(keeper.commit.remote(1, {PieceId(1, 0, 0), PieceId(1, 0, 1)}))
 
 
-def test_a_prepared_phase_one_waits_for_the_last_piece_then_commits_in_one_round_fewer(keepers):
+def test_a_prepared_phase_one_commits_in_one_round_fewer(keepers):
     import ray
 
     expected = layout(keepers, 40)
     write(keepers, expected, skip=1)
-    prepared = {node: keepers[node].prepare.remote(40, ids, 30.0) for node, ids in expected.items()}
-    write_last = [(node, pid) for node, ids in sorted(expected.items()) for pid in sorted(ids, key=str)][-1]
-    ray.get(keepers[write_last[0]].put.remote(content(write_last[1])))  # lands while prepare waits
+    (last_node, last_piece) = [(node, pid) for node, ids in sorted(expected.items()) for pid in sorted(ids, key=str)][
+        -1
+    ]
+    others = {node: ids for node, ids in expected.items() if node != last_node}
+    prepared = {node: keepers[node].prepare.remote(40, ids, 30.0) for node, ids in others.items()}
+    # The last piece lands after the other keepers were asked. (Ray runs one caller's calls to one
+    # actor in order even across concurrency groups, so this driver sends no put to a keeper it has a
+    # prepare pending on; in a snapshot the pieces come from the ranks' keepers, not the coordinator.
+    # Waiting for pieces is tested in test_keeper.py.)
+    ray.get(keepers[last_node].put.remote(content(last_piece)))
+    prepared[last_node] = keepers[last_node].prepare.remote(40, expected[last_node], 30.0)
     outcome = commit_version(keepers, 40, expected, prepared=prepared, prepared_timeout_s=60.0)
     assert outcome.committed
     assert ray.get([k.newest_committed.remote() for k in keepers.values()]) == [40] * len(keepers)
