@@ -33,6 +33,7 @@ its owner. The trainer never ``ray.put``s snapshot bytes nor keeps an ObjectRef 
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable
 
@@ -98,7 +99,15 @@ def _grouped(method: Callable, group: str) -> Callable:
     def call(self, *args, **kwargs):
         return method(self, *args, **kwargs)
 
+    # Ray reads the group off inspect.unwrap(method): without __wrapped__ it stops at this override.
+    del call.__wrapped__
+    call.__signature__ = inspect.signature(method)  # what Ray checks the arguments of a call against
     return ray.method(concurrency_group=group)(call)
+
+
+def keeper_actor_class():
+    """NodeKeeper as a Ray actor class, with its concurrency groups (:data:`KEEPER_CONCURRENCY`)."""
+    return ray.remote(concurrency_groups=dict(KEEPER_CONCURRENCY))(NodeKeeper)
 
 
 @_in_concurrency_groups
@@ -218,7 +227,7 @@ def start_keepers(run_name: str, cfg: LifecycleConfig, *, expected_version_bytes
 def _keeper_on(node_id: str, run_name: str, cfg: LifecycleConfig, expected_version_bytes: int) -> ActorHandle:
     """The run's keeper on ``node_id``: the existing named actor, or a new one pinned there."""
     return (
-        ray.remote(concurrency_groups=KEEPER_CONCURRENCY)(NodeKeeper)
+        keeper_actor_class()
         .options(
             name=keeper_name(run_name, node_id),
             namespace=keeper_namespace(run_name),
