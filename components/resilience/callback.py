@@ -60,6 +60,7 @@ from components.resilience.recovery import (
     inventory,
     restore_own,
 )
+from components.resilience.remote import wait_for
 from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
@@ -352,15 +353,15 @@ class ResilienceCallback(SnapshotCallback):
 
 
 def _get(ref: Any, node: str, call: str) -> Any:
-    """``ray.get`` with the recovery timeout, and an error that names the keeper's node and the call."""
-    import ray
-
+    """``ray.get`` with the recovery timeout (``remote.wait_for``, whose error names the node and the
+    call); a keeper that died answers with a :class:`RecoveryError` that names them too."""
     try:
-        return ray.get(ref, timeout=CALL_TIMEOUT_S)
+        return wait_for(ref, node=node, call=call, timeout_s=CALL_TIMEOUT_S)
     except UNREACHABLE as e:
+        if isinstance(e, RecoveryError):
+            raise
         raise RecoveryError(
-            f"snapshot keeper on node {node[:8]}: {call} failed or took over {CALL_TIMEOUT_S:.0f}s ({type(e).__name__}); "
-            "the node may be lost or overloaded"
+            f"snapshot keeper on node {node[:8]}: {call} failed ({type(e).__name__}); the node may be lost"
         ) from e
 
 

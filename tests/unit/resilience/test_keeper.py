@@ -415,7 +415,8 @@ def test_a_hand_off_under_back_pressure_gives_up_at_its_deadline_naming_the_bloc
         assert sink.retries > 0
         assert ray.get(sink.home.status.remote(), timeout=30).writing == 60
     finally:
-        ray.get(sink.home.drop.remote(60), timeout=30)
+        # the first, optimistic attempt may have left pieces of 61 on the holders that were free
+        ray.get([keeper.drop.remote(v) for _, keeper in sink.holders for v in (60, 61)], timeout=30)
 
 
 def test_first_commit_checks_the_measured_need_against_the_budget_naming_the_value_to_set(keepers):

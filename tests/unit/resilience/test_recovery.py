@@ -21,7 +21,7 @@ import torch
 from components.common.errors import ConfigError, RecoveryError
 from components.common.storage import open_store
 from components.resilience.codec import make_codec
-from components.resilience.persist import write_pieces
+from components.resilience.persist import VersionShape, write_manifest, write_pieces
 from components.resilience.recovery import check_group, group_from_store
 from tests.unit.resilience.cluster import train_replacing_lost_nodes, train_spec, training_cluster
 from tests.unit.resilience.replicas import full_state, persist_snapshot, restore_rank, small_state, train
@@ -204,9 +204,11 @@ def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(
         resilience_callbacks(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain", vocab_size=512)
     # an earlier attempt of the step persisted a snapshot before it lost its nodes
     root = join(local_marker_uri(checkpoint_uri), "pretrain", "snapshots")
-    write_pieces(open_store(root), root, make_codec("rs", 4, 2).encode(4, 0, b"state" * 100))
+    pieces = make_codec("rs", 4, 2).encode(4, 0, b"state" * 100)
+    write_pieces(open_store(root), root, pieces)
+    write_manifest(open_store(root), root, 4, pieces, VersionShape(1, 6, 4), "k1")  # what makes it count
     try:
-        (callback,) = resilience_callbacks(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain", vocab_size=512)
+        callback, *_ = resilience_callbacks(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain", vocab_size=512)
         assert callback.target.snapshots_uri == root
     finally:
         release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain")
