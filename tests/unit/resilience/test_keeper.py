@@ -1,5 +1,6 @@
 """Snapshot keepers: the guarded rules of the keeper base (plain Python), then the per-node keeper
-actors on a 4-node Ray cluster (placement, surviving a worker crash, losing only the removed node)."""
+actors on a 4-node Ray cluster (placement, surviving a worker crash, calls under load and
+back-pressure, the measured memory check, release after a failed fit, losing only the removed node)."""
 
 from __future__ import annotations
 
