@@ -103,6 +103,23 @@ def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict], host: st
     return {**result["summary"], "replacement_nodes": joined}
 
 
+#: the settings every faulted training test shares; each module adds its steps, restarts and intervals
+RESILIENT_TRAINING = (
+    "pretrain.batch_size=4",
+    "pretrain.warmup_steps=2",
+    "resilience.enabled=true",
+    "resilience.snapshot_every=1",
+    "resilience.keeper_memory_mb=64",
+)
+
+
+def train_on_cluster(cfg: Any, dataset: Any, out: Any) -> dict:
+    """Run the training engine on ``dataset`` as ``pretrain`` would (:func:`train_spec`); its summary."""
+    from components.training.driver import run_training
+
+    return run_training(train_spec(cfg, dataset, out))
+
+
 def train_spec(cfg: Any, dataset: Any, out: Any) -> Any:
     """The TrainSpec ``pretrain`` would build for ``cfg`` on ``dataset`` (local dirs), writing under ``out``."""
     from pathlib import Path

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from components.resilience.faults import draw_faults, fired_faults
-from tests.unit.resilience.cluster import train_spec, training_cluster
+from tests.unit.resilience.cluster import RESILIENT_TRAINING, train_on_cluster, training_cluster
 
 STEPS = 12
 WORKERS = 2
@@ -33,25 +33,15 @@ def cluster():
 
 def config(make_config, *overrides: str):
     return make_config(
+        *RESILIENT_TRAINING,
         f"pretrain.steps={STEPS}",
-        "pretrain.batch_size=4",
-        "pretrain.warmup_steps=2",
         "pretrain.checkpoint_every=100",
         "pretrain.max_failures=6",
-        "resilience.enabled=true",
-        "resilience.snapshot_every=1",
         "resilience.persist_every=4",
-        "resilience.keeper_memory_mb=64",
         # a hung rank is declared after 8 s without progress (tiny steps take well under 1 s)
         "resilience.hang_min_seconds=8",
         *overrides,
     )
-
-
-def train(cfg, dataset: Path, out: Path) -> dict:
-    from components.training.driver import run_training
-
-    return run_training(train_spec(cfg, dataset, out))
 
 
 def recoveries(summary: dict) -> list[dict]:
@@ -79,14 +69,14 @@ def clean_run(cluster, tiny_dataset, tmp_path_factory) -> dict:
     from components.common.config import load_config
 
     home = tmp_path_factory.mktemp("clean")
-    return train(config(lambda *o: load_config("tiny", [f"run.home={home}", *o])), tiny_dataset, home)
+    return train_on_cluster(config(lambda *o: load_config("tiny", [f"run.home={home}", *o])), tiny_dataset, home)
 
 
 def test_four_kinds_of_fault_in_one_run_each_recovered_and_reported(
     cluster, clean_run, make_config, tiny_dataset, tmp_path
 ):
     faults = "worker_crash@step=2,rank=1;commit_cut@step=4;keeper_crash@step=6,node=1;worker_hang@step=9,rank=1"
-    summary = train(config(make_config, f"resilience.faults={faults}"), tiny_dataset, tmp_path)
+    summary = train_on_cluster(config(make_config, f"resilience.faults={faults}"), tiny_dataset, tmp_path)
 
     assert summary["loss_curve"] == clean_run["loss_curve"]
     assert markers(tmp_path) == sorted(
@@ -114,7 +104,7 @@ def test_faults_drawn_from_a_seed_all_fire_and_the_run_replays_the_clean_loss_cu
 ):
     plan = draw_faults(seed, steps=STEPS, world_size=WORKERS, count=FAULTS_PER_SEED)
     spec = ";".join(str(f) for f in plan)
-    summary = train(config(make_config, f"resilience.faults={spec}"), tiny_dataset, tmp_path)
+    summary = train_on_cluster(config(make_config, f"resilience.faults={spec}"), tiny_dataset, tmp_path)
 
     assert markers(tmp_path) == sorted(f.marker for f in plan), spec
     assert len(recoveries(summary)) == len(plan), (spec, recoveries(summary))  # each fault: one restart

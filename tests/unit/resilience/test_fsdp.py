@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.training.callbacks import Callback
-from tests.unit.resilience.cluster import train_spec, training_cluster
+from tests.unit.resilience.cluster import RESILIENT_TRAINING, train_on_cluster, training_cluster
 from tests.unit.resilience.tiny_training import make_state, run_steps
 from tests.unit.training.gloo import free_port, init_group, run_ranks
 
@@ -117,24 +117,14 @@ def cluster():
 
 def _config(make_config, *overrides: str):
     return make_config(
+        *RESILIENT_TRAINING,
         "pretrain.parallelism=fsdp",
         f"pretrain.steps={STEPS}",
-        "pretrain.batch_size=4",
-        "pretrain.warmup_steps=2",
         "pretrain.checkpoint_every=4",  # a crash after step 4 also resumes an FSDP checkpoint first
         "pretrain.max_failures=2",
-        "resilience.enabled=true",
-        "resilience.snapshot_every=1",
         "resilience.persist_every=2",
-        "resilience.keeper_memory_mb=64",
         *overrides,
     )
-
-
-def _train(cfg, dataset: Path, out: Path) -> dict:
-    from components.training.driver import run_training
-
-    return run_training(train_spec(cfg, dataset, out))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +133,7 @@ def clean_run(cluster, tiny_dataset, tmp_path_factory) -> dict:
 
     home = tmp_path_factory.mktemp("fsdp-clean")
     cfg = _config(lambda *o: load_config("tiny", [f"run.home={home}", *o]))
-    return _train(cfg, tiny_dataset, home) | {"home": str(home)}
+    return train_on_cluster(cfg, tiny_dataset, home) | {"home": str(home)}
 
 
 def test_fsdp_run_publishes_the_full_model(clean_run):
@@ -169,7 +159,7 @@ def test_fsdp_worker_crash_resumes_from_each_ranks_own_shards_with_the_same_loss
     cluster, clean_run, make_config, tiny_dataset, tmp_path
 ):
     cfg = _config(make_config, "resilience.faults=worker_crash@step=6")
-    summary = _train(cfg, tiny_dataset, tmp_path)
+    summary = train_on_cluster(cfg, tiny_dataset, tmp_path)
     (recovery,) = summary["callbacks"]["ResilienceCallback"]["recoveries"]
     # the restarted group loads checkpoint 4 (full state, re-sharded), then its shards of snapshot 5 or 6
     assert recovery["tier"] == "memory" and recovery["version"] in (5, 6)

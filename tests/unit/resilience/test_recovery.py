@@ -23,7 +23,12 @@ from components.common.storage import open_store
 from components.resilience.codec import make_codec
 from components.resilience.persist import VersionShape, write_manifest, write_pieces
 from components.resilience.recovery import check_group, group_from_store
-from tests.unit.resilience.cluster import train_replacing_lost_nodes, train_spec, training_cluster
+from tests.unit.resilience.cluster import (
+    RESILIENT_TRAINING,
+    train_on_cluster,
+    train_replacing_lost_nodes,
+    training_cluster,
+)
 from tests.unit.resilience.replicas import full_state, persist_snapshot, restore_rank, small_state, train
 from tests.unit.resilience.tiny_training import make_state, run_steps
 
@@ -95,27 +100,17 @@ def cluster():
 
 def _config(make_config, *overrides: str):
     return make_config(
+        *RESILIENT_TRAINING,
         f"pretrain.steps={STEPS}",
-        "pretrain.batch_size=4",
-        "pretrain.warmup_steps=2",
         "pretrain.checkpoint_every=100",
         "pretrain.max_failures=3",
-        "resilience.enabled=true",
-        "resilience.snapshot_every=1",
         "resilience.persist_every=2",
-        "resilience.keeper_memory_mb=64",
         *overrides,
     )
 
 
-def _train(cfg, dataset: Path, out: Path) -> dict:
-    from components.training.driver import run_training
-
-    return run_training(train_spec(cfg, dataset, out))
-
-
 def _train_replacing_lost_nodes(cluster, cfg, dataset: Path, out: Path, host: str | None = None) -> dict:
-    return train_replacing_lost_nodes(cluster, lambda: _train(cfg, dataset, out), host=host)
+    return train_replacing_lost_nodes(cluster, lambda: train_on_cluster(cfg, dataset, out), host=host)
 
 
 def _recoveries(summary: dict) -> list[dict]:
@@ -128,7 +123,7 @@ def clean_run(cluster, tiny_dataset, tmp_path_factory) -> dict:
 
     home = tmp_path_factory.mktemp("clean")
     cfg = _config(lambda *o: load_config("tiny", [f"run.home={home}", *o]))
-    return _train(cfg, tiny_dataset, home)
+    return train_on_cluster(cfg, tiny_dataset, home)
 
 
 def test_uninterrupted_run_commits_a_snapshot_every_step_and_recovers_nothing(clean_run):
@@ -143,7 +138,7 @@ def test_worker_crash_resumes_from_memory_with_the_same_loss_trajectory(
     cluster, clean_run, make_config, tiny_dataset, tmp_path
 ):
     cfg = _config(make_config, "resilience.faults=worker_crash@step=6")
-    summary = _train(cfg, tiny_dataset, tmp_path)
+    summary = train_on_cluster(cfg, tiny_dataset, tmp_path)
     (recovery,) = _recoveries(summary)
     assert recovery["tier"] == "memory"
     # the crash strikes right after step 6: its snapshot, or its progress report, may not have landed
@@ -158,7 +153,7 @@ def test_corrupted_piece_is_caught_by_its_checksum_and_decoded_around(
     cluster, clean_run, make_config, tiny_dataset, tmp_path
 ):
     cfg = _config(make_config, "resilience.faults=corrupt_piece@step=5;worker_crash@step=5")
-    summary = _train(cfg, tiny_dataset, tmp_path)
+    summary = train_on_cluster(cfg, tiny_dataset, tmp_path)
     (recovery,) = _recoveries(summary)
     assert recovery["tier"] == "decode" and recovery["version"] == 5
     assert recovery["pieces_fetched"] == [2, 2]  # rank 0: piece 1 and the parity for its damaged piece 0
@@ -190,7 +185,7 @@ def test_losing_more_nodes_than_parity_falls_back_to_the_persisted_snapshot(
 def test_more_parity_than_nodes_fails_before_training_naming_the_keys(cluster, make_config, tiny_dataset, tmp_path):
     cfg = _config(make_config, "resilience.scheme=rs", "resilience.k=4", "resilience.m=2")
     with pytest.raises(ConfigError, match=r"resilience.k \+ resilience.m = 4 \+ 2 = 6 needs at least 6 Ray nodes"):
-        _train(cfg, tiny_dataset, tmp_path)
+        train_on_cluster(cfg, tiny_dataset, tmp_path)
 
 
 def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(cluster, make_config, tmp_path):
@@ -217,7 +212,7 @@ def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(
 def test_keeper_budget_below_the_snapshot_fails_before_training(cluster, make_config, tiny_dataset, tmp_path):
     cfg = _config(make_config, "resilience.keeper_memory_mb=1")
     with pytest.raises(ConfigError, match="resilience.keeper_memory_mb=1 is too small"):
-        _train(cfg, tiny_dataset, tmp_path)
+        train_on_cluster(cfg, tiny_dataset, tmp_path)
 
 
 def test_node_loss_replaced_on_a_host_already_in_use_decodes_and_trains_on_less_protected(
