@@ -366,6 +366,15 @@ class RegisterConfig:
     model_name: str = knob("lmforge-chat", "MLflow registered-model name.", versioned=False)
     metric: str = knob("heldout_perplexity", "Evaluation metric that decides who is champion.", versioned=False)
     greater_is_better: bool = knob(False, "Whether a larger metric value is better.", versioned=False)
+    lease_seconds: float = knob(
+        120.0,
+        "Lifetime of the per-model lease register holds while it moves the aliases (object store, "
+        "leases/register/<model>.json); a crashed holder blocks others at most this long.",
+        versioned=False,
+    )
+    lease_wait_seconds: float = knob(
+        600.0, "How long register waits for another run's lease on the same model before failing.", versioned=False
+    )
 
 
 @_frozen
