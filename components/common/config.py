@@ -309,6 +309,18 @@ class ContinualConfig:
     source: str = knob(
         "quickstart/wikitext2.txt", "Second-domain corpus for continual pretraining (same forms as curate.source)."
     )
+    complete_marker: str = knob(
+        "_SUCCESS",
+        "Retrain trigger (`lmforge submit --if-new-data`): new data counts only once an object of this name is "
+        "under the prefix, written last by the uploader ('' = no marker; then set continual.quiet_seconds).",
+        versioned=False,
+    )
+    quiet_seconds: float = knob(
+        0.0,
+        "Retrain trigger: new data counts only after its listing stayed unchanged this long, seen on ticks at "
+        "least that far apart (0 = off; the marker alone decides).",
+        versioned=False,
+    )
     steps: int = knob(100, "Optimizer steps on the new corpus.")
     batch_size: int = knob(8, "Sequences per worker per step.")
     lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
