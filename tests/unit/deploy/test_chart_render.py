@@ -127,10 +127,11 @@ def test_services_answer_at_the_endpoints_the_cluster_profile_names():
     assert profile["storage"]["uri"] == "s3://lmforge/"
 
 
-def test_every_pod_reading_s3_gets_the_keys_from_the_existing_secret():
+def test_only_minio_and_the_bucket_job_hold_the_root_s3_keys_every_other_pod_the_scoped_ones():
+    root_holders = set()
     for where, obj in objects():
         for _, template in pod_templates(obj):
-            for c in template["spec"]["containers"]:
+            for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
                 for e in c.get("env", []):
                     if e["name"] in (
                         "AWS_ACCESS_KEY_ID",
@@ -138,7 +139,11 @@ def test_every_pod_reading_s3_gets_the_keys_from_the_existing_secret():
                         "MINIO_ROOT_USER",
                         "MINIO_ROOT_PASSWORD",
                     ):
-                        assert e["valueFrom"]["secretKeyRef"]["name"] == "lmforge-s3", where
+                        secret = e["valueFrom"]["secretKeyRef"]["name"]
+                        assert secret in ("lmforge-s3", "lmforge-s3-pipeline"), where
+                        if secret == "lmforge-s3":
+                            root_holders.add(obj["metadata"]["name"])
+    assert root_holders == {"lmforge-minio", "lmforge-buckets"}
 
 
 def test_mlflow_keeps_runs_in_postgres_and_artifacts_in_minio_with_the_password_from_a_secret():
@@ -245,10 +250,10 @@ def test_trigger_and_rbac_agree_with_the_plain_manifests_in_k8s():
     assert plain_cron["spec"]["schedule"] == chart_cron["spec"]["schedule"]
     for field in ("command", "args", "env", "volumeMounts", "securityContext", "resources"):
         assert container_of(plain_cron)[field] == container_of(chart_cron)[field], field
-    assert plain[("Role", "lmforge-pipeline")]["rules"] == chart[("Role", "lmforge-pipeline")]["rules"]
-    assert (
-        plain[("RoleBinding", "lmforge-pipeline")]["subjects"] == chart[("RoleBinding", "lmforge-pipeline")]["subjects"]
-    )
+    for name in ("lmforge-pipeline", "lmforge-submitter"):
+        assert plain[("Role", name)]["rules"] == chart[("Role", name)]["rules"]
+        assert plain[("RoleBinding", name)]["subjects"] == chart[("RoleBinding", name)]["subjects"]
+        assert plain[("Role", name)]["metadata"]["namespace"] == chart[("Role", name)]["metadata"]["namespace"]
     for name in ("lmforge-pipeline", "lmforge-submitter"):
         assert ("ServiceAccount", name) in chart
 
