@@ -216,3 +216,16 @@ def test_notes_say_to_create_the_secrets_before_installing():
     (notes,) = [text for path, text in rendered.items() if path.endswith("NOTES.txt")]
     assert "BEFORE `helm install`" in notes and "helm test lmforge" in notes
     assert "create secret generic lmforge-s3-pipeline" in notes and RUN_NS in notes
+
+
+def test_the_argocd_application_values_render_every_image_by_digest():
+    from .k8s_checks import k8s_objects, rendered_objects
+
+    (app,) = [o for _, o in k8s_objects() if o["kind"] == "Application"]
+    images = {
+        c["image"]
+        for _, obj in rendered_objects(app["spec"]["source"]["helm"]["valuesObject"])
+        for _, template in pod_templates(obj)
+        for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]
+    }
+    assert images and all("@sha256:" in image for image in images), images

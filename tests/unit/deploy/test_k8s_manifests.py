@@ -213,6 +213,19 @@ def test_argocd_application_syncs_the_chart_into_lmforge():
     assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
 
 
+def test_argocd_application_pins_a_commit_and_every_image_by_digest():
+    import re
+
+    (app,) = objects_of("Application")
+    source = app["spec"]["source"]
+    assert re.fullmatch(r"[0-9a-f]{40}", source["targetRevision"]), "pin a commit, not a branch or tag"
+    values = source["helm"]["valuesObject"]
+    digest = re.compile(r"sha256:[0-9a-f]{64}")
+    assert digest.fullmatch(values["image"]["digest"])
+    for name in ("minio", "postgres", "mlflow"):
+        assert digest.fullmatch(values[name]["image"].partition("@")[2]), name
+
+
 def test_trigger_submits_continual_when_new_data_lands_under_the_profile_source():
     from components.common.config import load_config
 
