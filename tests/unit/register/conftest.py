@@ -54,7 +54,7 @@ def mlflow_server(postgres_uri, s3_server, tmp_path_factory) -> str:
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+            [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", postgres_uri,
              "--serve-artifacts", "--artifacts-destination", f"s3://{BUCKET}/mlflow-artifacts"],
             env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -75,6 +75,7 @@ def mlflow_server(postgres_uri, s3_server, tmp_path_factory) -> str:
     yield uri
     proc.terminate()
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # uvicorn drains slowly; nothing of it is needed any more
         proc.kill()
+        proc.wait()
