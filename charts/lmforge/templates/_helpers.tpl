@@ -262,3 +262,14 @@ imagePullSecrets:
 {{- define "lmforge.triggerNamespace" -}}
 {{- .Values.trigger.runNamespace | default (first .Values.runNamespaces) | required "trigger.runNamespace or runNamespaces must name the namespace retrain runs go to" -}}
 {{- end -}}
+
+{{/*
+checkov checks the chart does not pass on purpose, as checkov.io/skip annotations of every workload
+(tests/unit/deploy/test_checkov.py fails on any other failed check). Call with the root context.
+*/}}
+{{- define "lmforge.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_15=Production pins images by digest (image.digest and repo@sha256 values, k8s/gitops) so IfNotPresent can only pull the pinned image
+checkov.io/skip2: CKV_K8S_43=Default values name tags so a first install works; the Argo CD Application pins every image by digest
+checkov.io/skip3: CKV_K8S_35=MinIO, Postgres, MLflow, boto3/minio and Ray read credentials only from env; each value is a secretKeyRef, never a literal
+checkov.io/skip4: CKV_K8S_40=The images run as fixed uids that own their files (lmforge and MLflow 1000, Postgres 999); runAsNonRoot is enforced
+{{- end -}}
