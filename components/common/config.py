@@ -451,6 +451,12 @@ class ClusterConfig:
         "RAY_AUTH_TOKEN on head, workers and submitter, and the operator's own job-status calls; '' = no token.",
         versioned=False,
     )
+    mlflow_secret: str = knob(
+        "",
+        "Secret with keys 'username' and 'password' for an MLflow server with basic auth (the chart's "
+        "mlflow.auth): steps and Ray pods get them as MLFLOW_TRACKING_USERNAME/PASSWORD; '' = no auth.",
+        versioned=False,
+    )
     head_cpu: str = knob("2", "CPU request and limit of the Ray head pod.", versioned=False)
     head_memory: str = knob(
         "8Gi", "Memory request and limit of the Ray head pod (it runs the Ray Train driver).", versioned=False

@@ -146,11 +146,36 @@ capabilities:
 - {{ printf "cluster.s3_secret=%s" (include "lmforge.s3PipelineSecretName" .) | quote }}
 - --set
 - {{ printf "cluster.ray_token_secret=%s" (required "ray.tokenSecret must name the Secret with the Ray token (see docs/install.md)" .Values.ray.tokenSecret) | quote }}
+{{- if .Values.mlflow.auth.enabled }}
+- --set
+- {{ printf "cluster.mlflow_secret=%s" (include "lmforge.mlflowClientSecret" .) | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "lmforge.mlflowClientSecret" -}}
+{{- required "mlflow.auth.clientSecret must name the Secret of the MLflow user lmforge's clients log in as" .Values.mlflow.auth.clientSecret -}}
+{{- end -}}
+
+{{/* MLflow basic-auth client credentials as env, when mlflow.auth is on. */}}
+{{- define "lmforge.mlflowClientEnv" -}}
+{{- if .Values.mlflow.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "lmforge.mlflowClientSecret" . }}
+      key: username
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "lmforge.mlflowClientSecret" . }}
+      key: password
+{{- end }}
 {{- end -}}
 
 {{/* Env, volumes and mounts of a pod running the lmforge CLI against S3 and the KFP API. */}}
 {{- define "lmforge.cliEnv" -}}
 {{ include "lmforge.s3PipelineEnv" . }}
+{{- include "lmforge.mlflowClientEnv" . }}
 - name: KF_PIPELINES_SA_TOKEN_PATH
   value: /var/run/secrets/kubeflow/pipelines/token
 - name: HOME

@@ -142,7 +142,7 @@ def test_external_secrets_name_keys_the_pods_read_from_the_configured_store():
         assert es["spec"]["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "lmforge"}
         assert es["spec"]["target"]["name"] == es["metadata"]["name"]
         keys = {d["secretKey"] for d in es["spec"]["data"]}
-        assert keys in ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, {"auth_token"})
+        assert keys in ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, {"auth_token"}, {"username", "password"})
 
 
 def test_external_secrets_validate_against_their_crd_when_shared_crds_has_it():
@@ -185,6 +185,17 @@ def test_mlflow_basic_auth_takes_its_admin_from_a_secret_and_writes_its_config_i
     (auth,) = [v for v in pod["volumes"] if v["name"] == "auth"]
     assert auth["emptyDir"]["medium"] == "Memory"
     assert [c["name"] for c in pod["initContainers"]] == ["db-upgrade", "auth-config"]
+    # Its clients log in: the trigger from the client Secret, and it tells the steps and Ray pods where theirs is.
+    trigger = container_of(one("CronJob", "lmforge-retrain", "hardened"))
+    env = {e["name"]: e for e in trigger["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "lmforge-mlflow-client",
+        "key": "password",
+    }
+    assert "cluster.mlflow_secret=lmforge-mlflow-client" in trigger["args"]
+    assert ("ExternalSecret", "lmforge-mlflow-client") in {
+        (k, o["metadata"]["name"]) for k, o in in_namespace("hardened", "team-a")
+    }
 
 
 def test_helm_test_checks_mlflow_health_and_the_bucket_with_the_scoped_keys():
