@@ -182,7 +182,7 @@ def commit(
         alias = CHAMPION if outcome == CHAMPION else CHALLENGER
         client.set_registered_model_alias(rc.model_name, alias, version)
     promoted = alias == CHAMPION
-    champion_version = int(version) if promoted else int(now)
+    champion_version = int(version) if promoted else int(now or 0)  # 0: the champion vanished meanwhile
     log.info("registered %s v%s as %s: %s", rc.model_name, version, alias, reason)
     return {
         "metrics": {"version": int(version), "champion_version": champion_version, "promoted": int(promoted)},
