@@ -608,6 +608,13 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.storage.s3_timeout_seconds > 0, "storage.s3_timeout_seconds", "must be > 0")
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.cluster.step_retries >= 0, "cluster.step_retries", f"must be >= 0, got {cfg.cluster.step_retries}")
+    need(cfg.continual.quiet_seconds >= 0, "continual.quiet_seconds", "must be >= 0 (0 = no quiet period)")
+    need(
+        cfg.register.lease_seconds > 0,
+        "register.lease_seconds",
+        "must be > 0 (a lease nobody can break blocks registers)",
+    )
+    need(cfg.register.lease_wait_seconds >= 0, "register.lease_wait_seconds", "must be >= 0")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
