@@ -130,3 +130,10 @@ def test_compiled_defaults_are_the_profile_the_pipeline_was_compiled_for():
 def test_submit_refuses_a_model_size_the_pipeline_was_not_compiled_for():
     with pytest.raises(LmforgeError, match=r"compiled for 'small\+cluster' \(model.preset=small\).* is 1b"):
         submit("continual", host="http://127.0.0.1:9", profile="1b+cluster", overrides=[])
+
+
+def test_a_pending_run_the_kfp_api_no_longer_knows_counts_as_failed_and_its_data_is_retried(landing):
+    store, raw = landing
+    state = TriggerState(raw, pending_run="deleted-run", pending="f" * 64)
+    fingerprint, _ = tick(store, state, run_state="NOT_FOUND")
+    assert fingerprint is not None and state.pending_run is None and state.done is None
