@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE=1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: venv demo test test-unit test-integration bench compile lock lint format clean
+.PHONY: venv checkov-venv checkov demo test test-unit test-integration bench compile lock lint format clean
 
 venv: $(STAMP)  ## create .venv and install lmforge with its dev tools
 
@@ -24,10 +24,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# checkov (static security scan of the chart and k8s/) in a virtualenv of its own: it pins a
+# `packaging` older than pytest needs, so it cannot share .venv. tests/unit/deploy/test_checkov.py
+# runs it through $(CHECKOV) (skipped where it is not installed).
+CHECKOV_VENV  ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+export LMFORGE_CHECKOV := $(abspath $(CHECKOV_VENV))/bin/checkov
+
+checkov-venv: $(CHECKOV_STAMP)  ## create .venv-checkov with checkov
+
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
+	touch $(CHECKOV_STAMP)
+
+checkov: venv checkov-venv  ## checkov on the rendered chart (default and hardened values) and k8s/
+	$(BIN)/pytest tests/unit/deploy/test_checkov.py -s -p no:cacheprovider
+
 demo: venv  ## run the whole lifecycle on the tiny profile, locally (no cluster, no network, CPU)
 	$(BIN)/lmforge run lifecycle --profile tiny
 
-test: venv  ## unit + integration + e2e tests (benchmarks excluded)
+test: venv checkov-venv  ## unit + integration + e2e tests (benchmarks excluded)
 	$(BIN)/pytest tests --ignore=tests/benchmarks --timeout=1500 -p no:cacheprovider
 
 test-unit: venv

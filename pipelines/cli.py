@@ -122,6 +122,7 @@ def cmd_submit(args) -> int:
             upload_only=args.upload_only,
             if_new_data=args.if_new_data,
             service_account=args.service_account,
+            namespace=args.namespace,
         )
     )
     return 0
@@ -211,7 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("KFP_HOST", ""), help="KFP API endpoint (default $KFP_HOST)")
     p.add_argument("--experiment", default="lmforge", help="KFP experiment to run in")
     p.add_argument(
-        "--upload-only", action="store_true", help="upload the pipeline (new version) without starting a run"
+        "--namespace",
+        default=os.environ.get("KFP_NAMESPACE", ""),
+        help="Kubeflow profile namespace of the run and its experiment in multi-user KFP (default $KFP_NAMESPACE)",
+    )
+    p.add_argument(
+        "--upload-only",
+        action="store_true",
+        help="register the pipeline as a version named by the package's content hash (no-op when it exists)",
     )
     p.add_argument(
         "--service-account",
@@ -219,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kubernetes service account the run's pods use (default $LMFORGE_SERVICE_ACCOUNT, else KFP's default)",
     )
     p.add_argument(
-        "--if-new-data", metavar="URI", help="submit only if the objects under URI changed since the last submission"
+        "--if-new-data",
+        metavar="URI",
+        help="submit only if the objects under URI are complete and differ from what the last successful run "
+        "learned, and no run of this pipeline and model is active",
     )
     config_args(
         p,

@@ -97,6 +97,8 @@ UNCACHED = frozenset({"start_lineage", "resolve_champion", "register", "report"}
 RETRY_BACKOFF = "60s"  # first retry after a minute (a rescheduled pod needs a node), then 2x, 4x ...
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: Keys of cluster.mlflow_secret -> the env MLflow's client reads for basic auth.
+MLFLOW_AUTH_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ class Placement:
             task.set_caching_options(False)
         kubernetes.set_security_context(task, run_as_user=1000, run_as_group=1000, run_as_non_root=True)
         kubernetes.use_secret_as_env(task, secret_name=c.s3_secret, secret_key_to_env={k: k for k in S3_KEYS})
+        if c.mlflow_secret:
+            kubernetes.use_secret_as_env(task, secret_name=c.mlflow_secret, secret_key_to_env=MLFLOW_AUTH_ENV)
         kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "lmforge")
         return task
 

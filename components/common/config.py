@@ -309,6 +309,18 @@ class ContinualConfig:
     source: str = knob(
         "quickstart/wikitext2.txt", "Second-domain corpus for continual pretraining (same forms as curate.source)."
     )
+    complete_marker: str = knob(
+        "_SUCCESS",
+        "Retrain trigger (`lmforge submit --if-new-data`): new data counts only once an object of this name is "
+        "under the prefix, written last by the uploader ('' = no marker; then set continual.quiet_seconds).",
+        versioned=False,
+    )
+    quiet_seconds: float = knob(
+        0.0,
+        "Retrain trigger: new data counts only after its listing stayed unchanged this long, seen on ticks at "
+        "least that far apart (0 = off; the marker alone decides).",
+        versioned=False,
+    )
     steps: int = knob(100, "Optimizer steps on the new corpus.")
     batch_size: int = knob(8, "Sequences per worker per step.")
     lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
@@ -366,6 +378,15 @@ class RegisterConfig:
     model_name: str = knob("lmforge-chat", "MLflow registered-model name.", versioned=False)
     metric: str = knob("heldout_perplexity", "Evaluation metric that decides who is champion.", versioned=False)
     greater_is_better: bool = knob(False, "Whether a larger metric value is better.", versioned=False)
+    lease_seconds: float = knob(
+        120.0,
+        "Lifetime of the per-model lease register holds while it moves the aliases (object store, "
+        "leases/register/<model>.json); a crashed holder blocks others at most this long.",
+        versioned=False,
+    )
+    lease_wait_seconds: float = knob(
+        600.0, "How long register waits for another run's lease on the same model before failing.", versioned=False
+    )
 
 
 @_frozen
@@ -428,6 +449,12 @@ class ClusterConfig:
         "",
         "Secret with key 'auth_token' (KubeRay's key) for Ray's token authentication: RAY_AUTH_MODE=token and "
         "RAY_AUTH_TOKEN on head, workers and submitter, and the operator's own job-status calls; '' = no token.",
+        versioned=False,
+    )
+    mlflow_secret: str = knob(
+        "",
+        "Secret with keys 'username' and 'password' for an MLflow server with basic auth (the chart's "
+        "mlflow.auth): steps and Ray pods get them as MLFLOW_TRACKING_USERNAME/PASSWORD; '' = no auth.",
         versioned=False,
     )
     head_cpu: str = knob("2", "CPU request and limit of the Ray head pod.", versioned=False)
@@ -581,6 +608,13 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.storage.s3_timeout_seconds > 0, "storage.s3_timeout_seconds", "must be > 0")
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.cluster.step_retries >= 0, "cluster.step_retries", f"must be >= 0, got {cfg.cluster.step_retries}")
+    need(cfg.continual.quiet_seconds >= 0, "continual.quiet_seconds", "must be >= 0 (0 = no quiet period)")
+    need(
+        cfg.register.lease_seconds > 0,
+        "register.lease_seconds",
+        "must be > 0 (a lease nobody can break blocks registers)",
+    )
+    need(cfg.register.lease_wait_seconds >= 0, "register.lease_wait_seconds", "must be >= 0")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:

@@ -316,6 +316,58 @@ class S3Store(ObjectStore):
         except FileNotFoundError:  # no such bucket: nothing stored there yet
             return []
 
+    # Conditional writes. The MinIO SDK's public put_object turns unknown headers into user metadata
+    # (x-amz-meta-if-none-match), so these go through its _put_object/_execute, which send headers
+    # as given. S3 (since 2024), MinIO and moto answer 412 PreconditionFailed when the condition fails.
+
+    def _create_exclusive(self, key: str, data: bytes) -> str | None:
+        from minio.error import S3Error
+
+        bucket, name = self._split(key)
+        self._ensure_bucket(bucket)
+
+        def attempt() -> str | None:
+            try:
+                return self._client._put_object(bucket, name, data, headers={"If-None-Match": "*"}).etag
+            except S3Error as e:
+                # 409 ConditionalRequestConflict: a concurrent conditional write to the key is in flight.
+                if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return None
+                raise
+
+        return self._retrying("create (if absent)", key, attempt)
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str]:
+        bucket, name = self._split(key)
+
+        def attempt() -> tuple[bytes, str]:
+            resp = self._client.get_object(bucket, name)
+            try:
+                data = resp.read()
+                _check_length(resp, len(data))
+                return data, resp.headers.get("ETag", "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._retrying("read", key, attempt)
+
+    def _delete_if_tag(self, key: str, tag: str) -> bool:
+        from minio.error import S3Error
+
+        bucket, name = self._split(key)
+
+        def attempt() -> bool:
+            try:
+                self._client._execute("DELETE", bucket, name, headers={"If-Match": f'"{tag}"'})
+                return True
+            except S3Error as e:
+                if e.code in ("PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"):
+                    return False
+                raise
+
+        return self._retrying("delete (if unchanged)", key, attempt)
+
 
 def _check_length(resp, received: int) -> None:
     """Refuse a body shorter than announced, or one with no length at all (headers cut by a reset)."""

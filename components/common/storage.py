@@ -21,6 +21,7 @@ a Kubernetes Secret on the cluster), never from config files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -154,6 +155,30 @@ class ObjectStore(ABC):
         except OSError as e:
             raise StorageError(f"cannot delete {uri}: {e}") from e
 
+    # --- conditional writes (leases: components/common/lease.py) ---------------------------------
+
+    def create_exclusive(self, uri: str, data: bytes) -> str | None:
+        """Write ``data`` at ``uri`` only if nothing is there; returns the new object's tag, or None
+        when an object already exists. Atomic: of two concurrent callers exactly one gets a tag."""
+        return self._create_exclusive(self._key(uri), data)
+
+    def read_tagged(self, uri: str) -> tuple[bytes, str]:
+        """(content, tag) of the object at ``uri``; the tag is what :meth:`delete_if_tag` compares."""
+        return self._read_tagged(self._key(uri))
+
+    def delete_if_tag(self, uri: str, tag: str) -> bool:
+        """Delete the object at ``uri`` only while its tag is still ``tag``; returns whether it did."""
+        return self._delete_if_tag(self._key(uri), tag)
+
+    def _create_exclusive(self, key: str, data: bytes) -> str | None:
+        raise StorageError(f"{type(self).__name__} has no conditional create (needed for leases)")
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str]:
+        raise StorageError(f"{type(self).__name__} has no tagged read (needed for leases)")
+
+    def _delete_if_tag(self, key: str, tag: str) -> bool:
+        raise StorageError(f"{type(self).__name__} has no conditional delete (needed for leases)")
+
     def upload_dir(self, local_dir: str | Path, uri: str) -> None:
         local_dir = Path(local_dir)
         for path in sorted(local_dir.rglob("*")):
@@ -275,6 +300,49 @@ class LocalStore(ObjectStore):
 
     def _digest(self, key: str) -> str:
         return file_digest(key)
+
+    def _create_exclusive(self, key: str, data: bytes) -> str | None:
+        import hashlib
+
+        path = Path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written under a private name, then hard-linked into place: link() fails if the name exists
+        # (atomic create-if-absent), and a reader never sees a half-written object.
+        tmp = partial_path(path)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return hashlib.sha256(data).hexdigest()
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str]:
+        import hashlib
+
+        data = Path(key).read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _delete_if_tag(self, key: str, tag: str) -> bool:
+        import hashlib
+
+        path = Path(key)
+        # Move it aside atomically first, so nobody can replace it between the check and the delete;
+        # put it back (link: only if the name is still free) when it turns out to be another's.
+        aside = partial_path(path)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if hashlib.sha256(aside.read_bytes()).hexdigest() == tag:
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
 
     def local_dir(self, uri: str, cache: str | Path) -> Path:
         path = Path(self._key(uri))

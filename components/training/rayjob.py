@@ -141,8 +141,9 @@ def build_rayjob(
 
     extra = dict(labels or {})
     token_env = _token_env(c.ray_token_secret)
-    head_env = _ray_node_env(c.s3_secret, "head") + token_env
-    ray_env = _ray_node_env(c.s3_secret, "train") + token_env
+    mlflow_env = _mlflow_env(c.mlflow_secret)
+    head_env = _ray_node_env(c.s3_secret, "head") + token_env + mlflow_env
+    ray_env = _ray_node_env(c.s3_secret, "train") + token_env + mlflow_env
     cache = _cache_volume(p.data_cache_dir)
 
     def pod_labels(component: str) -> dict[str, str]:
@@ -229,6 +230,16 @@ def _token_env(secret: str) -> list[dict]:
     if not secret:
         return []
     return [{"name": "RAY_AUTH_MODE", "value": "token"}, _secret_env("RAY_AUTH_TOKEN", secret, TOKEN_SECRET_KEY)]
+
+
+def _mlflow_env(secret: str) -> list[dict]:
+    """MLflow basic-auth credentials (cluster.mlflow_secret) for the driver and workers that log to MLflow."""
+    if not secret:
+        return []
+    return [
+        _secret_env("MLFLOW_TRACKING_USERNAME", secret, "username"),
+        _secret_env("MLFLOW_TRACKING_PASSWORD", secret, "password"),
+    ]
 
 
 def _ray_node_env(s3_secret: str, role: str) -> list[dict]:

@@ -145,3 +145,12 @@ def test_every_key_is_documented():
 def test_health_check_interval_must_be_positive_and_names_the_key():
     with pytest.raises(ConfigError, match=r"pretrain.health_check_interval_s: must be > 0 seconds"):
         load_config("tiny", ["pretrain.health_check_interval_s=0"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("register.lease_seconds=0", "register.lease_seconds"), ("continual.quiet_seconds=-1", "continual.quiet_seconds")],
+)
+def test_lease_and_trigger_timings_are_checked_naming_the_key(make_config, override, key):
+    with pytest.raises(ConfigError, match=key):
+        make_config(override)

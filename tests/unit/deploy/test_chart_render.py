@@ -26,6 +26,7 @@ from .k8s_checks import (
     schema_problems,
     secret_object_problems,
     secret_text_problems,
+    text_for_secret_scan,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -45,6 +46,18 @@ VARIANTS = {
         "imagePullSecrets": ["registry-creds"],
         "trigger": {"overrides": ["continual.steps=30000"]},
         "networkPolicy": {"clientNamespaces": ["kubeflow", "team-a"]},
+    },
+    # What a security review asks for: two profiles, secrets from a store, MLflow auth, pinned image,
+    # dedicated nodes, the API server's address known.
+    "hardened": {
+        "runNamespaces": ["team-a", "team-b"],
+        "runSecrets": {"mode": "externalSecret"},
+        "mlflow": {"auth": {"enabled": True}},
+        "image": {"digest": "sha256:" + "0" * 64},
+        "podAnnotations": {"example.com/owner": "ml-platform"},
+        "nodeSelector": {"example.com/pool": "platform"},
+        "tolerations": [{"key": "example.com/pool", "operator": "Equal", "value": "platform", "effect": "NoSchedule"}],
+        "networkPolicy": {"kubeApiCidrs": ["10.96.0.1/32"]},
     },
 }
 
@@ -109,7 +122,7 @@ def test_rendered_chart_holds_no_literal_credentials_and_no_wildcard_rbac(varian
     problems = []
     for where, obj in objects(variant):
         problems += secret_object_problems(where, obj) + rbac_problems(where, obj)
-        problems += secret_text_problems(where, yaml.safe_dump(obj))
+        problems += secret_text_problems(where, text_for_secret_scan(obj))
     assert problems == []
     assert not [o for _, o in objects(variant) if o["kind"] == "Secret"], (
         "the chart must reference Secrets, not create them"
@@ -127,10 +140,11 @@ def test_services_answer_at_the_endpoints_the_cluster_profile_names():
     assert profile["storage"]["uri"] == "s3://lmforge/"
 
 
-def test_every_pod_reading_s3_gets_the_keys_from_the_existing_secret():
+def test_only_minio_and_the_bucket_job_hold_the_root_s3_keys_every_other_pod_the_scoped_ones():
+    root_holders = set()
     for where, obj in objects():
         for _, template in pod_templates(obj):
-            for c in template["spec"]["containers"]:
+            for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
                 for e in c.get("env", []):
                     if e["name"] in (
                         "AWS_ACCESS_KEY_ID",
@@ -138,7 +152,11 @@ def test_every_pod_reading_s3_gets_the_keys_from_the_existing_secret():
                         "MINIO_ROOT_USER",
                         "MINIO_ROOT_PASSWORD",
                     ):
-                        assert e["valueFrom"]["secretKeyRef"]["name"] == "lmforge-s3", where
+                        secret = e["valueFrom"]["secretKeyRef"]["name"]
+                        assert secret in ("lmforge-s3", "lmforge-s3-pipeline"), where
+                        if secret == "lmforge-s3":
+                            root_holders.add(obj["metadata"]["name"])
+    assert root_holders == {"lmforge-minio", "lmforge-buckets"}
 
 
 def test_mlflow_keeps_runs_in_postgres_and_artifacts_in_minio_with_the_password_from_a_secret():
@@ -245,10 +263,10 @@ def test_trigger_and_rbac_agree_with_the_plain_manifests_in_k8s():
     assert plain_cron["spec"]["schedule"] == chart_cron["spec"]["schedule"]
     for field in ("command", "args", "env", "volumeMounts", "securityContext", "resources"):
         assert container_of(plain_cron)[field] == container_of(chart_cron)[field], field
-    assert plain[("Role", "lmforge-pipeline")]["rules"] == chart[("Role", "lmforge-pipeline")]["rules"]
-    assert (
-        plain[("RoleBinding", "lmforge-pipeline")]["subjects"] == chart[("RoleBinding", "lmforge-pipeline")]["subjects"]
-    )
+    for name in ("lmforge-pipeline", "lmforge-submitter"):
+        assert plain[("Role", name)]["rules"] == chart[("Role", name)]["rules"]
+        assert plain[("RoleBinding", name)]["subjects"] == chart[("RoleBinding", name)]["subjects"]
+        assert plain[("Role", name)]["metadata"]["namespace"] == chart[("Role", name)]["metadata"]["namespace"]
     for name in ("lmforge-pipeline", "lmforge-submitter"):
         assert ("ServiceAccount", name) in chart
 

@@ -61,3 +61,15 @@ def test_refuses_to_start_without_credentials_in_the_environment():
     result = run_script("--endpoint", "127.0.0.1:9", "lmforge")
     assert result.returncode != 0
     assert "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY not set" in result.stderr
+
+
+def test_pipeline_policy_allows_s3_on_the_lmforge_buckets_and_nothing_else():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("create_buckets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (statement,) = module.pipeline_policy(["lmforge", "lmforge-data"])["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == ["s3:*"]
+    assert sorted(statement["Resource"]) == [
+        "arn:aws:s3:::lmforge", "arn:aws:s3:::lmforge-data", "arn:aws:s3:::lmforge-data/*", "arn:aws:s3:::lmforge/*"]  # fmt: skip

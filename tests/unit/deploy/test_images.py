@@ -228,8 +228,13 @@ def test_images_leave_hf_offline_and_credentials_to_the_pod(path):
     assert secret_text_problems(str(path), path.read_text()) == []
 
 
+def test_mlflow_server_image_has_basic_auth_support():
+    # mlflow.auth (--app-name basic-auth) imports Flask-WTF, which only the [auth] extra brings.
+    assert '"mlflow[auth]==' in " ".join(args_of(IMAGES / "Dockerfile.mlflow", "RUN"))
+
+
 def test_mlflow_server_image_satisfies_the_client_range():
-    (pin,) = re.findall(r"mlflow==(\S+)", " ".join(args_of(IMAGES / "Dockerfile.mlflow", "RUN")))
+    (pin,) = re.findall(r"mlflow(?:\[[\w,]+\])?==([^\s\"]+)", " ".join(args_of(IMAGES / "Dockerfile.mlflow", "RUN")))
     assert pin in dependency("mlflow").specifier
     values = (REPO / "charts" / "lmforge" / "values.yaml").read_text()
     assert f"image: ghcr.io/lmforge/mlflow-server:{pin}\n" in values

@@ -109,24 +109,38 @@ def test_manifests_hold_no_literal_credentials(path):
     assert problems == []
 
 
-def test_pipeline_role_grants_only_the_rayjob_lifecycle_and_pod_reads():
-    (role,) = objects_of("Role")
-    grants = {
+def grants_of(role: dict) -> set[tuple[str, str, str]]:
+    return {
         (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
     }
+
+
+def named(kind: str, name: str) -> dict:
+    (obj,) = [o for o in objects_of(kind) if o["metadata"]["name"] == name]
+    return obj
+
+
+def test_pipeline_role_grants_only_the_rayjob_lifecycle_and_pod_reads_in_the_run_namespace():
+    role = named("Role", "lmforge-pipeline")
     rayjob = {("ray.io", "rayjobs", v) for v in ("create", "get", "list", "watch", "delete")}
     pods = {("", "pods", v) for v in ("get", "list", "watch")} | {
         ("", "pods/log", "get"),
         ("ray.io", "rayjobs/status", "get"),
     }
-    assert grants == rayjob | pods
-    (binding,) = objects_of("RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lmforge-pipeline", "namespace": "lmforge"}]
+    assert grants_of(role) == rayjob | pods
+    binding = named("RoleBinding", "lmforge-pipeline")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lmforge-pipeline"}
+    run_ns = "kubeflow-user-example-com"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lmforge-pipeline", "namespace": run_ns}]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == run_ns
+
+
+def test_submitter_may_only_file_kfp_runs_in_the_run_namespace():
+    role = named("Role", "lmforge-submitter")
+    assert {g for g, _, _ in grants_of(role)} == {"pipelines.kubeflow.org"}
+    assert not {v for _, _, v in grants_of(role)} - {"create", "get", "list"}
+    binding = named("RoleBinding", "lmforge-submitter")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lmforge-submitter", "namespace": "lmforge"}]
 
 
 def test_submitter_account_has_no_api_token():
@@ -199,6 +213,19 @@ def test_argocd_application_syncs_the_chart_into_lmforge():
     assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
 
 
+def test_argocd_application_pins_a_commit_and_every_image_by_digest():
+    import re
+
+    (app,) = objects_of("Application")
+    source = app["spec"]["source"]
+    assert re.fullmatch(r"[0-9a-f]{40}", source["targetRevision"]), "pin a commit, not a branch or tag"
+    values = source["helm"]["valuesObject"]
+    digest = re.compile(r"sha256:[0-9a-f]{64}")
+    assert digest.fullmatch(values["image"]["digest"])
+    for name in ("minio", "postgres", "mlflow"):
+        assert digest.fullmatch(values[name]["image"].partition("@")[2]), name
+
+
 def test_trigger_submits_continual_when_new_data_lands_under_the_profile_source():
     from components.common.config import load_config
 
@@ -215,8 +242,10 @@ def test_trigger_submits_continual_when_new_data_lands_under_the_profile_source(
     assert f"lineage.tracking_uri={profile.lineage.tracking_uri}" in sets
     env = {e["name"]: e for e in container["env"]}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "lmforge-s3", "key": key}
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "lmforge-s3-pipeline", "key": key}
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert args[args.index("--namespace") + 1] == "kubeflow-user-example-com"
+    assert args[args.index("--service-account") + 1] == "lmforge-pipeline"
     assert pod["serviceAccountName"] == "lmforge-submitter"
 
 

@@ -85,3 +85,10 @@ def test_memory_that_is_not_a_quantity_names_the_key():
 def test_toleration_with_unknown_fields_is_named():
     with pytest.raises(ConfigError, match=r"cluster.tolerations: .* is not a toleration"):
         Placement(load_config("small+cluster", ["cluster.tolerations=[{taint: gpu}]"]))
+
+
+def test_mlflow_client_credentials_reach_every_step_from_their_secret(compiled_for):
+    steps = _steps(compiled_for("small+cluster", "cluster.mlflow_secret=lmforge-mlflow-client"))
+    for step in steps.values():
+        by_secret = {s["secretName"]: {m["envVar"] for m in s["keyToEnv"]} for s in step.pod["secretAsEnv"]}
+        assert by_secret["lmforge-mlflow-client"] == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}

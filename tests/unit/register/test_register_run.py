@@ -102,3 +102,17 @@ def test_missing_metric_names_the_key_and_the_available_metrics(config):
     cfg = config("register.metric=bleu")
     with pytest.raises(ConfigError, match=r"register\.metric.*'bleu'.*heldout_perplexity"):
         register(cfg, model_uri="file:///m", metrics={"heldout_perplexity": 40.0}, lineage_tags={}, mlflow_run_id="")
+
+
+def test_a_verdict_judged_against_a_champion_that_moved_on_keeps_the_new_version_as_stale_challenger(config):
+    from components.register.run import commit, judge
+
+    cfg = config()
+    register_model(cfg, {"heldout_perplexity": 40.0})
+    verdict = judge(cfg, {"heldout_perplexity": 30.0})  # beats v1 ...
+    register_model(cfg, {"heldout_perplexity": 20.0})  # ... but v2 takes champion before it commits
+    out = commit(cfg, verdict, model_uri="file:///store/models/m3/model", metrics={"heldout_perplexity": 30.0},
+                 lineage_tags=LINEAGE, mlflow_run_id="")  # fmt: skip
+    assert (out["outcome"], out["alias"], out["metrics"]["champion_version"]) == ("stale", CHALLENGER, 2)
+    assert aliases(cfg) == {CHAMPION: 2, CHALLENGER: 3}
+    assert "champion moved to v2" in out["reason"] and "judged against v1" in out["reason"]

@@ -283,3 +283,15 @@ def test_a_data_cache_outside_the_writable_dirs_gets_its_own_volume(rayjob, cach
     for at, template in list(pod_templates(job))[:2]:
         mounts = {m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]}
         assert ("/data/cache" in mounts) is volume, at
+
+
+def test_mlflow_client_credentials_reach_the_driver_and_workers_from_their_secret(rayjob):
+    job = rayjob("cluster.mlflow_secret=lmforge-mlflow-client")
+    for role in ("head", "worker"):
+        env = env_of(ray_containers(job)[role])
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": "lmforge-mlflow-client", "key": "password"}
+        }, role
+    assert "MLFLOW_TRACKING_PASSWORD" not in env_of(
+        rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    )
