@@ -4,11 +4,18 @@
 is installed, so a local run exercises exactly the component code the cluster runs in the image.
 When a step fails, the one-line reason it recorded (see ``components.common.stage``) is raised as an
 :class:`LmforgeError` instead of KFP's "inner task failed".
+
+``python -m pipelines.local PIPELINE --profile P --home DIR [--set k=v …] --result FILE`` is the
+process ``lmforge run`` starts and follows (pipelines/console.py): it runs the pipeline and writes
+``{"ok": true, "record": …}`` or ``{"ok": false, "error": "<one line>"}`` to FILE.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -38,3 +45,34 @@ def _failure_reason(home: Path, since: float) -> str:
         return ""
     newest = max(errors, key=lambda p: p.stat().st_mtime)
     return f"step {newest.stem.rsplit('-', 1)[0]} failed: {newest.read_text().strip()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.common.config import load_config
+    from components.common.lineage import LOG_DIR_ENV, TAG_LOGS, fail_runs_tagged
+    from pipelines.compile import build_pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__)
+    parser.add_argument("pipeline")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--result", required=True, help="where to write the outcome as JSON")
+    args = parser.parse_args(argv)
+    result = Path(args.result)
+    cfg = load_config(args.profile, args.set)
+    try:
+        record = run_local(build_pipeline(args.pipeline, cfg), args.profile, args.set, Path(args.home))
+    except LmforgeError as e:
+        if log_dir := os.environ.get(LOG_DIR_ENV):
+            # The parent run would stay RUNNING: only the last step (report) closes it.
+            fail_runs_tagged(cfg, TAG_LOGS, log_dir)
+        result.write_text(json.dumps({"ok": False, "error": str(e)}))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.write_text(json.dumps({"ok": True, "record": record}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
