@@ -133,6 +133,7 @@ class RunLog:
         self._step_file: TextIO | None = None
         self._outputs_of: Step | None = None
         self._noise_echo = False
+        self.settled: set[str] = set()  # finished tasks whose outputs listing has been read
 
     def feed(self, raw: str) -> tuple[str, bool]:
         """Take one line of the child's output; returns (the line without colour codes, whether it is noise)."""
@@ -148,7 +149,9 @@ class RunLog:
         elif m := TASK_OUTPUTS.search(line):
             self._outputs_of = self.steps.get(m.group(1))
         elif line.startswith("----------"):
+            # KFP closes a task's listing (status, outputs) with a rule: its headline is known now.
             self._outputs_of = None
+            self.settled.update(t for t, s in self.steps.items() if s.state in ("done", "failed"))
         if self._outputs_of is not None:
             self._read_output(self._outputs_of, line)
         self._write(line)
@@ -267,10 +270,12 @@ class PlainView:
         self.out, self.started = out, started
         self._shown: dict[str, tuple[str, str, float]] = {}
 
-    def update(self, log: RunLog, now: float) -> None:
+    def update(self, log: RunLog, now: float, final: bool = False) -> None:
         for task in log.order:
             step = log.steps[task]
             state, progress, at = self._shown.get(task, ("waiting", "", 0.0))
+            if step.state in ("done", "failed") and task not in log.settled and not final:
+                continue  # print its line once its headline (KFP's outputs listing) has been read
             if step.state != state:
                 if step.state != "waiting":
                     self._print(now, step, step.status_text(now) if step.state != "running" else "started")
@@ -284,7 +289,7 @@ class PlainView:
         print(f"[{now - self.started:5.0f}s] {mark} {step.label:<24} {text}", file=self.out, flush=True)
 
     def finish(self, log: RunLog, now: float) -> None:
-        self.update(log, now)
+        self.update(log, now, final=True)
 
 
 class LiveView:
