@@ -51,7 +51,7 @@ HELDOUT = re.compile(r"held-out (\S+): loss [0-9.]+, perplexity ([0-9.]+)")
 
 #: Headline numbers of a finished step: (metric, label) pairs, shown when the step reports them.
 HEADLINES = {
-    "curate": (("records_kept", "records kept"), ("tokens_train", "train tokens")),
+    "curate": (("records_kept", "records kept"), ("records_read", "of"), ("train_tokens", "train tokens")),
     "pretrain": (("final_loss", "loss"), ("heldout_loss", "held-out loss"), ("tokens_per_second", "tok/s")),
     "continual": (("final_loss", "loss"), ("old_heldout_loss_final", "old-domain loss")),
     "align": (("sft_loss_last", "SFT loss"), ("sft_heldout_answer_loss_after", "held-out answer loss")),
@@ -102,8 +102,8 @@ def plan_steps(pipeline_spec) -> list[Step]:
 
 
 def _metric(value: float) -> str:
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
+    if abs(value) >= 1000 or float(value).is_integer():
+        return f"{value:,.0f}"
     return f"{value:.4g}"
 
 

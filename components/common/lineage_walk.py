@@ -197,10 +197,10 @@ class _Walker:
     def artifact(self, name: str, uri: str, digest: str, run=None) -> LineageNode:
         """The node for artifact ``uri``, with the run that produced it and that run's inputs below it
         (memoised by URI: an artifact consumed twice is one node)."""
-        if run is None and uri in self._by_uri:
+        if uri in self._by_uri:
             return self._by_uri[uri]
         node = LineageNode("artifact", name, uri=uri, digest=digest)
-        if run is None:
+        if uri:
             self._by_uri[uri] = node
         if run is None:
             runs = self.producers(uri)
@@ -315,6 +315,8 @@ def walk(client, ref: str, *, model_name: str = "", ui_url: str = "", kfp_ui_url
 
 
 def _version_node(walker: _Walker, version) -> LineageNode:
+    """A version's node: below it the inputs of the run that registered it (the model first, then the
+    evaluation that decided its alias and the data it names), else the model's producer alone."""
     from mlflow.exceptions import MlflowException
 
     aliases = ", ".join(getattr(version, "aliases", []) or [])
@@ -329,24 +331,29 @@ def _version_node(walker: _Walker, version) -> LineageNode:
     tags = version.tags or {}
     if decision := tags.get("lmforge.register.decision"):
         root.details["decision"] = decision
-    artifact_uri = tags.get(TAG_SOURCE_ARTIFACT, "")
+    # Versions registered before the source tags: the source is the model directory inside an output.
+    artifact_uri = tags.get(TAG_SOURCE_ARTIFACT) or version.source.rstrip("/").rsplit("/", 1)[0]
     producer = None
     if run_id := tags.get(TAG_SOURCE_RUN):
         try:
             producer = walker.client.get_run(run_id)
         except MlflowException:
+            reason = f"the run that produced the model ({run_id}) is not in the tracking store"
+            root.children.append(LineageNode("artifact", "model", uri=artifact_uri, run_id=run_id, broken=reason))
+            return root
+    model = walker.artifact("model", artifact_uri, "", run=producer)
+    root.children.append(model)
+    if version.run_id and version.run_id != model.run_id:
+        try:
+            registrar = walker.client.get_run(version.run_id)
+        except MlflowException:
+            registrar = None
+        if registrar is None or registrar.info.lifecycle_stage == "deleted":
             root.children.append(
                 LineageNode(
-                    "artifact",
-                    "model",
-                    uri=artifact_uri or version.source,
-                    run_id=run_id,
-                    broken=(f"the run that produced the model ({run_id}) is not in the tracking store"),
+                    "run", "registered by", run_id=version.run_id, broken=f"its run ({version.run_id}) was deleted"
                 )
             )
-            return root
-    elif not artifact_uri:
-        # Versions registered before the source tags: the source is the model directory inside an output.
-        artifact_uri = version.source.rstrip("/").rsplit("/", 1)[0]
-    root.children.append(walker.artifact("model", artifact_uri, "", run=producer))
+        else:
+            root.children.extend(c for c in walker.inputs(registrar) if c is not model)
     return root

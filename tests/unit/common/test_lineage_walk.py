@@ -17,6 +17,7 @@ STORE = "file:///store"
 CORPUS = f"{STORE}/datasets/corpus0001"
 BASE = f"{STORE}/models/base0001"
 QUANT = f"{STORE}/models/quant0001"
+REG = f"{STORE}/registrations/reg0001"
 
 
 def _stage(cfg, stage: str, output_uri: str, inputs: list[tuple[str, str]], raw=(), skipped=False) -> str:
@@ -52,13 +53,15 @@ def chain(tmp_path_factory):
     # A later run that reused the corpus (skipped): it must not hide the run that made it.
     ids["curate_reuse"] = _stage(cfg, "curate", CORPUS, [], skipped=True)
     ids["quantize"] = _stage(cfg, "quantize", QUANT, [("models/base_model", BASE), ("datasets/dataset", CORPUS)])
+    # As the register step does: its run consumed the model and names the corpus again.
+    ids["register"] = _stage(cfg, "register", REG, [("models/model", QUANT), ("datasets/pretrain_corpus", CORPUS)])
     client = mlflow.MlflowClient()
     client.create_registered_model("walk-model")
     tags = {TAG_SOURCE_RUN: ids["quantize"], TAG_SOURCE_ARTIFACT: QUANT}
-    v1 = client.create_model_version("walk-model", source=f"{QUANT}/model", run_id=ids["quantize"], tags=tags)
+    v1 = client.create_model_version("walk-model", source=f"{QUANT}/model", run_id=ids["register"], tags=tags)
     client.set_registered_model_alias("walk-model", "champion", v1.version)
     # A version registered before the source tags existed: found through its source's parent.
-    client.create_model_version("walk-model", source=f"{QUANT}/model", run_id=ids["quantize"])
+    client.create_model_version("walk-model", source=f"{QUANT}/model", run_id=ids["register"])
     return {"client": client, "ids": ids, "files": files}
 
 
