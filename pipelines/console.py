@@ -53,11 +53,10 @@ HELDOUT = re.compile(r"held-out (\S+): loss [0-9.]+, perplexity ([0-9.]+)")
 HEADLINES = {
     "curate": (("records_kept", "records kept"), ("records_read", "of"), ("train_tokens", "train tokens")),
     "pretrain": (("final_loss", "loss"), ("heldout_loss", "held-out loss"), ("tokens_per_second", "tok/s")),
-    "continual": (("final_loss", "loss"), ("old_heldout_loss_final", "old-domain loss")),
+    "continual": (("final_loss", "loss"), ("new_heldout_loss_after", "new held-out"), ("forgetting", "forgetting")),
     "align": (("sft_loss_last", "SFT loss"), ("sft_heldout_answer_loss_after", "held-out answer loss")),
-    "quantize": (("size_ratio", "size ×"), ("perplexity_delta", "Δppl")),
+    "quantize": (("size_ratio", "size ratio"), ("perplexity_delta_pct", "perplexity change %")),
     "evaluate": (("heldout_perplexity", "perplexity"),),
-    "register": (("version", "version"), ("promoted", "promoted")),
 }
 
 
@@ -110,9 +109,9 @@ def _metric(value: float) -> str:
 def headline(task: str, metrics: dict) -> str:
     """A step's headline numbers, e.g. ``records kept 3,412 · train tokens 301,022``."""
     stage = re.sub(r"-\d+$", "", task)
+    if stage == "register" and "version" in metrics:
+        return f"version {metrics['version']:.0f} → {'champion' if metrics.get('promoted') else 'challenger'}"
     parts = [f"{label} {_metric(metrics[key])}" for key, label in HEADLINES.get(stage, ()) if key in metrics]
-    if metrics.get("skipped") or metrics.get("reused"):
-        parts.insert(0, "reused")
     return " · ".join(parts)
 
 
