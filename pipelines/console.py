@@ -374,7 +374,8 @@ def follow(
 ) -> int:
     """Run ``command``, feeding its merged output to ``log`` and ``view``; returns its exit status.
 
-    The child gets its own process group, so Ctrl-C here stops it with every step it started.
+    The child gets its own process group (so that stopping it cannot reach whoever started us):
+    Ctrl-C or SIGTERM here is passed on to that group, which stops every step it started.
     """
     proc = subprocess.Popen(
         command,
@@ -387,6 +388,11 @@ def follow(
         start_new_session=True,
     )
     last_draw = 0.0
+
+    def terminated(signum, frame):  # `kill`, `timeout`, a CI cancel: stop the pipeline with us
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -399,13 +405,15 @@ def follow(
                 view.update(log, now)
                 last_draw = now
         return proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)
+    except (KeyboardInterrupt, SystemExit) as e:
+        os.killpg(proc.pid, signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def child_command(pipeline: str, profile: str, overrides: list[str], home: Path, result: Path) -> list[str]:

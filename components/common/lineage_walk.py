@@ -20,12 +20,14 @@ lists them. A step that reused a completed output (``lmforge.skipped``) logged i
 not read raw data; the walk prefers the run that actually produced the output.
 
 An artifact consumed along two paths (the pretraining corpus feeds pretraining and quantization's
-calibration) is expanded once; later occurrences are the same node object, and the text and JSON
-views mark them ``(see above)`` instead of repeating the subtree.
+calibration) is expanded once: each occurrence is its own node, named as its consumer named it, but
+all share one ``children`` list, and the text and JSON views mark the later ones ``(see above)``
+instead of repeating the subtree.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,16 +67,15 @@ class LineageNode:
     children: list[LineageNode] = field(default_factory=list)
 
     def iter(self) -> Iterator[LineageNode]:
-        """Every node once, depth first (a shared subtree is visited the first time it is met)."""
-        seen: set[int] = set()
+        """Every node, depth first; a shared subtree is descended into the first time it is met only."""
+        expanded: set[int] = set()
         stack = [self]
         while stack:
             node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
             yield node
-            stack.extend(reversed(node.children))
+            if node.children and id(node.children) not in expanded:
+                expanded.add(id(node.children))
+                stack.extend(reversed(node.children))
 
     def raw_files(self) -> list[LineageNode]:
         """The raw files the model was built from (corpus files, SFT data, ...), each (uri, digest) once."""
@@ -93,8 +94,12 @@ class LineageNode:
         return list(found.values())
 
     def broken_nodes(self) -> list[LineageNode]:
-        """Where the walk had to stop: a producing run deleted or missing."""
-        return [n for n in self.iter() if n.broken]
+        """Where the walk had to stop (a producing run deleted or missing), each artifact once."""
+        found: dict[tuple[str, str], LineageNode] = {}
+        for node in self.iter():
+            if node.broken:
+                found.setdefault((node.uri, node.run_id), node)
+        return list(found.values())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready tree; a subtree met again is ``{"same_as": <run id>, ...}`` without children."""
@@ -110,10 +115,10 @@ class LineageNode:
             if node.details:
                 d["details"] = node.details
             if node.children:
-                if id(node) in seen:
+                if id(node.children) in seen:
                     d["same_as_above"] = True
                 else:
-                    seen.add(id(node))
+                    seen.add(id(node.children))
                     d["children"] = [conv(c) for c in node.children]
             return d
 
@@ -128,7 +133,9 @@ class LineageNode:
             parts = [node.name]
             if node.kind == "artifact" and node.stage:
                 parts.append(f"← {node.stage} run {node.run_id[:12]}")
-            elif node.kind in ("run", "version") and node.run_id:
+            elif node.kind == "version" and node.run_id:
+                parts.append(f"registered by run {node.run_id[:12]}")
+            elif node.kind == "run" and node.run_id:
                 parts.append(f"run {node.run_id[:12]}")
             if node.digest:
                 parts.append(f"sha {node.digest[:12]}")
@@ -137,13 +144,13 @@ class LineageNode:
             text = "  ".join(parts)
             if node.broken:
                 text += f"  BROKEN: {node.broken}"
-            for name, url in node.links.items():
-                text += f"\n{{indent}}    {name}: {url}"
+            for name, value in (*node.details.items(), *node.links.items()):
+                text += f"\n{{indent}}    {name}: {value}"
             return text
 
         def visit(node: LineageNode, prefix: str, last: bool, root: bool) -> None:
             branch = "" if root else ("└─ " if last else "├─ ")
-            again = id(node) in seen and node.children
+            again = bool(node.children) and id(node.children) in seen
             text = label(node) + ("  (see above)" if again else "")
             first, *rest = text.split("\n")
             lines.append(prefix + branch + first)
@@ -151,7 +158,7 @@ class LineageNode:
             lines.extend(r.replace("{indent}", child_prefix) for r in rest)
             if again:
                 return
-            seen.add(id(node))
+            seen.add(id(node.children))
             for i, child in enumerate(node.children):
                 visit(child, child_prefix, i == len(node.children) - 1, False)
 
@@ -197,8 +204,8 @@ class _Walker:
     def artifact(self, name: str, uri: str, digest: str, run=None) -> LineageNode:
         """The node for artifact ``uri``, with the run that produced it and that run's inputs below it
         (memoised by URI: an artifact consumed twice is one node)."""
-        if uri in self._by_uri:
-            return self._by_uri[uri]
+        if uri in self._by_uri:  # met before: a node of its own (the consumer's name), the same subtree
+            return dataclasses.replace(self._by_uri[uri], name=name, digest=digest or self._by_uri[uri].digest)
         node = LineageNode("artifact", name, uri=uri, digest=digest)
         if uri:
             self._by_uri[uri] = node
@@ -341,7 +348,8 @@ def _version_node(walker: _Walker, version) -> LineageNode:
             reason = f"the run that produced the model ({run_id}) is not in the tracking store"
             root.children.append(LineageNode("artifact", "model", uri=artifact_uri, run_id=run_id, broken=reason))
             return root
-    model = walker.artifact("model", artifact_uri, "", run=producer)
+    digest = tags.get("lmforge.input.model", "").rpartition("@")[2]  # register tags each input <uri>@<digest>
+    model = walker.artifact("model", artifact_uri, digest, run=producer)
     root.children.append(model)
     if version.run_id and version.run_id != model.run_id:
         try:
@@ -355,5 +363,5 @@ def _version_node(walker: _Walker, version) -> LineageNode:
                 )
             )
         else:
-            root.children.extend(c for c in walker.inputs(registrar) if c is not model)
+            root.children.extend(c for c in walker.inputs(registrar) if c.uri != model.uri)
     return root
