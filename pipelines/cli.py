@@ -276,8 +276,9 @@ def cmd_show(args) -> int:
     order = [s for s in STAGE_ORDER if s in run.metrics] + sorted(set(run.metrics) - set(STAGE_ORDER))
     for stage in order:
         print(f"\n{stage_title(stage)}")
+        width = max(len(name) for name in run.metrics[stage]) if run.metrics[stage] else 0
         for name, value in sorted(run.metrics[stage].items()):
-            print(f"  {name:<40} {number_text(value)}")
+            print(f"  {name:<{width}}  {number_text(value)}")
     return 0
 
 
