@@ -36,6 +36,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TASK_START = re.compile(r"Executing task '([^']+)'")
 TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 TASK_OUTPUTS = re.compile(r"Task '([^']+)' outputs:")
+TASK_CACHED = re.compile(r"Task '?([\w-]+)'? cache hit")
 METRICS_META = re.compile(r"metadata=(\{.*\})\s*\)\s*$")
 # Warnings kfp.local prints for every step: settings it cannot honour, and the lmforge image it
 # does not run (each followed by the source line Python's warnings module echoes).
@@ -145,6 +146,10 @@ class RunLog:
             self._write(line)
             self._end(m.group(1), m.group(2))
             return line, noise
+        elif m := TASK_CACHED.search(line):  # KFP's cache answered: the step never runs
+            step = self._step(m.group(1))
+            step.state, step.headline = "done", "from KFP's cache"
+            self.settled.add(step.task)
         elif m := TASK_OUTPUTS.search(line):
             self._outputs_of = self.steps.get(m.group(1))
         elif line.startswith("----------"):

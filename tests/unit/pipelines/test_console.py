@@ -103,3 +103,9 @@ def test_on_a_pipe_each_step_prints_when_it_starts_and_ends(run_log):
     assert len(lines) == 2
     assert "▶ pretrain" in lines[0] and "started" in lines[0]
     assert "✓ pretrain" in lines[1] and "loss 4.25" in lines[1]
+
+
+def test_a_step_answered_from_kfps_cache_is_done_without_running(run_log):
+    run_log.feed("INFO - Task evaluate cache hit (key=0123456789ab); skipping execution.")
+    step = run_log.steps["evaluate"]
+    assert step.state == "done" and "cache" in step.status_text(0)
