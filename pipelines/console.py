@@ -52,7 +52,6 @@ HELDOUT = re.compile(r"held-out (\S+): loss [0-9.]+, perplexity ([0-9.]+)")
 
 #: Headline numbers of a finished step: (metric, label) pairs, shown when the step reports them.
 HEADLINES = {
-    "curate": (("records_kept", "records kept"), ("records_read", "of"), ("train_tokens", "train tokens")),
     "pretrain": (("final_loss", "loss"), ("heldout_loss", "held-out loss"), ("tokens_per_second", "tok/s")),
     "continual": (("final_loss", "loss"), ("new_heldout_loss_after", "new held-out"), ("forgetting", "forgetting")),
     "align": (("sft_loss_last", "SFT loss"), ("sft_heldout_answer_loss_after", "held-out answer loss")),
@@ -110,6 +109,9 @@ def _metric(value: float) -> str:
 def headline(task: str, metrics: dict) -> str:
     """A step's headline numbers, e.g. ``records kept 3,412 · train tokens 301,022``."""
     stage = re.sub(r"-\d+$", "", task)
+    if stage == "curate" and {"records_kept", "records_read", "train_tokens"} <= set(metrics):
+        kept, read, tokens = (_metric(metrics[k]) for k in ("records_kept", "records_read", "train_tokens"))
+        return f"{kept} of {read} records kept · {tokens} train tokens"
     if stage == "register" and "version" in metrics:
         return f"version {metrics['version']:.0f} → {'champion' if metrics.get('promoted') else 'challenger'}"
     parts = [f"{label} {_metric(metrics[key])}" for key, label in HEADLINES.get(stage, ()) if key in metrics]

@@ -67,7 +67,7 @@ def test_a_failing_run_in_a_terminal_shows_the_failed_step_its_reason_and_log(tm
     r = lmforge_cli("run", "lifecycle", "--home", str(home), "--set", f"curate.source={corpus}", tty=True, cwd=tmp_path)
     assert r.returncode == 2
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.stdout).replace("\r", "")
-    final = screen[screen.rindex("start lineage") :]
+    final = screen[screen.rindex("\n", 0, screen.rindex("start lineage")) + 1 :]  # the live table's last frame
     assert re.search(r"✗ curate pretrain corpus\s+FAILED after [0-9.]+s: \S*tiny.txt: no records left", final)
     assert re.search(r"· pretrain\s+waiting", final)
     assert f"{home}/logs/lifecycle-" in final and "curate.log" in final
