@@ -61,8 +61,7 @@ def _resolved(args) -> tuple[list[str], object]:
 def cmd_run(args) -> int:
     from components.common.lineage import LOG_DIR_ENV
     from components.common.sources import resolve_source
-    from pipelines.compile import build_pipeline
-    from pipelines.console import RunLog, child_command, follow, make_view, plan_steps
+    from pipelines.console import RunLog, child_command, follow, make_view
 
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
@@ -76,10 +75,8 @@ def cmd_run(args) -> int:
     started = time.time()
     home = resolve_home(cfg)
     log_dir = home / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
-    # The local graph is placed from the run's own config: kfp.local ignores images and resources,
-    # and honours retries only where the profile asks for them (the cluster overlay does).
-    steps = plan_steps(build_pipeline(args.pipeline, cfg).pipeline_spec)
-    run_log = RunLog(steps, log_dir, errors_dir=home / "errors")
+    # The pipeline process announces its steps first (pipelines/local.py), so this one needs no kfp.
+    run_log = RunLog([], log_dir, errors_dir=home / "errors")
     view = make_view(sys.stdout, args.verbose, started)
     result_file = log_dir / "result.json"
     env = {**os.environ, LOG_DIR_ENV: str(log_dir), "PYTHONUNBUFFERED": "1"}

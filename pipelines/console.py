@@ -1,7 +1,7 @@
 """What ``lmforge run`` shows while a pipeline runs locally: one line per step, full logs in files.
 
 The pipeline runs in a child process (``python -m pipelines.local``) whose output, KFP's and every
-step's, arrives here line by line. :class:`RunLog` files each line under the step that printed it
+step's, arrives here line by line; its first line (``lmforge-plan``) lists the steps in order. :class:`RunLog` files each line under the step that printed it
 (``<run.home>/logs/<run>/<task>.log``; KFP runs one task at a time and announces each with
 "Executing task '<task>'") and keeps what a person wants to see per step: waiting, running with its
 newest progress (``lmforge-progress`` lines from components/common/log.py, SFT step lines, lm-eval
@@ -18,6 +18,7 @@ to a user of the local runner, so they are dropped from the console, never from 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ from typing import TextIO
 from components.common.log import PROGRESS_MARK
 
 PIPE_PROGRESS_SECONDS = 60.0
+PLAN_MARK = "lmforge-plan"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TASK_START = re.compile(r"Executing task '([^']+)'")
 TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -83,6 +85,12 @@ class Step:
         if self.state == "failed":
             return f"FAILED after {self.seconds:.1f}s: {self.reason or 'see its log'}"
         return "waiting"
+
+
+def announce_plan(pipeline_spec, out: TextIO | None = None) -> None:
+    """Print the ``lmforge-plan`` line (the steps in order, with display names) that :class:`RunLog` reads first."""
+    plan = [{"task": s.task, "label": s.label} for s in plan_steps(pipeline_spec)]
+    print(PLAN_MARK, json.dumps(plan), file=out or sys.stdout, flush=True)
 
 
 def plan_steps(pipeline_spec) -> list[Step]:
@@ -142,7 +150,10 @@ class RunLog:
         line = ANSI.sub("", raw.rstrip("\n"))
         self.run_log.write(line + "\n")
         noise = self._is_noise(line)
-        if m := TASK_START.search(line):
+        if line.startswith(PLAN_MARK + " "):
+            for step in json.loads(line.removeprefix(PLAN_MARK + " ")):
+                self._step(step["task"]).label = step["label"]
+        elif m := TASK_START.search(line):
             self._start(m.group(1))
         elif m := TASK_END.search(line):
             self._write(line)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +48,8 @@ def _failure_reason(home: Path, since: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from components.common.config import load_config
-    from components.common.lineage import LOG_DIR_ENV, TAG_LOGS, fail_runs_tagged
     from pipelines.compile import build_pipeline
+    from pipelines.console import announce_plan
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__)
     parser.add_argument("pipeline")
@@ -60,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, help="where to write the outcome as JSON")
     args = parser.parse_args(argv)
     result = Path(args.result)
-    cfg = load_config(args.profile, args.set)
     try:
-        record = run_local(build_pipeline(args.pipeline, cfg), args.profile, args.set, Path(args.home))
+        cfg = load_config(args.profile, args.set)
+        # The local graph is placed from the run's own config: kfp.local ignores images and resources,
+        # and honours retries only where the profile asks for them (the cluster overlay does).
+        pipeline = build_pipeline(args.pipeline, cfg)
+        announce_plan(pipeline.pipeline_spec)
+        record = run_local(pipeline, args.profile, args.set, Path(args.home))
     except LmforgeError as e:
-        if log_dir := os.environ.get(LOG_DIR_ENV):
-            # The parent run would stay RUNNING: only the last step (report) closes it.
-            fail_runs_tagged(cfg, TAG_LOGS, log_dir)
         result.write_text(json.dumps({"ok": False, "error": str(e)}))
         print(f"error: {e}", file=sys.stderr)
         return 2

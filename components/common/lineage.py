@@ -131,20 +131,6 @@ def mlflow_ui_url(cfg: LifecycleConfig) -> str:
     return url.rstrip("/")
 
 
-def fail_runs_tagged(cfg: LifecycleConfig, key: str, value: str, status: str = "FAILED") -> None:
-    """Close the runs still RUNNING whose tag ``key`` is ``value`` (a parent run whose pipeline failed
-    before its last step could close it)."""
-    import mlflow
-
-    exp_id = setup(cfg)
-    client = mlflow.MlflowClient()
-    quoted = value.replace("'", "\\'")
-    for run in client.search_runs(
-        [exp_id], filter_string=f"tags.`{key}` = '{quoted}' and attributes.status = 'RUNNING'"
-    ):
-        client.set_terminated(run.info.run_id, status=status)
-
-
 def finish_pipeline_run(cfg: LifecycleConfig, parent_run_id: str, status: str = "FINISHED") -> None:
     import mlflow
 

@@ -109,3 +109,15 @@ def test_a_step_answered_from_kfps_cache_is_done_without_running(run_log):
     run_log.feed("INFO - Task evaluate cache hit (key=0123456789ab); skipping execution.")
     step = run_log.steps["evaluate"]
     assert step.state == "done" and "cache" in step.status_text(0)
+
+
+def test_the_plan_line_lists_the_steps_in_order_with_their_display_names(tmp_path):
+    log = RunLog([], tmp_path / "logs")
+    log.feed(
+        'lmforge-plan [{"task": "curate", "label": "curate pretrain corpus"}, {"task": "pretrain", "label": "pretrain"}]'
+    )
+    log.close()
+    assert [(log.steps[t].label, log.steps[t].state) for t in log.order] == [
+        ("curate pretrain corpus", "waiting"),
+        ("pretrain", "waiting"),
+    ]
