@@ -113,3 +113,15 @@ def test_a_deleted_run_breaks_the_lineage_and_is_reported(chain):
     [broken] = tree.broken_nodes()
     assert broken.uri == BASE and ids["pretrain"] in broken.broken and "deleted" in broken.broken
     assert "BROKEN" in tree.render() and tree.to_dict()["children"]
+
+
+def test_a_deleted_registering_run_is_reported_beside_the_intact_model_lineage(chain):
+    client, ids = chain["client"], chain["ids"]
+    client.delete_run(ids["register"])
+    try:
+        tree = walk(client, "models:/walk-model@champion")
+    finally:
+        client.restore_run(ids["register"])
+    [broken] = tree.broken_nodes()
+    assert broken.run_id == ids["register"] and "deleted" in broken.broken
+    assert len(tree.raw_files()) == 2  # the model's own history is still walked
