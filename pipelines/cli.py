@@ -61,7 +61,8 @@ def _resolved(args) -> tuple[list[str], object]:
 def cmd_run(args) -> int:
     from components.common.lineage import LOG_DIR_ENV
     from components.common.sources import resolve_source
-    from pipelines.console import RunLog, child_command, follow, make_view
+    from pipelines.console import RunLog, child_command, follow
+    from pipelines.console_views import make_view
 
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)

@@ -11,7 +11,8 @@ import io
 
 import pytest
 
-from pipelines.console import PlainView, RunLog, Step
+from pipelines.console import RunLog, Step
+from pipelines.console_views import PlainView
 
 NOOP = (
     "/venv/lib/python3.11/site-packages/kfp/local/orchestrator/task_executor.py:100: UserWarning: Task 'pretrain': "
