@@ -3,14 +3,14 @@
 ::
 
     lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR] [-v]  run the DAG locally (kfp.local)
-    lmforge run continual [--set continual.source=NEW ...] [--home DIR]        retrain the champion on new data
-    lmforge compile [--profile small+cluster] [--set k=v ...] [--check]        write/check pipelines/compiled/*.yaml
-    lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]          run on a Kubeflow Pipelines endpoint
-    lmforge config [--profile P] [--set k=v ...] [--keys]                      show the resolved config / every key
-    lmforge runs [--home DIR]                                                    list past runs (from MLflow)
-    lmforge show [RUN] [--home DIR]                                              one run's summary
-    lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]      a model's history to the raw files
-    lmforge mlflow-ui [--home DIR] [--port 5000]                               browse runs, lineage and the registry
+    lmforge run continual [--set continual.source=NEW ...] [--home DIR]             retrain the champion on new data
+    lmforge compile [--profile small+cluster] [--set k=v ...] [--check]             write/check pipelines/compiled/*.yaml
+    lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]               run on a Kubeflow Pipelines endpoint
+    lmforge config [--profile P] [--set k=v ...] [--keys]                           show the resolved config / every key
+    lmforge runs [--home DIR]                                                       list past runs (from MLflow)
+    lmforge show [RUN] [--home DIR]                                                 one run's summary
+    lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
+    lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
 
 A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
 '+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
