@@ -2,12 +2,15 @@
 
 ::
 
-    lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR]   run the DAG locally (kfp.local)
-    lmforge run continual [--set continual.source=NEW ...] [--home DIR]        retrain the champion on new data
-    lmforge compile [--profile small+cluster] [--set k=v ...] [--check]        write/check pipelines/compiled/*.yaml
-    lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]          run on a Kubeflow Pipelines endpoint
-    lmforge config [--profile P] [--set k=v ...] [--keys]                      show the resolved config / every key
-    lmforge mlflow-ui [--home DIR] [--port 5000]                               browse runs, lineage and the registry
+    lmforge run lifecycle [--profile tiny] [--set key=value ...] [--home DIR] [-v]  run the DAG locally (kfp.local)
+    lmforge run continual [--set continual.source=NEW ...] [--home DIR]             retrain the champion on new data
+    lmforge compile [--profile small+cluster] [--set k=v ...] [--check]             write/check pipelines/compiled/*.yaml
+    lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]               run on a Kubeflow Pipelines endpoint
+    lmforge config [--profile P] [--set k=v ...] [--keys]                           show the resolved config / every key
+    lmforge runs [--home DIR]                                                       list past runs (from MLflow)
+    lmforge show [RUN] [--home DIR]                                                 one run's summary
+    lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
+    lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
 
 A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
 '+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,9 +59,10 @@ def _resolved(args) -> tuple[list[str], object]:
 
 
 def cmd_run(args) -> int:
+    from components.common.lineage import LOG_DIR_ENV
     from components.common.sources import resolve_source
-    from pipelines.compile import build_pipeline
-    from pipelines.local import run_local
+    from pipelines.console import RunLog, child_command, follow
+    from pipelines.console_views import make_view
 
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
@@ -69,10 +74,37 @@ def cmd_run(args) -> int:
             if not source.startswith("s3://"):
                 resolve_source(source)
     started = time.time()
-    # The local graph is placed from the run's own config: kfp.local ignores images and resources,
-    # and honours retries only where the profile asks for them (the cluster overlay does).
-    result = run_local(build_pipeline(args.pipeline, cfg), args.profile, overrides, resolve_home(cfg))
+    home = resolve_home(cfg)
+    log_dir = home / "logs" / f"{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+    # The pipeline process announces its steps first (pipelines/local.py), so this one needs no kfp.
+    run_log = RunLog([], log_dir, errors_dir=home / "errors")
+    view = make_view(sys.stdout, args.verbose, started)
+    result_file = log_dir / "result.json"
+    env = {**os.environ, LOG_DIR_ENV: str(log_dir), "PYTHONUNBUFFERED": "1"}
+    try:
+        status = follow(
+            child_command(args.pipeline, args.profile, overrides, home, result_file), run_log, view, env=env
+        )
+    except KeyboardInterrupt:
+        view.finish(run_log, time.time())
+        run_log.close()
+        print(f"\ninterrupted; logs in {log_dir}", file=sys.stderr)
+        return 130
+    outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if not outcome.get("ok"):
+        error = outcome.get("error") or f"the pipeline process exited with status {status}"
+        run_log.fail_current(re.sub(r"^step \S+ failed: ", "", error))
+        view.finish(run_log, time.time())
+        run_log.close()
+        failed = [s for s in run_log.steps.values() if s.state == "failed" and s.log_path]
+        where = failed[-1].log_path if failed else log_dir / "pipeline.log"
+        print(f"\nlmforge: {args.pipeline} failed after {time.time() - started:.0f}s\n  {'log':<18} {where}")
+        raise LmforgeError(error)
+    view.finish(run_log, time.time())
+    run_log.close()
+    result = outcome["record"]
     result["wall_seconds"] = round(time.time() - started, 1)
+    result["logs"] = str(log_dir)
     print(_summary_text(result))
     return 0
 
@@ -84,6 +116,7 @@ def _summary_text(result: dict) -> str:
         ("model", "model_uri"),
         ("registered", "registered"),
         ("MLflow parent run", "parent_run_id"),
+        ("step logs", "logs"),
     ):
         if result.get(key):
             lines.append(f"  {label:<18} {result[key]}")
@@ -162,6 +195,115 @@ def cmd_mlflow_ui(args) -> int:
     )
 
 
+def _tracking_client(args):
+    """An MlflowClient on the tracking store the profile, ``--set`` and ``--home`` name."""
+    import mlflow
+
+    from components.common.lineage import tracking_uri
+
+    _, cfg = _resolved(args)
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise LmforgeError(
+            f"no tracking database at {uri.removeprefix('sqlite:///')}: run `lmforge run lifecycle` first, pass "
+            "--home of an earlier run, or --set lineage.tracking_uri=http://<mlflow server>"
+        )
+    return mlflow.MlflowClient(tracking_uri=uri), cfg
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else "-"
+
+
+def cmd_runs(args) -> int:
+    from components.common.runs import list_runs
+
+    client, cfg = _tracking_client(args)
+    runs = list_runs(client, cfg.lineage.experiment, limit=args.limit)
+    if not runs:
+        print(f"no pipeline runs in MLflow experiment {cfg.lineage.experiment!r}")
+        return 0
+    head = ("run", "pipeline", "profile", "started", "took", "status", "registered", "report")
+    rows = [
+        (
+            r.run_id[:12],
+            r.pipeline,
+            r.profile,
+            _when(r.start_ms),
+            _duration(r.seconds),
+            r.status,
+            r.registered or "-",
+            r.report or "-",
+        )
+        for r in runs
+    ]
+    widths = [max(len(str(row[i])) for row in (head, *rows)) for i in range(len(head) - 1)]
+    for row in (head, *rows):
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+def cmd_show(args) -> int:
+    from components.common.lineage import ui_links
+    from components.common.runs import find_run
+    from components.report.build import STAGE_ORDER, number_text, stage_title
+
+    client, cfg = _tracking_client(args)
+    run = find_run(client, cfg.lineage.experiment, args.run or "")
+    print(
+        f"{run.pipeline or 'pipeline'} run {run.run_id}  {run.status}  started {_when(run.start_ms)}, took {_duration(run.seconds)}"
+    )
+    fields = {
+        "profile": run.profile,
+        "KFP run id": run.kfp_run_id,
+        "report": run.report,
+        "model": run.model,
+        "registered": run.registered,
+        "step logs": run.logs,
+        **ui_links(cfg, experiment_id=run.experiment_id, run_id=run.run_id, kfp_run_id=run.kfp_run_id),
+    }
+    for label, value in fields.items():
+        if value:
+            print(f"  {label:<18} {value}")
+    order = [s for s in STAGE_ORDER if s in run.metrics] + sorted(set(run.metrics) - set(STAGE_ORDER))
+    for stage in order:
+        print(f"\n{stage_title(stage)}")
+        width = max(len(name) for name in run.metrics[stage]) if run.metrics[stage] else 0
+        for name, value in sorted(run.metrics[stage].items()):
+            print(f"  {name:<{width}}  {number_text(value)}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from components.common.lineage import mlflow_ui_url
+    from components.common.lineage_walk import walk
+
+    client, cfg = _tracking_client(args)
+    tree = walk(
+        client,
+        args.ref,
+        model_name=cfg.register.model_name,
+        ui_url=mlflow_ui_url(cfg),
+        kfp_ui_url=cfg.lineage.kfp_ui_url,
+    )
+    broken = tree.broken_nodes()
+    if args.json:
+        print(json.dumps({**tree.to_dict(), "broken": [n.name for n in broken]}, indent=2))
+    else:
+        print(tree.render())
+        raw = tree.raw_files()
+        print(f"\n{len(tree.corpora())} curated corpora, {len(raw)} raw files", end="")
+        print(f"; lineage BROKEN at {len(broken)} place(s)" if broken else "")
+    return 1 if broken else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,8 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "--home", help="local working directory for store, MLflow DB and KFP outputs (default .lmforge)"
             )
 
-    p = sub.add_parser("run", help="run a pipeline locally through kfp.local (no cluster needed)")
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline locally through kfp.local (no cluster needed)",
+        description="Run a pipeline locally. The console shows one line per step (live on a terminal, plain "
+        "lines on a pipe); every step's full log goes to <home>/logs/<pipeline>-<time>/<step>.log.",
+    )
     p.add_argument("pipeline", choices=sorted(PIPELINES), help="pipeline to run")
+    p.add_argument("--verbose", "-v", action="store_true", help="stream every step's full log to the console")
     config_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -253,6 +401,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every key with type, default and meaning")
     config_args(p, home=False)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "runs",
+        help="list past pipeline runs from MLflow (pipeline, profile, start, duration, status, registered, report)",
+        description="List pipeline runs, newest first, from MLflow's parent runs: the local tracking database "
+        "under --home, or a tracking server (--set lineage.tracking_uri=http://…).",
+    )
+    p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    config_args(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser(
+        "show",
+        help="print one run's summary: where its report, model and logs are, and every stage's numbers",
+        description="Print a pipeline run's summary from MLflow: the numbers of the report's summary, by stage.",
+    )
+    p.add_argument("run", nargs="?", help="MLflow run id (or a unique prefix) or KFP run id; default the newest")
+    config_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "lineage",
+        help="print a model's history back to the raw files, through MLflow alone",
+        description="Walk from a registered model version (models:/NAME@ALIAS, models:/NAME/VERSION, or a version "
+        "number of register.model_name) or an MLflow run id back through every step run to the raw files, "
+        "with their digests. Exits 1 when the lineage is broken (a run deleted).",
+    )
+    p.add_argument("ref", help="models:/NAME@ALIAS, models:/NAME/VERSION, a version number, or a run id")
+    p.add_argument("--json", action="store_true", help="print the tree as JSON")
+    config_args(p)
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("mlflow-ui", help="start the MLflow UI on this run's tracking database (127.0.0.1)")
     p.add_argument("--home", default=".lmforge", help="the run's local working directory")

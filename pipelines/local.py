@@ -4,11 +4,17 @@
 is installed, so a local run exercises exactly the component code the cluster runs in the image.
 When a step fails, the one-line reason it recorded (see ``components.common.stage``) is raised as an
 :class:`LmforgeError` instead of KFP's "inner task failed".
+
+``python -m pipelines.local PIPELINE --profile P --home DIR [--set k=v …] --result FILE`` is the
+process ``lmforge run`` starts and follows (pipelines/console.py): it runs the pipeline and writes
+``{"ok": true, "record": …}`` or ``{"ok": false, "error": "<one line>"}`` to FILE.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -38,3 +44,35 @@ def _failure_reason(home: Path, since: float) -> str:
         return ""
     newest = max(errors, key=lambda p: p.stat().st_mtime)
     return f"step {newest.stem.rsplit('-', 1)[0]} failed: {newest.read_text().strip()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.common.config import load_config
+    from pipelines.compile import build_pipeline
+    from pipelines.console import announce_plan
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.local", description=__doc__)
+    parser.add_argument("pipeline")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--result", required=True, help="where to write the outcome as JSON")
+    args = parser.parse_args(argv)
+    result = Path(args.result)
+    try:
+        cfg = load_config(args.profile, args.set)
+        # The local graph is placed from the run's own config: kfp.local ignores images and resources,
+        # and honours retries only where the profile asks for them (the cluster overlay does).
+        pipeline = build_pipeline(args.pipeline, cfg)
+        announce_plan(pipeline.pipeline_spec)
+        record = run_local(pipeline, args.profile, args.set, Path(args.home))
+    except LmforgeError as e:
+        result.write_text(json.dumps({"ok": False, "error": str(e)}))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result.write_text(json.dumps({"ok": True, "record": record}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,8 +19,43 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from components.common.config import LifecycleConfig, load_config  # noqa: E402
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "quickstart"
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "pipelines" / "data" / "quickstart"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def lmforge_cli(*args: str, tty: bool = False, cwd: Path = REPO, timeout: float = 3000):
+    """Run ``lmforge ARGS`` as a person would, in a pseudo-terminal (``tty=True``) or with its output
+    on pipes; returns a ``CompletedProcess`` (in a terminal, stdout holds stdout and stderr together,
+    escape codes included, as the screen received them)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # rows, columns
+    proc = subprocess.Popen(cmd, stdin=secondary, stdout=secondary, stderr=secondary, cwd=cwd, env=env)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 1 << 16)
+        except OSError:  # EIO: the program exited and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    status = proc.wait(timeout=60)
+    return subprocess.CompletedProcess(cmd, status, b"".join(chunks).decode("utf-8", "replace"), "")
 
 
 @pytest.fixture

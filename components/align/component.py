@@ -24,8 +24,19 @@ def align(
         model: Output pointer to the chat model; its tokenizer carries the chat template.
         metrics: SFT loss, held-out answer loss before and after, example counts.
     """
+    from components.align.sft import _store_for
     from components.align.sft import align as sft
+    from components.common.lineage import digest_files, log_raw_files
+    from components.common.sources import resolve_source
     from components.common.stage import export, run_stage
+
+    def body(ctx):
+        # The SFT pairs enter from outside the platform: each file is a raw input with its digest.
+        store = _store_for(ctx.cfg)
+        log_raw_files(digest_files(resolve_source(ctx.cfg.align.source, store), store), role="sft")
+        return sft(
+            ctx.cfg, model_dir=ctx.inputs["base_model"] / "model", out_dir=ctx.out_dir, mlflow_run_id=ctx.mlflow_run_id
+        )
 
     pointer, summary = run_stage(
         "align",
@@ -35,8 +46,6 @@ def align(
         parent_run_id=lineage_run_id,
         input_pointer_paths={"base_model": base_model.path},
         sections=("align",),
-        fn=lambda ctx: sft(
-            ctx.cfg, model_dir=ctx.inputs["base_model"] / "model", out_dir=ctx.out_dir, mlflow_run_id=ctx.mlflow_run_id
-        ),
+        fn=body,
     )
     export(model, pointer, metrics, summary)

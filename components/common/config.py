@@ -92,6 +92,18 @@ class StorageConfig:
 class LineageConfig:
     tracking_uri: str = knob("", "MLflow tracking URI: '' = sqlite:///<run.home>/mlflow.db.", versioned=False)
     experiment: str = knob("lmforge", "MLflow experiment that holds the pipeline runs.", versioned=False)
+    ui_url: str = knob(
+        "",
+        "Base URL of the MLflow UI that the report, `lmforge show` and `lmforge lineage` link runs and model "
+        "versions to ('' = lineage.tracking_uri when it is http(s), else no links).",
+        versioned=False,
+    )
+    kfp_ui_url: str = knob(
+        "",
+        "Base URL of the Kubeflow Pipelines UI, e.g. https://kubeflow.example.com/pipeline: the report and "
+        "`lmforge lineage` link each run's Kubeflow page <url>/#/runs/details/<run id> ('' = no links).",
+        versioned=False,
+    )
 
 
 @_frozen

@@ -28,6 +28,9 @@ TAG_KFP_RUN = "lmforge.kfp_run_id"
 TAG_STAGE = "lmforge.stage"
 TAG_PIPELINE = "lmforge.pipeline"
 TAG_IMAGE = "lmforge.image"
+TAG_LOGS = "lmforge.logs"
+#: Where `lmforge run` writes the run's step logs (it sets this for the pipeline process it starts).
+LOG_DIR_ENV = "LMFORGE_LOG_DIR"
 
 
 def tracking_uri(cfg: LifecycleConfig) -> str:
@@ -94,6 +97,8 @@ def start_pipeline_run(cfg: LifecycleConfig, pipeline: str, kfp_run_id: str) -> 
         TAG_KFP_RUN: kfp_run_id,
         TAG_IMAGE: os.environ.get("LMFORGE_IMAGE", "local"),
     }
+    if logs := os.environ.get(LOG_DIR_ENV):  # set by `lmforge run`, which files each step's log there
+        tags[TAG_LOGS] = logs
     with mlflow.start_run(run_name=f"{pipeline}-{kfp_run_id[:12]}", tags=tags) as run:
         params = {k: str(v)[:500] for k, v in flatten(cfg).items()}
         mlflow.log_params(params)
@@ -101,6 +106,29 @@ def start_pipeline_run(cfg: LifecycleConfig, pipeline: str, kfp_run_id: str) -> 
         run_id = run.info.run_id
     mlflow.MlflowClient().update_run(run_id, status="RUNNING")
     return run_id
+
+
+def ui_links(
+    cfg: LifecycleConfig, *, experiment_id: str = "", run_id: str = "", kfp_run_id: str = ""
+) -> dict[str, str]:
+    """Pages of a run in the MLflow UI and the Kubeflow Pipelines UI, where those UIs are known.
+
+    The MLflow UI is ``lineage.ui_url``, else the tracking server itself when it is http(s) (a local
+    SQLite store has no UI until ``lmforge mlflow-ui`` serves one); Kubeflow is ``lineage.kfp_ui_url``.
+    """
+    links = {}
+    mlflow_ui = mlflow_ui_url(cfg)
+    if mlflow_ui and experiment_id and run_id:
+        links["MLflow UI"] = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}"
+    if cfg.lineage.kfp_ui_url and kfp_run_id:
+        links["Kubeflow run"] = f"{cfg.lineage.kfp_ui_url.rstrip('/')}/#/runs/details/{kfp_run_id}"
+    return links
+
+
+def mlflow_ui_url(cfg: LifecycleConfig) -> str:
+    """Base URL of the MLflow UI for links ('' when there is none to link to)."""
+    url = cfg.lineage.ui_url or (cfg.lineage.tracking_uri if cfg.lineage.tracking_uri.startswith("http") else "")
+    return url.rstrip("/")
 
 
 def finish_pipeline_run(cfg: LifecycleConfig, parent_run_id: str, status: str = "FINISHED") -> None:
@@ -132,7 +160,16 @@ def stage_run(cfg: LifecycleConfig, stage: str, parent_run_id: str = "") -> Iter
         yield run.info.run_id
 
 
-def log_input(name: str, digest: str, source_uri: str, context: str = "input") -> None:
+#: MLflow input context of an artifact another step produced (the walker follows it to that step's run).
+INPUT_CONTEXT = "input"
+#: MLflow input context of a file that enters the platform from outside (raw text, SFT pairs, task
+#: data): the walker's leaves, which no run produced.
+RAW_CONTEXT = "raw"
+#: Input tag holding a digest in full: MLflow's dataset digest column holds only 36 characters.
+TAG_FULL_DIGEST = "lmforge.digest"
+
+
+def log_input(name: str, digest: str, source_uri: str, context: str = INPUT_CONTEXT) -> None:
     """Record a dataset (or model) this stage consumed, by name, digest and source URI."""
     import warnings
 
@@ -146,7 +183,31 @@ def log_input(name: str, digest: str, source_uri: str, context: str = "input") -
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(source_uri)
     dataset = MetaDataset(source=source, name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    mlflow.log_input(dataset, context=context, tags={TAG_FULL_DIGEST: digest})
+
+
+def log_raw_files(files: list[tuple[str, str]], role: str) -> None:
+    """Record the raw files a stage read, ``(uri or local path, sha256)`` each, as MLflow inputs.
+
+    Every stage that reads data from outside the platform calls this (curate for its corpus, align
+    for its SFT pairs, ...): each file becomes a dataset input named ``<role>/<file name>`` with its
+    digest and source URI, in context :data:`RAW_CONTEXT`, so :func:`components.common.lineage_walk.walk`
+    reaches it from any model built on it. ``role`` says what the file was for (``corpus``, ``sft``).
+    """
+    for uri, digest in files:
+        if "://" not in uri:
+            uri = Path(uri).resolve().as_uri()
+        log_input(
+            name=f"{role}/{uri.rstrip('/').rsplit('/', 1)[-1]}", digest=digest, source_uri=uri, context=RAW_CONTEXT
+        )
+
+
+def digest_files(files: list[str], store=None) -> list[tuple[str, str]]:
+    """``(file, digest)`` for :func:`log_raw_files`: sha256 of a local file, the store's digest (ETag) of an
+    ``s3://`` object (``store`` reads those, without a download)."""
+    from components.common.storage import file_digest
+
+    return [(f, store.digest(f) if f.startswith("s3://") else file_digest(Path(f))) for f in files]
 
 
 def log_curve(run_id: str, key: str, values: list[tuple[int, float]]) -> None:

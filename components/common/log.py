@@ -1,4 +1,10 @@
-"""Logging and progress bars that read well both in a terminal and in a KFP step's log."""
+"""Logging and progress that read well both in a terminal and in a KFP step's log.
+
+:func:`report_progress` writes one ``lmforge-progress key=value …`` line: ``lmforge run`` turns the
+newest such line of a step into that step's live status (pipelines/console.py), and in a pod's log
+it reads as a plain progress line. Stages call it at a human pace (a few dozen lines per step at
+most), never per record.
+"""
 
 from __future__ import annotations
 
@@ -30,3 +36,17 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     yield from tqdm(
         items, desc=desc, total=total, unit=unit, mininterval=0.5 if tty else 30, disable=None if tty else False
     )
+
+
+#: Prefix of a progress line; pipelines/console.py finds it anywhere in a line, because Ray prefixes
+#: what its workers print with ``(RayTrainWorker pid=…)``.
+PROGRESS_MARK = "lmforge-progress"
+
+
+def report_progress(**fields: object) -> None:
+    """Print one progress line, e.g. ``report_progress(step="40/300", loss=5.12, tok_s=1830)``.
+
+    Values must not contain spaces (the console splits on them); floats are shown with 4 significant digits.
+    """
+    parts = [f"{k}={format(v, '.4g') if isinstance(v, float) else v}" for k, v in fields.items()]
+    print(PROGRESS_MARK, *parts, file=sys.stderr, flush=True)

@@ -120,6 +120,10 @@ def run_stage(
                 summary = fn(ctx)
             except Exception as e:
                 _record_failure(cfg, stage, e)
+                if parent_run_id:
+                    # Only the last step closes the pipeline's run; a failed one would stay RUNNING. A KFP
+                    # retry that then succeeds ends it FINISHED after all (report closes it).
+                    lineage.finish_pipeline_run(cfg, parent_run_id, status="FAILED")
                 raise
             summary.setdefault("metrics", {})["stage_seconds"] = round(time.time() - started, 3)
             (out.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -29,9 +29,12 @@ def curate(
         data_card: The data card (counts at every step, languages, lengths, dedup clusters, dropped
             examples per rule, shard lineage) as one HTML page, rendered by the Kubeflow UI.
     """
+    import json
+
     from components.common.artifacts import open_run_store
     from components.common.config import load_config
     from components.common.errors import ConfigError
+    from components.common.lineage import log_raw_files
     from components.common.sources import resolve_source, source_fingerprint
     from components.common.stage import export, run_stage
     from components.common.storage import join
@@ -58,6 +61,9 @@ def curate(
         )
         if ctx.mlflow_run_id:
             log_data_card(ctx.out_dir / CARD, ctx.mlflow_run_id)
+            # Every raw file, with the digest its manifest records, so lineage reaches it in MLflow alone.
+            manifest = json.loads((ctx.out_dir / "manifest.json").read_text())
+            log_raw_files([(f["uri"], f["sha256"]) for f in manifest["files"]], role="corpus")
         return summary
 
     pointer, summary = run_stage(

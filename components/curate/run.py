@@ -29,7 +29,7 @@ from pathlib import Path
 from components.common.artifacts import file_digest
 from components.common.config import LifecycleConfig, to_dict
 from components.common.errors import DataError
-from components.common.log import get_logger
+from components.common.log import get_logger, report_progress
 from components.common.shards import token_dtype, write_manifest
 from components.common.sources import resolve_source
 from components.common.storage import ObjectStore
@@ -102,6 +102,7 @@ def curate(
     tokenizer = RegexWordTokenizer()
     steps = document_steps(cfg, uris=uris, work=work, store=store, tokenizer=tokenizer)
     tasks = min(c.tasks, len(uris))
+    report_progress(stage="curate", files=len(uris), phase="filtering")
     execute = {"workers": c.workers, "executor": c.executor, "ray_address": c.ray_address}
     logs = out_dir / "datatrove"
     stats = run_pipeline(
@@ -134,6 +135,7 @@ def curate(
     docs, dedup_entry, dedup_examples = dedup_documents(work / DOCS, tasks, decisions, previous)
     step_list.append(dedup_entry)
     examples.update(dedup_examples)
+    report_progress(stage="curate", docs=f"{len(docs)}/{step_list[0]['input']}", phase="tokenizing")
     if not docs:
         raise DataError(rpt.empty_message(source, cfg, step_list, files, quarantine_path))
     originals = docs

@@ -30,8 +30,24 @@ def evaluate(
         metrics: Every evaluation number, for the KFP UI.
         table: The evaluation table, rendered by the KFP UI.
     """
+    from components.common.lineage import digest_files, log_raw_files
     from components.common.stage import export, metrics_markdown, run_stage
     from components.evaluate.run import evaluate as run_evaluate
+    from components.evaluate.tasks.datafiles import task_data_files
+
+    def body(ctx):
+        # The task data ships with lmforge; its digests still tie the scores to the exact questions.
+        files = [f for task in ctx.cfg.evaluate.tasks for f in task_data_files(task)]
+        log_raw_files(digest_files(files), role="eval")
+        return run_evaluate(
+            ctx.cfg,
+            model_dir=ctx.inputs["model"] / "model",
+            datasets={
+                "pretrain_corpus": ctx.inputs["pretrain_corpus"],
+                "continual_corpus": ctx.inputs["continual_corpus"],
+            },
+            out_dir=ctx.out_dir,
+        )
 
     pointer, summary = run_stage(
         "evaluate",
@@ -45,15 +61,7 @@ def evaluate(
             "continual_corpus": new_dataset.path,
         },
         sections=("evaluate", "model"),
-        fn=lambda ctx: run_evaluate(
-            ctx.cfg,
-            model_dir=ctx.inputs["model"] / "model",
-            datasets={
-                "pretrain_corpus": ctx.inputs["pretrain_corpus"],
-                "continual_corpus": ctx.inputs["continual_corpus"],
-            },
-            out_dir=ctx.out_dir,
-        ),
+        fn=body,
     )
     export(results, pointer, metrics, summary)
     with open(table.path, "w") as f:

@@ -34,6 +34,7 @@ def register(
     """
     from components.common.artifacts import read_marker
     from components.common.lineage import TAG_KFP_RUN, git_sha
+    from components.common.lineage_walk import TAG_SOURCE_ARTIFACT, TAG_SOURCE_RUN, producer_run_id
     from components.common.stage import export, run_stage
     from components.register.run import register as run_register
 
@@ -43,10 +44,15 @@ def register(
         tags.update(
             {"lmforge.profile": ctx.cfg.run.profile, "lmforge.git_sha": git_sha(), "lmforge.parent_run": lineage_run_id}
         )
-        if lineage_run_id:
-            import mlflow
+        import mlflow
 
-            tags[TAG_KFP_RUN] = mlflow.MlflowClient().get_run(lineage_run_id).data.tags.get(TAG_KFP_RUN, "")
+        client = mlflow.MlflowClient()
+        if lineage_run_id:
+            tags[TAG_KFP_RUN] = client.get_run(lineage_run_id).data.tags.get(TAG_KFP_RUN, "")
+        # The version's source is the HF directory inside the quantize output; these name that output
+        # and the step run that wrote it, where the lineage walk starts (components/common/lineage_walk.py).
+        tags[TAG_SOURCE_ARTIFACT] = p["model"]["uri"]
+        tags[TAG_SOURCE_RUN] = producer_run_id(client, p["model"]["uri"])
         eval_metrics = read_marker(ctx.store, p["evaluation"]["uri"]).get("metrics", {})
         return run_register(
             ctx.cfg,

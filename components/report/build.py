@@ -17,6 +17,28 @@ PLOT_TITLES = {"pretrain": "pretraining", "continual": "continual pretraining", 
 STAGE_ORDER = ["curate", "curate_continual", "pretrain", "continual", "align", "quantize", "evaluate", "register"]
 
 
+HEADLINE = {
+    "curate": "Curation: pretraining corpus",
+    "curate_continual": "Curation: continual corpus",
+    "pretrain": "Pretraining",
+    "align": "Alignment (SFT)",
+    "evaluate": "Evaluation",
+    "quantize": "Quantization (size and quality deltas)",
+    "continual": "Continual pretraining (forgetting)",
+    "register": "Registry",
+}
+
+
+def stage_title(stage: str) -> str:
+    """The heading a stage's numbers have in the report (and in ``lmforge show``)."""
+    return HEADLINE.get(stage, stage)
+
+
+def number_text(v: float) -> str:
+    """A number as the report prints it (MLflow returns every metric as a float; whole ones print as integers)."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else _fmt(v)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -70,22 +92,12 @@ def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[s
             parts.append(_img(images[fname], f"{name} loss curves"))
             md.append(f"![{name} loss]({fname})\n")
 
-    headline = {
-        "curate": "Curation: pretraining corpus",
-        "curate_continual": "Curation: continual corpus",
-        "pretrain": "Pretraining",
-        "align": "Alignment (SFT)",
-        "evaluate": "Evaluation",
-        "quantize": "Quantization (size and quality deltas)",
-        "continual": "Continual pretraining (forgetting)",
-        "register": "Registry",
-    }
     for stage in STAGE_ORDER:
         summary = summaries.get(stage)
         if not summary:
             continue
         metrics = {k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))}
-        title = headline.get(stage, stage)
+        title = stage_title(stage)
         t_html, t_md = _table(sorted(metrics.items()))
         parts.append(f"<h2>{html.escape(title)}</h2>{t_html}")
         md.append(f"\n## {title}\n\n{t_md}")

@@ -38,7 +38,12 @@ def write_report(
         import mlflow
 
         lineage.setup(cfg)
-        pipeline = mlflow.MlflowClient().get_run(parent_run_id).data.tags.get(lineage.TAG_PIPELINE, pipeline)
+        parent = mlflow.MlflowClient().get_run(parent_run_id)
+        pipeline = parent.data.tags.get(lineage.TAG_PIPELINE, pipeline)
+        # On a cluster: the run's pages in the MLflow and Kubeflow UIs (lineage.ui_url, lineage.kfp_ui_url).
+        context.update(
+            lineage.ui_links(cfg, experiment_id=parent.info.experiment_id, run_id=parent_run_id, kfp_run_id=kfp_run_id)
+        )
     context["pipeline"] = pipeline
     page, markdown, images = build_report(summaries, context)
     report_uri = join(store_root(cfg), "reports", f"run-{kfp_run_id}")
@@ -54,6 +59,8 @@ def write_report(
             client.log_artifacts(parent_run_id, str(tmp), artifact_path="report")
             client.set_tag(parent_run_id, "lmforge.report_uri", join(report_uri, "report.html"))
             client.set_tag(parent_run_id, "lmforge.model_uri", model_uri)
+            if reg:  # what `lmforge runs` lists, without opening the run's register step
+                client.set_tag(parent_run_id, "lmforge.registered", f"{context['registered']} ({reg.get('alias', '')})")
             for stage, summary in summaries.items():
                 for k, v in summary.get("metrics", {}).items():
                     if isinstance(v, (int, float)):

@@ -120,3 +120,30 @@ class MlflowCurveLogger(Callback):
             log_curve(self.run_id, "train_loss", [(s, loss) for s, loss, _ in self._pending])
             log_curve(self.run_id, "lr", [(s, lr) for s, _, lr in self._pending])
             self._pending = []
+
+
+class ProgressReporter(Callback):
+    """Rank 0 prints a progress line (step/total, loss, tokens/s) about every 5 % of the run and at its end.
+
+    These are what ``lmforge run`` shows live for a training step (components/common/log.py,
+    ``report_progress``); twenty lines a run keep a pod's log readable too.
+    """
+
+    def __init__(self, stage: str, total_steps: int) -> None:
+        self.stage, self.total = stage, total_steps
+        self.every = max(1, total_steps // 20)
+        self._active = False
+
+    def pre_train(self, state: TrainState) -> None:
+        self._active = state.rank == 0
+
+    def post_step(self, state: TrainState) -> None:
+        if self._active and (state.step % self.every == 0 or state.step == self.total):
+            from components.common.log import report_progress
+
+            report_progress(
+                stage=self.stage,
+                step=f"{state.step}/{self.total}",
+                loss=state.last_loss,
+                tok_s=round(state.tokens_per_second),
+            )

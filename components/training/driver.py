@@ -36,7 +36,7 @@ from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
 from components.common.ray_session import ray_session as common_ray_session
 from components.common.storage import open_store, s3_filesystem
-from components.training.callbacks import MlflowCurveLogger
+from components.training.callbacks import MlflowCurveLogger, ProgressReporter
 from components.training.loop import train_loop_per_worker
 from components.training.spec import TrainSpec
 
@@ -83,9 +83,9 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
         extra = []
         for path in spec.plugins:
             extra += plugins.enter_context(load_plugin(path)(spec))
-        curves = ()
+        curves = (ProgressReporter(spec.stage, spec.steps),)
         if spec.mlflow_run_id:
-            curves = (MlflowCurveLogger(tracking_uri(cfg), spec.mlflow_run_id, cfg.pretrain.log_every),)
+            curves += (MlflowCurveLogger(tracking_uri(cfg), spec.mlflow_run_id, cfg.pretrain.log_every),)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"spec": dataclasses.replace(spec, callbacks=(*extra, *spec.callbacks, *curves))},

@@ -8,6 +8,7 @@ generates, MLflow holds the parent and nested runs with their inputs, the regist
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,37 @@ def test_report_embeds_loss_curves_and_eval_table(lifecycle_run):
     page = Path(lifecycle_run["record"]["report"]).read_text()
     assert page.count("data:image/png;base64,") >= 3
     assert "Evaluation" in page and "heldout_perplexity" in page and "Quantization" in page
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+LIFECYCLE_STEPS = (
+    "start lineage",
+    "curate pretrain corpus",
+    "curate continual corpus",
+    "pretrain",
+    "continual",
+    "align",
+    "quantize",
+    "evaluate",
+    "register",
+    "report",
+)
+
+
+def test_console_in_a_terminal_ends_with_every_step_done_on_one_screen(lifecycle_run):
+    screen = ANSI.sub("", lifecycle_run["console"]).replace("\r", "")
+    final = screen[screen.rindex("\n", 0, screen.rindex("start lineage")) + 1 :]  # the last frame, the summary
+    for label in LIFECYCLE_STEPS:
+        assert re.search(rf"✓ {label}\s+done in \d", final), label
+    assert re.search(r"evaluate\s+done in [0-9.]+s\s+perplexity [0-9.]", final)
+    assert len(final.strip().splitlines()) <= 40
+    assert "have no effect in the current local runner" not in screen
+
+
+def test_every_steps_full_log_is_filed_under_the_run(lifecycle_run):
+    screen = ANSI.sub("", lifecycle_run["console"])
+    log_dir = Path(re.search(r"step logs\s+(\S+)", screen).group(1))
+    assert log_dir.parent == lifecycle_run["home"] / "logs"
+    assert "lmforge-progress stage=pretrain step=" in (log_dir / "pretrain.log").read_text()
+    assert "have no effect in the current local runner" in (log_dir / "pipeline.log").read_text()
+    assert {p.stem for p in log_dir.glob("*.log")} >= {"start-lineage", "curate", "curate-2", "pretrain", "report"}

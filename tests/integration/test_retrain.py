@@ -7,9 +7,14 @@ second version whose champion decision follows the metric.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, lmforge_cli
+from tests.integration.conftest import newest_record
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +30,13 @@ SHORT = [
 
 @pytest.fixture(scope="module")
 def retrain_run(lifecycle_run):
+    """``lmforge run continual`` on the lifecycle's home, its output on a pipe (as in CI or a log file)."""
     if not NEW_DATA.is_file():
         pytest.skip(f"needs the shared data sets beside the repo ({NEW_DATA})")
-    from components.common.config import load_config
-    from pipelines.continual import build_continual
-    from pipelines.local import run_local
-
-    overrides = [*lifecycle_run["overrides"], f"continual.source={NEW_DATA}", *SHORT]
-    pipeline = build_continual(load_config("tiny", overrides))
-    record = run_local(pipeline, "tiny", overrides, lifecycle_run["home"])
-    return {**lifecycle_run, "retrain": record}
+    sets = [a for o in (f"continual.source={NEW_DATA}", *SHORT) for a in ("--set", o)]
+    done = lmforge_cli("run", "continual", "--profile", "tiny", "--home", str(lifecycle_run["home"]), *sets)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {**lifecycle_run, "retrain": newest_record(lifecycle_run["home"]), "retrain_console": done}
 
 
 def _stage_runs(parent_id: str) -> dict:
@@ -72,3 +74,89 @@ def test_retrain_registers_a_second_version_and_the_better_one_is_champion(retra
     values = {k: float(v.tags[metric]) for k, v in versions.items()}
     champion = str(client.get_model_version_by_alias(cfg.register.model_name, "champion").version)
     assert values[champion] == min(values.values())  # heldout_perplexity: lower is better
+
+
+RETRAIN_STEPS = ("start lineage", "resolve champion", "curate new data", "continual", "align", "quantize", "evaluate")
+
+
+def test_console_on_a_pipe_prints_plain_lines_as_steps_start_and_end(retrain_run):
+    out = retrain_run["retrain_console"].stdout
+    lines = out.splitlines()
+    assert "\x1b[" not in out and len(lines) <= 40
+    for label in RETRAIN_STEPS:
+        assert any(re.search(rf"▶ {label}\s+started", line) for line in lines), label
+        assert any(re.search(rf"✓ {label}\s+done in [0-9.]+s", line) for line in lines), label
+    assert re.search(r"step logs\s+\S+/logs/continual-\d{8}-\d{6}", out)
+
+
+def test_runs_lists_both_pipeline_runs_with_their_registered_versions(retrain_run, capsys):
+    from pipelines.cli import main
+
+    assert main(["runs", "--home", str(retrain_run["home"])]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[1] for r in rows] == ["continual", "lifecycle"]  # newest first
+    for row, version in zip(rows, ("v2", "v1"), strict=True):
+        assert " tiny " in row and " FINISHED " in row and f"lmforge-chat {version}" in row
+        assert row.split()[-1].endswith("/report.html")
+
+
+def test_show_prints_the_numbers_of_the_runs_report(retrain_run, capsys):
+    from pipelines.cli import main
+
+    record = retrain_run["retrain"]
+    assert main(["show", record["parent_run_id"][:10], "--home", str(retrain_run["home"])]) == 0
+    shown = capsys.readouterr().out
+    report = Path(record["report"]).with_name("report.md").read_text()
+    evaluation = report.split("## Evaluation")[1].split("##")[0]
+    rows = re.findall(r"^\| (\S+) \| (\S+) \|$", evaluation, re.M)[1:]
+    assert rows
+    for name, value in rows:
+        assert re.search(rf"^  {re.escape(name)}\s+{re.escape(value)}$", shown, re.M), (name, value)
+    assert f"registered         {record['registered']}" in shown
+
+
+def _retrained_version_ref(retrain_run) -> str:
+    import mlflow
+
+    name = retrain_run["cfg"].register.model_name
+    version = mlflow.MlflowClient().get_model_version(name, "2")
+    return f"models:/{name}@{version.aliases[0]}"  # champion or challenger, whichever it became
+
+
+def test_lineage_of_the_retrained_version_reaches_every_raw_file_of_every_corpus(retrain_run):
+    import mlflow
+
+    from components.common.lineage_walk import walk
+    from components.common.sources import QUICKSTART_DIR
+    from components.common.storage import file_digest
+
+    tree = walk(mlflow.MlflowClient(), _retrained_version_ref(retrain_run))
+    assert not tree.broken_nodes()
+    reached = {(n.uri, n.digest) for n in tree.raw_files()}
+    manifests = list((retrain_run["home"] / "store" / "datasets").glob("*/manifest.json"))
+    assert len(manifests) == 3 == len(tree.corpora())  # both lifecycle corpora and the new data
+    for manifest in manifests:
+        for f in json.loads(manifest.read_text())["files"]:
+            assert (Path(f["uri"]).as_uri(), f["sha256"]) in reached, f["uri"]
+    sft = QUICKSTART_DIR / retrain_run["cfg"].align.source.removeprefix("quickstart/")
+    assert (sft.resolve().as_uri(), file_digest(sft)) in reached
+
+
+def test_lineage_command_reports_a_deleted_run_as_broken(retrain_run, capsys):
+    import mlflow
+
+    from pipelines.cli import main
+
+    home, ref = str(retrain_run["home"]), _retrained_version_ref(retrain_run)
+    assert main(["lineage", ref, "--home", home, "--json"]) == 0
+    intact = json.loads(capsys.readouterr().out)
+    pretrain = _stage_runs(retrain_run["record"]["parent_run_id"])["pretrain"].info.run_id
+    client = mlflow.MlflowClient()
+    client.delete_run(pretrain)
+    try:
+        assert main(["lineage", ref, "--home", home]) == 1
+    finally:
+        client.restore_run(pretrain)
+    out = capsys.readouterr().out
+    assert f"BROKEN: the run that produced it ({pretrain}) was deleted" in out
+    assert intact["broken"] == [] and intact["children"]

@@ -34,3 +34,20 @@ def load_beside_yaml(data_files: dict[str, str | list[str]], **_task_metadata: A
     import datasets
 
     return datasets.load_dataset("json", data_files=resolve_data_files(data_files))
+
+
+def task_data_files(task: str) -> list[str]:
+    """Absolute paths of the data files task ``task``'s YAML in this folder names (for lineage); [] if
+    the task is not one of lmforge's own (lm-eval's built-in tasks bring their own data)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        """Reads lm-eval's ``!function module.name`` tags as plain strings."""
+
+    _Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        spec = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        if isinstance(spec, dict) and spec.get("task") == task:
+            files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+            return [f for split in resolve_data_files(files).values() for f in split]
+    return []
