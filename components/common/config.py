@@ -31,6 +31,9 @@ from components.common.errors import ConfigError
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "profiles"
 #: Joins profiles applied left to right, e.g. ``small+cluster`` (a size, then the cluster overlay).
 PROFILE_SEPARATOR = "+"
+#: LR schedules and WSD decay shapes (``components/training/schedule.py`` implements them).
+SCHEDULES = ("cosine", "wsd", "constant", "inverse_sqrt")
+DECAY_SHAPES = ("linear", "sqrt", "cosine")
 
 
 def knob(default: Any, doc: str, *, versioned: bool = True) -> Any:
@@ -272,6 +275,18 @@ class PretrainConfig:
     lr: float = knob(3e-3, "Peak learning rate after warmup.")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak (cosine decay floor).")
     warmup_steps: int = knob(20, "Linear warmup steps from 0 to the peak LR.")
+    schedule: str = knob(
+        "cosine",
+        "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
+        "the last pretrain.decay_fraction of the steps), 'constant' (no decay) or 'inverse_sqrt'.",
+    )
+    decay_shape: str = knob(
+        "sqrt",
+        "schedule=wsd: shape of the final decay, 'linear', 'sqrt' (1-sqrt, Hägele et al. 2024) or 'cosine'.",
+    )
+    decay_fraction: float = knob(
+        0.2, "schedule=wsd: fraction of pretrain.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
+    )
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
@@ -314,6 +329,18 @@ class ContinualConfig:
     lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak.")
     warmup_steps: int = knob(10, "Re-warming steps from 0 to the peak LR.")
+    schedule: str = knob(
+        "cosine",
+        "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
+        "the last continual.decay_fraction of the steps), 'constant' (no decay) or 'inverse_sqrt'.",
+    )
+    decay_shape: str = knob(
+        "sqrt",
+        "schedule=wsd: shape of the final decay, 'linear', 'sqrt' (1-sqrt, Hägele et al. 2024) or 'cosine'.",
+    )
+    decay_fraction: float = knob(
+        0.2, "schedule=wsd: fraction of continual.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
+    )
     replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
     base_model: str = knob(
         "",
@@ -540,6 +567,8 @@ def _validate(cfg: LifecycleConfig) -> None:
             f"{name}.warmup_steps",
             f"must be below {name}.steps={sec.steps}, got {sec.warmup_steps}; lower it or raise {name}.steps",
         )
+    for name in ("pretrain", "continual"):
+        _validate_schedule(getattr(cfg, name), name)
     need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
@@ -588,6 +617,25 @@ def _validate(cfg: LifecycleConfig) -> None:
             cfg.storage.uri.startswith(("s3://", "file://")),
             "storage.uri",
             f"must start with s3:// or file://, got {cfg.storage.uri!r}",
+        )
+
+
+def _validate_schedule(sec: Any, name: str) -> None:
+    """The schedule's phases must fit in the steps (wsd: warmup, then at least one stable step, then the decay)."""
+    if sec.schedule not in SCHEDULES:
+        raise ConfigError(f"{name}.schedule: must be one of {', '.join(SCHEDULES)}, got {sec.schedule!r}")
+    if sec.decay_shape not in DECAY_SHAPES:
+        raise ConfigError(f"{name}.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {sec.decay_shape!r}")
+    if sec.schedule != "wsd":
+        return
+    if not 0.0 < sec.decay_fraction <= 1.0:
+        raise ConfigError(f"{name}.decay_fraction: must be in (0, 1], got {sec.decay_fraction}")
+    decay = max(1, round(sec.steps * sec.decay_fraction))
+    if sec.warmup_steps + decay > sec.steps:
+        raise ConfigError(
+            f"{name}.decay_fraction: warmup ({name}.warmup_steps={sec.warmup_steps}) plus the decay "
+            f"({decay} steps = {sec.decay_fraction} x {name}.steps={sec.steps}) do not fit in the steps; "
+            f"lower {name}.decay_fraction or {name}.warmup_steps, or raise {name}.steps"
         )
 
 

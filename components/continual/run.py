@@ -30,6 +30,7 @@ from components.continual.forgetting import stability_gap
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
+from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
@@ -71,8 +72,7 @@ def continual(
         steps=c.steps,
         batch_size=c.batch_size,
         lr=c.lr,
-        warmup_steps=c.warmup_steps,
-        min_lr_ratio=c.min_lr_ratio,
+        **schedule_fields(c),
         probes=(
             Probe("old_heldout", old_dataset_uri, every=c.probe_every or max(1, c.steps // PROBES_PER_RUN), **heldout),
             Probe("new_heldout", dataset_uri, **heldout),

@@ -21,6 +21,7 @@ from components.common.log import get_logger
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
+from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.pretrain")
@@ -64,8 +65,7 @@ def pretrain(
         steps=p.steps,
         batch_size=p.batch_size,
         lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        min_lr_ratio=p.min_lr_ratio,
+        **schedule_fields(p),
         probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),

@@ -55,7 +55,7 @@ from components.training.parallel import (
     wrap_model,
 )
 from components.training.probes import HeldoutProbes
-from components.training.schedule import warmup_cosine
+from components.training.schedule import lr_scheduler
 from components.training.spec import TrainSpec
 
 log = get_logger("lmforge.training")
@@ -205,8 +205,14 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
         )
     model = wrap_model(module, cfg.pretrain.parallelism, world_size=world_size, device=ray.train.torch.get_device())
     optimizer = _adamw(module, lr=spec.lr, weight_decay=cfg.pretrain.weight_decay)
-    scheduler = warmup_cosine(
-        optimizer, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_lr_ratio=spec.min_lr_ratio
+    scheduler = lr_scheduler(
+        optimizer,
+        warmup_steps=spec.warmup_steps,
+        total_steps=spec.steps,
+        min_lr_ratio=spec.min_lr_ratio,
+        schedule=spec.schedule,
+        decay_steps=spec.decay_steps,
+        decay_shape=spec.decay_shape,
     )
     batches = ResumableBatches(
         spec.dataset_uri,

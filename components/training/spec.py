@@ -54,6 +54,9 @@ class TrainSpec:
     lr: float  # peak LR
     warmup_steps: int
     min_lr_ratio: float
+    schedule: str = "cosine"  # components/training/schedule.py: cosine | wsd | constant | inverse_sqrt
+    decay_steps: int = 0  # wsd: length of the final decay
+    decay_shape: str = "sqrt"  # wsd: linear | sqrt | cosine
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
@@ -83,6 +86,7 @@ class TrainSpec:
             "lr": self.lr,
             "warmup_steps": self.warmup_steps,
             "min_lr_ratio": self.min_lr_ratio,
+            "schedule": [self.schedule, self.decay_steps, self.decay_shape],
             "replay_fraction": self.replay_fraction,
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,

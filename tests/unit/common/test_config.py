@@ -127,6 +127,17 @@ def test_inconsistent_values_name_the_fix():
         load_config("tiny", ["pretrain.steps=5"])
 
 
+def test_wsd_phases_that_do_not_fit_name_the_keys():
+    overrides = ["continual.schedule=wsd", "continual.steps=20", "continual.warmup_steps=15"]
+    with pytest.raises(ConfigError, match=r"continual.decay_fraction: warmup \(continual.warmup_steps=15\) plus"):
+        load_config("tiny", [*overrides, "continual.decay_fraction=0.5"])
+
+
+def test_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="pretrain.schedule: must be one of cosine, wsd, constant, inverse_sqrt"):
+        load_config("tiny", ["pretrain.schedule=step"])
+
+
 def test_list_field_accepts_comma_separated_override():
     assert load_config("tiny", ["evaluate.tasks=a,b"]).evaluate.tasks == ["a", "b"]
 
