@@ -34,6 +34,8 @@ PROFILE_SEPARATOR = "+"
 #: LR schedules and WSD decay shapes (``components/training/schedule.py`` implements them).
 SCHEDULES = ("cosine", "wsd", "constant", "inverse_sqrt")
 DECAY_SHAPES = ("linear", "sqrt", "cosine")
+#: Weight averaging in place of (or beside) the final decay (``components/training/averaging.py``).
+AVERAGES = ("none", "ema", "uniform", "weighted")
 
 
 def knob(default: Any, doc: str, *, versioned: bool = True) -> Any:
@@ -287,6 +289,15 @@ class PretrainConfig:
     decay_fraction: float = knob(
         0.2, "schedule=wsd: fraction of pretrain.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
     )
+    average: str = knob(
+        "none",
+        "Weight averaging; the average is the model later stages receive: 'ema' (every step, bias-corrected), "
+        "'uniform' or 'weighted' (1, 2, ..., K) mean of the last pretrain.average_last_k snapshots taken every "
+        "pretrain.average_every steps, or 'none'. Costs host memory: one (ema) or K copies of the weights per worker.",
+    )
+    average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
+    average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
+    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
@@ -341,6 +352,15 @@ class ContinualConfig:
     decay_fraction: float = knob(
         0.2, "schedule=wsd: fraction of continual.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
     )
+    average: str = knob(
+        "none",
+        "Weight averaging; the average is the model later stages receive: 'ema' (every step, bias-corrected), "
+        "'uniform' or 'weighted' (1, 2, ..., K) mean of the last continual.average_last_k snapshots taken every "
+        "continual.average_every steps, or 'none'. Costs host memory: one (ema) or K copies of the weights per worker.",
+    )
+    average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
+    average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
+    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
     replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
     base_model: str = knob(
         "",
@@ -354,8 +374,20 @@ class ContinualConfig:
     )
     probe_every: int = knob(
         0,
-        "Measure the old corpus' held-out loss every N steps while training, to show the stability gap "
-        "(0 = about 5 times per run).",
+        "Measure every corpus' held-out loss every N steps while training, to show the stability gap "
+        "(0 = continual.probes evenly spaced points).",
+        versioned=False,
+    )
+    probes: int = knob(
+        24,
+        "Held-out probes per run when probe_every=0, evenly spaced (>= 20, so an early dip is not missed; "
+        "each costs one held-out pass per corpus).",
+        versioned=False,
+    )
+    probe_density: int = knob(
+        4,
+        "Probes are this many times denser during re-warming and as many steps again after it, where the "
+        "stability gap opens (1 = uniform).",
         versioned=False,
     )
 
@@ -585,6 +617,9 @@ def _validate(cfg: LifecycleConfig) -> None:
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
     )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
+    need(cfg.continual.probe_every >= 0, "continual.probe_every", "must be >= 0 (0 = use continual.probes)")
+    need(cfg.continual.probes >= 1, "continual.probes", f"must be >= 1, got {cfg.continual.probes}")
+    need(cfg.continual.probe_density >= 1, "continual.probe_density", "must be >= 1 (1 = uniform)")
     r = cfg.resilience
     need(r.scheme in {"xor", "rs"}, "resilience.scheme", f"must be xor or rs, got {r.scheme!r}")
     need(r.k >= 1, "resilience.k", f"must be >= 1, got {r.k}")
@@ -626,6 +661,18 @@ def _validate_schedule(sec: Any, name: str) -> None:
         raise ConfigError(f"{name}.schedule: must be one of {', '.join(SCHEDULES)}, got {sec.schedule!r}")
     if sec.decay_shape not in DECAY_SHAPES:
         raise ConfigError(f"{name}.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {sec.decay_shape!r}")
+    if sec.average not in AVERAGES:
+        raise ConfigError(f"{name}.average: must be one of {', '.join(AVERAGES)}, got {sec.average!r}")
+    if sec.average in ("uniform", "weighted"):
+        if sec.average_every < 1 or sec.average_last_k < 1:
+            raise ConfigError(f"{name}.average_every and {name}.average_last_k: must be >= 1")
+        if sec.average_every * (sec.average_last_k - 1) >= sec.steps:
+            raise ConfigError(
+                f"{name}.average_last_k: {sec.average_last_k} snapshots every {name}.average_every="
+                f"{sec.average_every} steps span more than {name}.steps={sec.steps}; lower one of them"
+            )
+    if sec.average == "ema" and not 0.0 < sec.ema_decay < 1.0:
+        raise ConfigError(f"{name}.ema_decay: must be in (0, 1), got {sec.ema_decay}")
     if sec.schedule != "wsd":
         return
     if not 0.0 < sec.decay_fraction <= 1.0:

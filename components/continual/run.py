@@ -8,8 +8,9 @@ the old corpus, the cheapest known guard against forgetting (Ibrahim et al., 202
 
 Both corpora must be tokenized with the same tokenizer (the model has one embedding table), checked
 from their manifests before anything is trained. Forgetting is measured by the workers (the driver
-holds no model): held-out probes of the old and the new corpus at step 0 and at the end, and of the
-old corpus every ``probe_every`` steps in between to expose the stability gap.
+holds no model): held-out probes of every corpus at step 0, at ``continual.probes`` points (denser
+while re-warming) and at the end; :mod:`components.continual.forgetting` turns the curves into
+forgetting, adaptation and the stability gap under per-corpus metric names.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from components.common.errors import DataError
 from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.storage import join, open_store
-from components.continual.forgetting import stability_gap
+from components.continual.forgetting import corpus_label, corpus_metrics, probe_steps, unique_labels
+from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
@@ -34,8 +36,6 @@ from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
-
-PROBES_PER_RUN = 5  # enough points to see a dip and a recovery, few enough to cost little
 
 
 def continual(
@@ -52,14 +52,19 @@ def continual(
 ) -> dict[str, Any]:
     """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri``.
 
-    Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve"}`` (curves are
-    ``[[step, value], ...]``; the old held-out curve starts at step 0, before training); the adapted
-    model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
+    Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve", "heldout_curves",
+    "corpora"}``: curves are ``[[step, value], ...]``, held-out ones start at step 0 (before
+    training) and are keyed by corpus label; ``corpora`` says which labels are old and which is new.
+    The adapted model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
     """
     check_same_tokenizer(cfg, dataset_uri, old_dataset_uri)
     check_model_tokenizer(cfg, model_uri, dataset_uri)
     c, e = cfg.continual, cfg.evaluate
-    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True}
+    old_label, new_label = unique_labels([_label(cfg, old_dataset_uri), _label(cfg, dataset_uri)])
+    points = probe_steps(
+        c.steps, probes=c.probes, every=c.probe_every, warmup_steps=c.warmup_steps, density=c.probe_density
+    )
+    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True, "steps": points}
     spec = TrainSpec(
         cfg=cfg,
         stage="continual",
@@ -73,33 +78,32 @@ def continual(
         batch_size=c.batch_size,
         lr=c.lr,
         **schedule_fields(c),
-        probes=(
-            Probe("old_heldout", old_dataset_uri, every=c.probe_every or max(1, c.steps // PROBES_PER_RUN), **heldout),
-            Probe("new_heldout", dataset_uri, **heldout),
-        ),
+        **averaging_fields(c),
+        probes=(Probe(old_label, old_dataset_uri, **heldout), Probe(new_label, dataset_uri, **heldout)),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),
         callbacks=tuple(callbacks),
     )
     summary = train(spec)
     curves = summary["callbacks"]["probes"]["curves"]
-    old_curve, new_curve = curves["old_heldout"], curves["new_heldout"]
+    old_curve, new_curve = curves[old_label], curves[new_label]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
     (out_dir / "old_heldout_curve.json").write_text(json.dumps(old_curve))
+    (out_dir / "heldout_curves.json").write_text(json.dumps(curves))
     if mlflow_run_id:
-        _log_old_curve(cfg, mlflow_run_id, old_curve)
+        _log_curves(cfg, mlflow_run_id, curves, old_label)
     metrics = {
         **training_metrics(summary),
+        **corpus_metrics(curves, old=[old_label], new=new_label),
+        # the names runs before per-corpus metrics logged (the replayed pretraining corpus is "old")
         "old_heldout_loss_before": old_curve[0][1],
         "old_heldout_loss_after": old_curve[-1][1],
         "new_heldout_loss_before": new_curve[0][1],
         "new_heldout_loss_after": new_curve[-1][1],
-        "forgetting": old_curve[-1][1] - old_curve[0][1],
-        "adaptation": new_curve[0][1] - new_curve[-1][1],
         "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
-        "stability_gap": stability_gap(old_curve),
+        "probes": len(old_curve),
     }
     log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {
@@ -107,7 +111,14 @@ def continual(
         "loss_curve": summary["loss_curve"],
         "lr_curve": summary["lr_curve"],
         "old_heldout_curve": old_curve,
+        "heldout_curves": curves,
+        "corpora": {"old": [old_label], "new": new_label},
     }
+
+
+def _label(cfg: LifecycleConfig, dataset_uri: str) -> str:
+    """The corpus' name in metric keys, from the source its manifest records."""
+    return corpus_label(read_manifest(dataset_uri, store_options=store_options(cfg)).get("source", ""), dataset_uri)
 
 
 def check_same_tokenizer(cfg: LifecycleConfig, dataset_uri: str, old_dataset_uri: str) -> None:
@@ -145,10 +156,13 @@ def check_model_tokenizer(cfg: LifecycleConfig, model_uri: str, dataset_uri: str
         )
 
 
-def _log_old_curve(cfg: LifecycleConfig, run_id: str, curve: list[list[float]]) -> None:
+def _log_curves(cfg: LifecycleConfig, run_id: str, curves: dict[str, list[list[float]]], old_label: str) -> None:
+    """Every corpus' probe curve as ``heldout_loss/<corpus>``; the old one also under its earlier name."""
     import mlflow
 
     from components.common.lineage import log_curve, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    log_curve(run_id, "old_heldout_loss", [(int(s), loss) for s, loss in curve])
+    for label, curve in curves.items():
+        log_curve(run_id, f"heldout_loss/{label}", [(int(s), loss) for s, loss in curve])
+    log_curve(run_id, "old_heldout_loss", [(int(s), loss) for s, loss in curves[old_label]])

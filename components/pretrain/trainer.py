@@ -18,6 +18,7 @@ from components import resilience
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
+from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
@@ -66,6 +67,7 @@ def pretrain(
         batch_size=p.batch_size,
         lr=p.lr,
         **schedule_fields(p),
+        **averaging_fields(p),
         probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),

@@ -31,6 +31,7 @@ from components.common.artifacts import store_options
 from components.common.errors import DataError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import join, open_store
+from components.training.averaging import WeightAveraging
 from components.training.callbacks import Callback, TrainState
 from components.training.checkpoint import (
     MODEL_DIR,
@@ -78,20 +79,12 @@ def train_loop_per_worker(config: dict) -> None:
             store = open_store(newest[1], **store_options(spec.cfg))
             resume_dir = store.local_dir(newest[1], Path(tmp))
         state, summary = build_state(spec, rank, world_size, resume_dir)
+        callbacks = engine_callbacks(spec)
+        for cb in callbacks:
+            cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
+            if resume_dir is not None:
+                cb.load_files(resume_dir)
     built = time.time()
-    callbacks = list(spec.callbacks)
-    if spec.probes:  # after the plugins' callbacks, which may restore newer weights in pre_train
-        callbacks.append(
-            HeldoutProbes(
-                spec.probes,
-                total_steps=spec.steps,
-                seq_len=spec.cfg.model.seq_len,
-                store_options=store_options(spec.cfg),
-                cache_dir=spec.cfg.pretrain.data_cache_dir,
-            )
-        )
-    for cb in callbacks:
-        cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
 
     grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
     device = ray.train.torch.get_device()
@@ -115,6 +108,37 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         for cb in callbacks:
             cb.close()
+
+
+def engine_callbacks(spec: TrainSpec) -> list[Callback]:
+    """The spec's callbacks, then weight averaging, then the held-out probes.
+
+    Order matters after the last step: averaging loads the averaged weights into the model first,
+    so the probes measure (and ``publish`` saves) the model later stages receive. Probes also come
+    after the plugins' callbacks, which may restore newer weights in ``pre_train``.
+    """
+    callbacks = list(spec.callbacks)
+    if spec.average != "none":
+        callbacks.append(
+            WeightAveraging(
+                spec.average,
+                total_steps=spec.steps,
+                every=spec.average_every,
+                last_k=spec.average_last_k,
+                ema_decay=spec.ema_decay,
+            )
+        )
+    if spec.probes:
+        callbacks.append(
+            HeldoutProbes(
+                spec.probes,
+                total_steps=spec.steps,
+                seq_len=spec.cfg.model.seq_len,
+                store_options=store_options(spec.cfg),
+                cache_dir=spec.cfg.pretrain.data_cache_dir,
+            )
+        )
+    return callbacks
 
 
 def startup_phases(entered: float, built: float, ready: float, first_step: float) -> dict[str, float]:
@@ -301,6 +325,8 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
                 summary=training_summary(state, callbacks),
                 full_state=full_state,
             )
+            for cb in callbacks:
+                cb.save_files(Path(tmp))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.step))
     if state.rank == 0:  # report has uploaded it: mark it, so a restart finds it even if Ray never registers it

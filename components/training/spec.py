@@ -28,7 +28,7 @@ class Probe:
     """A held-out loss measured on the workers while training (never on the driver, which holds no model).
 
     The curve gets a point at step 0 when ``at_start`` (before the first update of a fresh run), every
-    ``every`` steps (0 = never in between), and always at the last step.
+    ``every`` steps (0 = never in between), at each step of ``steps``, and always at the last step.
     """
 
     name: str  # key of the curve in the training summary ("heldout", "old_heldout", ...)
@@ -38,6 +38,7 @@ class Probe:
     split: str = "heldout"
     max_tokens: int = 50_000  # the first max_tokens tokens of the split, as everywhere (training/heldout.py)
     batch_size: int = 8
+    steps: tuple[int, ...] = ()  # explicit 1-based steps to measure after (e.g. denser while re-warming)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class TrainSpec:
     schedule: str = "cosine"  # components/training/schedule.py: cosine | wsd | constant | inverse_sqrt
     decay_steps: int = 0  # wsd: length of the final decay
     decay_shape: str = "sqrt"  # wsd: linear | sqrt | cosine
+    average: str = "none"  # components/training/averaging.py: none | ema | uniform | weighted
+    average_every: int = 1  # uniform/weighted: snapshot the weights every N steps
+    average_last_k: int = 1  # uniform/weighted: average the last K snapshots
+    ema_decay: float = 0.99  # ema: per-step decay
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
@@ -87,6 +92,7 @@ class TrainSpec:
             "warmup_steps": self.warmup_steps,
             "min_lr_ratio": self.min_lr_ratio,
             "schedule": [self.schedule, self.decay_steps, self.decay_shape],
+            "average": [self.average, self.average_every, self.average_last_k, self.ema_decay],
             "replay_fraction": self.replay_fraction,
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
@@ -109,11 +115,11 @@ class TrainSpec:
         data = json.loads(text)
         data.pop("callbacks", None)
         data["cfg"] = from_dict(LifecycleConfig, data["cfg"])
-        data["probes"] = tuple(Probe(**p) for p in data.get("probes", ()))
+        data["probes"] = tuple(Probe(**{**p, "steps": tuple(p.get("steps", ()))}) for p in data.get("probes", ()))
         data["plugins"] = tuple(data.get("plugins", ()))
         return cls(**data)
 
 
 def probe_points(probe: Probe, step: int, total_steps: int) -> bool:
     """Whether ``probe`` measures after optimizer step ``step`` (1-based) of a ``total_steps`` run."""
-    return step == total_steps or (probe.every > 0 and step % probe.every == 0)
+    return step == total_steps or (probe.every > 0 and step % probe.every == 0) or step in probe.steps

@@ -156,3 +156,8 @@ def test_every_key_is_documented():
 def test_health_check_interval_must_be_positive_and_names_the_key():
     with pytest.raises(ConfigError, match=r"pretrain.health_check_interval_s: must be > 0 seconds"):
         load_config("tiny", ["pretrain.health_check_interval_s=0"])
+
+
+def test_last_k_snapshots_that_do_not_fit_in_the_run_name_the_keys():
+    with pytest.raises(ConfigError, match="continual.average_last_k: 5 snapshots every continual.average_every=50"):
+        load_config("tiny", ["continual.average=uniform", "continual.average_every=50"])

@@ -35,6 +35,7 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
             f"continual.lr={LR}",
             "continual.replay_fraction=0.25",
             f"continual.probe_every={PROBE_EVERY}",
+            "continual.probe_density=1",  # uniform probes: the points are easy to state (density: test_forgetting)
             "pretrain.num_workers=2",
             "pretrain.checkpoint_every=100",
         ],
@@ -63,6 +64,16 @@ def test_reports_forgetting_on_old_and_new_heldout(adapted):
     assert m["forgetting"] == pytest.approx(m["old_heldout_loss_after"] - m["old_heldout_loss_before"])
     assert m["new_heldout_loss_after"] < m["new_heldout_loss_before"]  # it did learn the new corpus
     assert m["final_loss"] < m["initial_loss"]
+
+
+def test_forgetting_and_adaptation_are_named_by_corpus(adapted, tiny_dataset, wikitext_dataset):
+    m, corpora = adapted["result"]["metrics"], adapted["result"]["corpora"]
+    old, new = tiny_dataset.name, wikitext_dataset.name  # no source in the fixtures' manifests: the directory
+    assert corpora == {"old": [old], "new": new}
+    assert m[f"forgetting/{old}"] == pytest.approx(m["forgetting"])
+    assert m[f"adaptation/{new}"] == pytest.approx(m["adaptation"]) and m["adaptation"] > 0
+    new_curve = adapted["result"]["heldout_curves"][new]
+    assert [s for s, _ in new_curve] == [0, 4, 8, 12]  # the new corpus is probed as often as the old
 
 
 def test_old_heldout_is_probed_during_training(adapted):
