@@ -289,6 +289,11 @@ class PretrainConfig:
     decay_fraction: float = knob(
         0.2, "schedule=wsd: fraction of pretrain.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
     )
+    branch_at: list[int] = knob(
+        [],
+        "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
+    )
     average: str = knob(
         "none",
         "Weight averaging; the average is the model later stages receive: 'ema' (every step, bias-corrected), "
@@ -351,6 +356,11 @@ class ContinualConfig:
     )
     decay_fraction: float = knob(
         0.2, "schedule=wsd: fraction of continual.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
+    )
+    branch_at: list[int] = knob(
+        [],
+        "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
     )
     average: str = knob(
         "none",
@@ -673,6 +683,8 @@ def _validate_schedule(sec: Any, name: str) -> None:
             )
     if sec.average == "ema" and not 0.0 < sec.ema_decay < 1.0:
         raise ConfigError(f"{name}.ema_decay: must be in (0, 1), got {sec.ema_decay}")
+    if sec.branch_at and sec.schedule != "wsd":
+        raise ConfigError(f"{name}.branch_at: decay branches need {name}.schedule=wsd, got {sec.schedule!r}")
     if sec.schedule != "wsd":
         return
     if not 0.0 < sec.decay_fraction <= 1.0:
@@ -683,6 +695,13 @@ def _validate_schedule(sec: Any, name: str) -> None:
             f"{name}.decay_fraction: warmup ({name}.warmup_steps={sec.warmup_steps}) plus the decay "
             f"({decay} steps = {sec.decay_fraction} x {name}.steps={sec.steps}) do not fit in the steps; "
             f"lower {name}.decay_fraction or {name}.warmup_steps, or raise {name}.steps"
+        )
+    stable = range(sec.warmup_steps, sec.steps - decay)
+    outside = [step for step in sec.branch_at if step not in stable]
+    if outside:
+        raise ConfigError(
+            f"{name}.branch_at: steps {outside} are not in the stable phase [{stable.start}, {stable.stop}) "
+            f"({name}.warmup_steps to the start of the final decay); branch from a step in it"
         )
 
 
@@ -812,6 +831,13 @@ def _check_keys(cls: type, raw: Any, prefix: str) -> None:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if typing.get_args(hint) == (int,) and typing.get_origin(hint) is list:
+        # list[int] (step lists): accept "60,90", [60, 90] or a single 60
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        try:
+            return [int(v) for v in items if str(v).strip()]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a list of integers (e.g. 60,90), got {value!r}") from None
     if isinstance(hint, types.GenericAlias) or hint is list:
         hint = list
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

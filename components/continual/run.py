@@ -79,6 +79,7 @@ def continual(
         lr=c.lr,
         **schedule_fields(c),
         **averaging_fields(c),
+        branch_steps=tuple(c.branch_at),
         probes=(Probe(old_label, old_dataset_uri, **heldout), Probe(new_label, dataset_uri, **heldout)),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),
@@ -105,8 +106,21 @@ def continual(
         "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
         "probes": len(old_curve),
     }
+    branches = {}
+    for step in c.branch_at:  # WSD decay branches: artifacts for evaluation; the main run flows downstream
+        branch = train(spec.decay_branch(step))
+        branch_curves = branch["callbacks"]["probes"]["curves"]
+        branches[step] = {
+            "model_uri": join(spec.decay_branch(step).output_uri, "model"),
+            "heldout_curves": branch_curves,
+            "lr_curve": branch["lr_curve"],
+        }
+        for name, value in corpus_metrics(branch_curves, old=[old_label], new=new_label).items():
+            if "/" in name and not name.startswith("heldout_loss_before"):
+                metrics[f"branch_{step}/{name}"] = value
     log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {
+        "branches": branches,
         "metrics": metrics,
         "loss_curve": summary["loss_curve"],
         "lr_curve": summary["lr_curve"],

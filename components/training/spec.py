@@ -62,6 +62,8 @@ class TrainSpec:
     average_every: int = 1  # uniform/weighted: snapshot the weights every N steps
     average_last_k: int = 1  # uniform/weighted: average the last K snapshots
     ema_decay: float = 0.99  # ema: per-step decay
+    branch_steps: tuple[int, ...] = ()  # wsd: leave a branch point (loop.branch_point_uri) after these steps
+    branch_from_uri: str = ""  # a decay branch: start from this branch point of the stable run
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
@@ -77,6 +79,30 @@ class TrainSpec:
     @property
     def summary_uri(self) -> str:
         return join(self.output_uri, SUMMARY_FILE)
+
+    def branch_point_uri(self, step: int) -> str:
+        """Where this run leaves the branch point of ``step`` (``branch_steps``) for a decay branch."""
+        return join(self.checkpoint_uri, self.stage, "branch-points", f"checkpoint-{step:08d}")
+
+    def decay_branch(self, step: int) -> TrainSpec:
+        """The WSD decay branch off this run's stable phase at ``step``: the same run continued from its
+        branch point, with this run's decay over the ``decay_steps`` after ``step``; its own artifact
+        (model and summary under ``<output_uri>/branches/step-<step>``), no averaging, no MLflow curves."""
+        if self.schedule != "wsd" or not self.warmup_steps <= step < self.steps - self.decay_steps:
+            raise ConfigError(
+                f"{self.stage}: a decay branch needs schedule=wsd and a step in the stable phase "
+                f"[{self.warmup_steps}, {self.steps - self.decay_steps}), got {self.schedule} and step {step}"
+            )
+        return replace(
+            self,
+            stage=f"{self.stage}-branch-{step:08d}",
+            steps=step + self.decay_steps,
+            output_uri=join(self.output_uri, "branches", f"step-{step:08d}"),
+            branch_from_uri=self.branch_point_uri(step),
+            branch_steps=(),
+            average="none",
+            mlflow_run_id="",
+        )
 
     def resume_key(self, world_size: int) -> dict:
         """The values that must match for a checkpoint of this run to be resumable."""
@@ -117,6 +143,7 @@ class TrainSpec:
         data["cfg"] = from_dict(LifecycleConfig, data["cfg"])
         data["probes"] = tuple(Probe(**{**p, "steps": tuple(p.get("steps", ()))}) for p in data.get("probes", ()))
         data["plugins"] = tuple(data.get("plugins", ()))
+        data["branch_steps"] = tuple(data.get("branch_steps", ()))
         return cls(**data)
 
 

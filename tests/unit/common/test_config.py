@@ -161,3 +161,15 @@ def test_health_check_interval_must_be_positive_and_names_the_key():
 def test_last_k_snapshots_that_do_not_fit_in_the_run_name_the_keys():
     with pytest.raises(ConfigError, match="continual.average_last_k: 5 snapshots every continual.average_every=50"):
         load_config("tiny", ["continual.average=uniform", "continual.average_every=50"])
+
+
+def test_branch_steps_accept_a_comma_separated_override():
+    cfg = load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,90"])
+    assert cfg.continual.branch_at == [60, 90]
+
+
+def test_branch_outside_the_stable_phase_names_the_key_and_the_phase():
+    with pytest.raises(
+        ConfigError, match=r"continual.branch_at: steps \[130\] are not in the stable phase \[15, 120\)"
+    ):
+        load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,130"])
