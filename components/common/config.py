@@ -384,7 +384,16 @@ class ContinualConfig:
     average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
     average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
     ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
-    replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
+    replay_fraction: float = knob(
+        0.1,
+        "Fraction of each batch replayed from the corpora the base model learned (every ancestor in its "
+        "lineage, shared equally; 0 = no replay).",
+    )
+    replay_ratios: dict = knob(
+        {},
+        "Per-corpus replay, {corpus label: fraction of each batch} (labels as in forgetting/<corpus>), "
+        "replacing replay_fraction; unlisted ancestors are not replayed. Fractions >= 0, sum < 1.",
+    )
     base_model: str = knob(
         "",
         "continual pipeline only: store URI of the model to continue from ('' = the registry champion's base model).",
@@ -647,6 +656,12 @@ def _validate(cfg: LifecycleConfig) -> None:
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
     )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
+    ratios = cfg.continual.replay_ratios
+    need(
+        all(isinstance(v, (int, float)) and v >= 0 for v in ratios.values()) and sum(ratios.values()) < 1.0,
+        "continual.replay_ratios",
+        f"fractions must be >= 0 and sum to less than 1 (the rest of each batch is the new corpus), got {ratios}",
+    )
     need(cfg.continual.probe_every >= 0, "continual.probe_every", "must be >= 0 (0 = use continual.probes)")
     need(cfg.continual.probes >= 1, "continual.probes", f"must be >= 1, got {cfg.continual.probes}")
     need(cfg.continual.probe_density >= 1, "continual.probe_density", "must be >= 1 (1 = uniform)")

@@ -23,7 +23,7 @@ from typing import Any
 from components import resilience
 from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
-from components.common.errors import DataError
+from components.common.errors import ConfigError, DataError
 from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.storage import join, open_store
@@ -36,6 +36,9 @@ from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
+
+#: Key of the completion marker that lists every corpus a continual step's model learned.
+LINEAGE_KEY = "lineage_corpora"
 
 
 def continual(
@@ -57,34 +60,20 @@ def continual(
     training) and are keyed by corpus label; ``corpora`` says which labels are old and which is new.
     The adapted model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
     """
-    check_same_tokenizer(cfg, dataset_uri, old_dataset_uri)
-    check_model_tokenizer(cfg, model_uri, dataset_uri)
-    c, e = cfg.continual, cfg.evaluate
-    old_label, new_label = unique_labels([_label(cfg, old_dataset_uri), _label(cfg, dataset_uri)])
-    points = probe_steps(
-        c.steps, probes=c.probes, every=c.probe_every, warmup_steps=c.warmup_steps, density=c.probe_density
-    )
-    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True, "steps": points}
-    spec = TrainSpec(
-        cfg=cfg,
-        stage="continual",
+    spec = continual_spec(
+        cfg,
+        model_uri=model_uri,
         dataset_uri=dataset_uri,
+        old_dataset_uri=old_dataset_uri,
         output_uri=output_uri,
         checkpoint_uri=checkpoint_uri,
-        init_model_uri=model_uri,
-        replay_uri=old_dataset_uri if c.replay_fraction > 0 else "",
-        replay_fraction=c.replay_fraction,
-        steps=c.steps,
-        batch_size=c.batch_size,
-        lr=c.lr,
-        **schedule_fields(c),
-        **averaging_fields(c),
-        branch_steps=tuple(c.branch_at),
-        probes=(Probe(old_label, old_dataset_uri, **heldout), Probe(new_label, dataset_uri, **heldout)),
         mlflow_run_id=mlflow_run_id,
-        plugins=(resilience.PLUGIN,),
-        callbacks=tuple(callbacks),
+        callbacks=callbacks,
     )
+    c = cfg.continual
+    *old_labels, new_label = (p.name for p in spec.probes)  # the old corpora, oldest first, then the new one
+    old_uris = [p.dataset_uri for p in spec.probes[:-1]]
+    old_label = old_labels[0]
     summary = train(spec)
     curves = summary["callbacks"]["probes"]["curves"]
     old_curve, new_curve = curves[old_label], curves[new_label]
@@ -97,7 +86,7 @@ def continual(
         _log_curves(cfg, mlflow_run_id, curves, old_label)
     metrics = {
         **training_metrics(summary),
-        **corpus_metrics(curves, old=[old_label], new=new_label),
+        **corpus_metrics(curves, old=old_labels, new=new_label),
         # the names runs before per-corpus metrics logged (the replayed pretraining corpus is "old")
         "old_heldout_loss_before": old_curve[0][1],
         "old_heldout_loss_after": old_curve[-1][1],
@@ -115,7 +104,7 @@ def continual(
             "heldout_curves": branch_curves,
             "lr_curve": branch["lr_curve"],
         }
-        for name, value in corpus_metrics(branch_curves, old=[old_label], new=new_label).items():
+        for name, value in corpus_metrics(branch_curves, old=old_labels, new=new_label).items():
             if "/" in name and not name.startswith("heldout_loss_before"):
                 metrics[f"branch_{step}/{name}"] = value
     log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
@@ -126,8 +115,108 @@ def continual(
         "lr_curve": summary["lr_curve"],
         "old_heldout_curve": old_curve,
         "heldout_curves": curves,
-        "corpora": {"old": [old_label], "new": new_label},
+        "corpora": {"old": old_labels, "new": new_label},
+        # read back by the next retrain from this output's marker (ancestor_corpora): every corpus learned
+        LINEAGE_KEY: [*old_uris, dataset_uri],
+        "replays": [[uri, fraction] for uri, fraction in spec.replays],
     }
+
+
+def continual_spec(
+    cfg: LifecycleConfig,
+    *,
+    model_uri: str,
+    dataset_uri: str,
+    old_dataset_uri: str,
+    output_uri: str,
+    checkpoint_uri: str,
+    mlflow_run_id: str = "",
+    callbacks: Sequence[Callback] = (),
+) -> TrainSpec:
+    """The training run of a continual step, checked before anything trains.
+
+    It replays every corpus the base model learned (``old_dataset_uri`` first, then its lineage:
+    :func:`ancestor_corpora`) in the mixture of :func:`replay_mixture`, and probes each of them and
+    the new corpus; the probes are named by corpus label, the old corpora first, the new one last.
+    """
+    # every corpus the base model learned (its lineage), the champion's pretraining corpus first
+    old_uris = list(dict.fromkeys(u.rstrip("/") for u in [old_dataset_uri, *ancestor_corpora(cfg, model_uri)]))
+    for uri in old_uris:
+        check_same_tokenizer(cfg, dataset_uri, uri)
+    check_model_tokenizer(cfg, model_uri, dataset_uri)
+    c, e = cfg.continual, cfg.evaluate
+    *old_labels, new_label = unique_labels([_label(cfg, uri) for uri in [*old_uris, dataset_uri]])
+    replays = replay_mixture(c.replay_fraction, c.replay_ratios, dict(zip(old_labels, old_uris, strict=True)))
+    points = probe_steps(
+        c.steps, probes=c.probes, every=c.probe_every, warmup_steps=c.warmup_steps, density=c.probe_density
+    )
+    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True, "steps": points}
+    return TrainSpec(
+        cfg=cfg,
+        stage="continual",
+        dataset_uri=dataset_uri,
+        output_uri=output_uri,
+        checkpoint_uri=checkpoint_uri,
+        init_model_uri=model_uri,
+        replays=replays,
+        steps=c.steps,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        **schedule_fields(c),
+        **averaging_fields(c),
+        branch_steps=tuple(c.branch_at),
+        probes=(
+            *(Probe(label, uri, **heldout) for label, uri in zip(old_labels, old_uris, strict=True)),
+            Probe(new_label, dataset_uri, **heldout),
+        ),
+        mlflow_run_id=mlflow_run_id,
+        plugins=(resilience.PLUGIN,),
+        callbacks=tuple(callbacks),
+    )
+
+
+def ancestor_corpora(cfg: LifecycleConfig, model_uri: str) -> list[str]:
+    """Every corpus the model at ``model_uri`` learned, oldest first, from its lineage in the store.
+
+    A model published by a continual step (``<output>/model``) records them in that output's
+    completion marker (:data:`LINEAGE_KEY`: its own old corpora plus its new one), so the list grows
+    with every retrain and one hop reaches all ancestors. A pretrained model (no such record) has
+    none beyond the pretraining corpus the caller passes. Every corpus named must still be in the
+    store: a lineage that cannot be walked is an error naming the missing corpus.
+    """
+    from components.common.artifacts import MARKER, read_marker
+
+    output = model_uri.rstrip("/").rsplit("/", 1)[0]
+    store = open_store(output, **store_options(cfg))
+    if not store.exists(join(output, MARKER)):
+        return []
+    corpora = read_marker(store, output).get(LINEAGE_KEY, [])
+    for uri in corpora:
+        if not store.exists(join(uri, MARKER)):
+            raise DataError(
+                f"the lineage of {model_uri} names corpus {uri}, which is not a completed output in the store "
+                f"(deleted?); restore it, or set continual.base_model to a model whose lineage is complete"
+            )
+    return list(corpora)
+
+
+def replay_mixture(total: float, ratios: dict, corpora: dict[str, str]) -> tuple[tuple[str, float], ...]:
+    """``(uri, fraction of each batch)`` of every old corpus (keyed by label in ``corpora``).
+
+    ``ratios`` (``continual.replay_ratios``) gives each corpus its fraction by label; empty, the
+    ``total`` (``continual.replay_fraction``) is shared equally. Corpora with fraction 0 are left out.
+    """
+    if ratios:
+        unknown = sorted(set(ratios) - set(corpora))
+        if unknown:
+            raise ConfigError(
+                f"continual.replay_ratios: {', '.join(unknown)} not in the base model's lineage; "
+                f"its corpora are {', '.join(corpora)}"
+            )
+        mixture = [(uri, float(ratios.get(label, 0.0))) for label, uri in corpora.items()]
+    else:
+        mixture = [(uri, total / len(corpora)) for uri in corpora.values()]
+    return tuple((uri, fraction) for uri, fraction in mixture if fraction > 0)
 
 
 def _label(cfg: LifecycleConfig, dataset_uri: str) -> str:

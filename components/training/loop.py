@@ -259,6 +259,7 @@ def build_state(
         seed=cfg.run.seed,
         replay=spec.replay_uri or None,
         replay_fraction=spec.replay_fraction,
+        replays=spec.replays,
         store_options=options,
         cache_dir=cache,
     )

@@ -67,6 +67,7 @@ class TrainSpec:
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
+    replays: tuple[tuple[str, float], ...] = ()  # (old corpus, fraction of each batch): every ancestor
     probes: tuple[Probe, ...] = ()
     mlflow_run_id: str = ""  # rank 0 logs the loss and LR curves to this run ('' = none)
     plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
@@ -120,6 +121,7 @@ class TrainSpec:
             "schedule": [self.schedule, self.decay_steps, self.decay_shape],
             "average": [self.average, self.average_every, self.average_last_k, self.ema_decay],
             "replay_fraction": self.replay_fraction,
+            "replays": [list(r) for r in self.replays],
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
         }
@@ -144,6 +146,7 @@ class TrainSpec:
         data["probes"] = tuple(Probe(**{**p, "steps": tuple(p.get("steps", ()))}) for p in data.get("probes", ()))
         data["plugins"] = tuple(data.get("plugins", ()))
         data["branch_steps"] = tuple(data.get("branch_steps", ()))
+        data["replays"] = tuple((uri, fraction) for uri, fraction in data.get("replays", ()))
         return cls(**data)
 
 
