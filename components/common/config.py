@@ -640,6 +640,12 @@ def _validate(cfg: LifecycleConfig) -> None:
         )
     for name in ("pretrain", "continual"):
         _validate_schedule(getattr(cfg, name), name)
+        need(
+            getattr(cfg, name).average == "none" or cfg.pretrain.parallelism == "ddp",
+            f"{name}.average",
+            "weight averaging keeps full copies of the weights and needs pretrain.parallelism=ddp; "
+            f"set {name}.average=none or pretrain.parallelism=ddp",
+        )
     need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
