@@ -119,6 +119,7 @@ def continual(
         # read back by the next retrain from this output's marker (ancestor_corpora): every corpus learned
         LINEAGE_KEY: [*old_uris, dataset_uri],
         "replays": [[uri, fraction] for uri, fraction in spec.replays],
+        "averaging": summary["callbacks"].get("averaging"),  # which snapshots the published model averages
     }
 
 

@@ -37,6 +37,9 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
             "continual.replay_fraction=0.25",
             "continual.schedule=wsd",  # decay over the last 2 steps (0.2 x 12)
             f"continual.branch_at={BRANCH}",
+            "continual.average=uniform",  # the published model: the mean of the weights after steps 8 and 12
+            "continual.average_every=4",
+            "continual.average_last_k=2",
             f"continual.probe_every={PROBE_EVERY}",
             "continual.probe_density=1",  # uniform probes: the points are easy to state (density: test_forgetting)
             "pretrain.num_workers=2",
@@ -108,6 +111,10 @@ def test_wsd_decay_branch_follows_the_stable_run_then_decays_into_its_own_model(
     assert lrs[BRANCH:] == pytest.approx([LR, LR * (0.1 + 0.9 * (1 - 0.5**0.5))])  # 1-sqrt decay
     assert Path(branch["model_uri"].removeprefix("file://"), "model.safetensors").exists()
     assert adapted["result"]["metrics"][f"branch_{BRANCH}/heldout_loss_after/{adapted['new']}"] > 0
+
+
+def test_published_model_is_the_average_of_the_last_k_snapshots(adapted):
+    assert adapted["result"]["averaging"] == {"mode": "uniform", "ema_updates": 0, "averaged_steps": [8, 12]}
 
 
 def test_adapted_model_is_saved_with_its_tokenizer(adapted):

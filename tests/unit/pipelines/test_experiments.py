@@ -10,7 +10,12 @@ from pipelines.experiments import ARMS, run_experiment, write_results
 def _result(old_after: float, new_after: float) -> dict:
     curves = {"shakespeare": [[0, 2.0], [5, 2.9], [10, old_after]], "wiki": [[0, 6.0], [5, 5.0], [10, new_after]]}
     metrics = {"final_loss": new_after + 0.1, **corpus_metrics(curves, old=["shakespeare"], new="wiki")}
-    return {"metrics": metrics, "corpora": {"old": ["shakespeare"], "new": "wiki"}, "heldout_curves": curves, "seconds": 3}
+    return {
+        "metrics": metrics,
+        "corpora": {"old": ["shakespeare"], "new": "wiki"},
+        "heldout_curves": curves,
+        "seconds": 3,
+    }
 
 
 def test_table_lists_every_arm_and_the_claims_both_of_whose_arms_ran(tmp_path):
