@@ -63,7 +63,7 @@ from components.training.spec import TrainSpec
 log = get_logger("lmforge.training")
 
 #: Resume-key entries a WSD decay branch may change from the run it branches off.
-BRANCH_MAY_DIFFER = ("stage", "steps", "schedule")
+BRANCH_MAY_DIFFER = ("stage", "steps", "schedule", "average")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -206,8 +206,8 @@ def build_state(
     """Model, optimizer, schedule and data for this worker, restored from ``resume_dir`` if given.
 
     ``branching``: ``resume_dir`` is the branch point of another run (a WSD decay branch), whose
-    resume key differs in the stage, the steps and the schedule only (the LR of the stable phase is
-    the same function of the step).
+    resume key differs in the stage, the steps, the schedule (the LR of the stable phase is the same
+    function of the step) and the averaging (a branch is the decay alternative: it averages nothing).
     """
     import ray.train.torch
     from transformers import LlamaForCausalLM
