@@ -3,10 +3,12 @@
 It runs the training engine (:func:`components.training.launch.train`) with three changes from
 pretraining: the model starts from ``model_uri``; the LR *re-warms* from 0 to ``continual.lr`` and
 decays again (resuming at the old, decayed LR adapts slowly, jumping straight to a high LR
-destabilises, Gupta et al., 2023); and ``continual.replay_fraction`` of every batch is replayed from
-the old corpus, the cheapest known guard against forgetting (Ibrahim et al., 2024).
+destabilises, Gupta et al., 2023; ``continual.schedule`` picks the decay, docs/continual.md); and
+``continual.replay_fraction`` of every batch is replayed from *every* corpus the base model learned
+(its lineage, :func:`ancestor_corpora`; per corpus with ``continual.replay_ratios``), the cheapest
+known guard against forgetting (Ibrahim et al., 2024).
 
-Both corpora must be tokenized with the same tokenizer (the model has one embedding table), checked
+All corpora must be tokenized with the same tokenizer (the model has one embedding table), checked
 from their manifests before anything is trained. Forgetting is measured by the workers (the driver
 holds no model): held-out probes of every corpus at step 0, at ``continual.probes`` points (denser
 while re-warming) and at the end; :mod:`components.continual.forgetting` turns the curves into
@@ -53,7 +55,8 @@ def continual(
     mlflow_run_id: str = "",
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri``.
+    """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri`` and
+    every other corpus in the model's lineage (:func:`continual_spec`); then train the WSD decay branches.
 
     Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve", "heldout_curves",
     "corpora"}``: curves are ``[[step, value], ...]``, held-out ones start at step 0 (before
