@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE=1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: venv checkov-venv checkov demo test test-unit test-integration bench compile lock lint format clean
+.PHONY: venv checkov-venv checkov demo test test-unit test-integration bench experiments compile lock lint format clean
 
 venv: $(STAMP)  ## create .venv and install lmforge with its dev tools
 
@@ -56,6 +56,9 @@ test-integration: venv
 
 bench: venv  ## benchmarks: print ratios against baselines measured in the same run
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
+
+experiments: venv  ## the seeds' continual-pretraining comparisons on tiny: table and plots in .lmforge/experiments/continual/
+	$(BIN)/lmforge experiment continual --profile tiny
 
 # IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
 # what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).

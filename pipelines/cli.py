@@ -11,6 +11,7 @@
     lmforge show [RUN] [--home DIR]                                                 one run's summary
     lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
     lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
+    lmforge experiment continual [--set k=v ...] [--home DIR] [--only ARM,...]      the seeds' continual comparisons
 
 A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
 '+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
@@ -304,6 +305,21 @@ def cmd_lineage(args) -> int:
     return 1 if broken else 0
 
 
+def cmd_experiment(args) -> int:
+    from pipelines.experiments import run_experiment
+
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    overrides, cfg = _resolved(args)
+    only = [a.strip() for a in args.only.split(",") if a.strip()] if args.only else None
+    started = time.time()
+    run_experiment(args.profile, overrides, resolve_home(cfg), only)
+    out = resolve_home(cfg) / "experiments" / "continual"
+    print((out / "table.md").read_text())
+    print(f"lmforge: experiment finished in {time.time() - started:.0f}s; table, results and plots in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -432,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the tree as JSON")
     config_args(p)
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser(
+        "experiment",
+        help="run the seeds' continual-pretraining comparisons (re-warming, replay, WSD, averaging, subsets)",
+    )
+    p.add_argument("name", choices=["continual"], help="which experiment")
+    p.add_argument("--only", help="comma-separated arms to run (default all; see pipelines/experiments.py)")
+    config_args(p)
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("mlflow-ui", help="start the MLflow UI on this run's tracking database (127.0.0.1)")
     p.add_argument("--home", default=".lmforge", help="the run's local working directory")

@@ -31,6 +31,11 @@ from components.common.errors import ConfigError
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "profiles"
 #: Joins profiles applied left to right, e.g. ``small+cluster`` (a size, then the cluster overlay).
 PROFILE_SEPARATOR = "+"
+#: LR schedules and WSD decay shapes (``components/training/schedule.py`` implements them).
+SCHEDULES = ("cosine", "wsd", "constant", "inverse_sqrt")
+DECAY_SHAPES = ("linear", "sqrt", "cosine")
+#: Weight averaging in place of (or beside) the final decay (``components/training/averaging.py``).
+AVERAGES = ("none", "ema", "uniform", "weighted")
 
 
 def knob(default: Any, doc: str, *, versioned: bool = True) -> Any:
@@ -134,6 +139,19 @@ class CurateConfig:
     heldout_fraction: float = knob(0.05, "Fraction of records kept apart as held-out evaluation data.")
     shard_tokens: int = knob(1_000_000, "Maximum tokens per packed shard file.")
     expectations: bool = knob(True, "Validate the curated records with the great-expectations suite.")
+    select_fraction: float = knob(
+        1.0,
+        "Keep this fraction of the training documents, an informative subset (1 = all; held-out data is never "
+        "subset). INGENIOUS (2023): a facility-location subset keeps ~99% of full-data quality.",
+    )
+    select_method: str = knob(
+        "facility_location",
+        "select_fraction < 1: 'facility_location' (diverse and representative, components/curate/select.py) "
+        "or 'random' (a seeded random subset of the same size: the baseline).",
+    )
+    select_partition: int = knob(
+        2048, "select_fraction < 1: documents per random partition selected at once (memory: partition^2 floats)."
+    )
     # Pipeline steps (components/curate/pipeline.py; checked by components.curate.pipeline.check_curate_config).
     executor: str = knob(
         "local",
@@ -284,6 +302,32 @@ class PretrainConfig:
     lr: float = knob(3e-3, "Peak learning rate after warmup.")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak (cosine decay floor).")
     warmup_steps: int = knob(20, "Linear warmup steps from 0 to the peak LR.")
+    schedule: str = knob(
+        "cosine",
+        "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
+        "the last pretrain.decay_fraction of the steps), 'constant' (no decay) or 'inverse_sqrt'.",
+    )
+    decay_shape: str = knob(
+        "sqrt",
+        "schedule=wsd: shape of the final decay, 'linear', 'sqrt' (1-sqrt, Hägele et al. 2024) or 'cosine'.",
+    )
+    decay_fraction: float = knob(
+        0.2, "schedule=wsd: fraction of pretrain.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
+    )
+    branch_at: list[int] = knob(
+        [],
+        "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
+    )
+    average: str = knob(
+        "none",
+        "Weight averaging; the average is the model later stages receive: 'ema' (every step, bias-corrected), "
+        "'uniform' or 'weighted' (1, 2, ..., K) mean of the last pretrain.average_last_k snapshots taken every "
+        "pretrain.average_every steps, or 'none'. Costs host memory: one (ema) or K copies of the weights per worker.",
+    )
+    average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
+    average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
+    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
@@ -338,7 +382,42 @@ class ContinualConfig:
     lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak.")
     warmup_steps: int = knob(10, "Re-warming steps from 0 to the peak LR.")
-    replay_fraction: float = knob(0.1, "Fraction of each batch drawn from the old corpus (0 = no replay).")
+    schedule: str = knob(
+        "cosine",
+        "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
+        "the last continual.decay_fraction of the steps), 'constant' (no decay) or 'inverse_sqrt'.",
+    )
+    decay_shape: str = knob(
+        "sqrt",
+        "schedule=wsd: shape of the final decay, 'linear', 'sqrt' (1-sqrt, Hägele et al. 2024) or 'cosine'.",
+    )
+    decay_fraction: float = knob(
+        0.2, "schedule=wsd: fraction of continual.steps in the final decay (20% matches cosine, Hägele et al. 2024)."
+    )
+    branch_at: list[int] = knob(
+        [],
+        "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
+    )
+    average: str = knob(
+        "none",
+        "Weight averaging; the average is the model later stages receive: 'ema' (every step, bias-corrected), "
+        "'uniform' or 'weighted' (1, 2, ..., K) mean of the last continual.average_last_k snapshots taken every "
+        "continual.average_every steps, or 'none'. Costs host memory: one (ema) or K copies of the weights per worker.",
+    )
+    average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
+    average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
+    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
+    replay_fraction: float = knob(
+        0.1,
+        "Fraction of each batch replayed from the corpora the base model learned (every ancestor in its "
+        "lineage, shared equally; 0 = no replay).",
+    )
+    replay_ratios: dict = knob(
+        {},
+        "Per-corpus replay, {corpus label: fraction of each batch} (labels as in forgetting/<corpus>), "
+        "replacing replay_fraction; unlisted ancestors are not replayed. Fractions >= 0, sum < 1.",
+    )
     base_model: str = knob(
         "",
         "continual pipeline only: store URI of the model to continue from ('' = the registry champion's base model).",
@@ -351,8 +430,20 @@ class ContinualConfig:
     )
     probe_every: int = knob(
         0,
-        "Measure the old corpus' held-out loss every N steps while training, to show the stability gap "
-        "(0 = about 5 times per run).",
+        "Measure every corpus' held-out loss every N steps while training, to show the stability gap "
+        "(0 = continual.probes evenly spaced points).",
+        versioned=False,
+    )
+    probes: int = knob(
+        24,
+        "Held-out probes per run when probe_every=0, evenly spaced (>= 20, so an early dip is not missed; "
+        "each costs one held-out pass per corpus).",
+        versioned=False,
+    )
+    probe_density: int = knob(
+        4,
+        "Probes are this many times denser during re-warming and as many steps again after it, where the "
+        "stability gap opens (1 = uniform).",
         versioned=False,
     )
 
@@ -565,6 +656,13 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(0.0 <= cfg.curate.heldout_fraction < 0.5, "curate.heldout_fraction", "must be in [0, 0.5)")
     need(cfg.curate.min_chars < cfg.curate.max_chars, "curate.min_chars", "must be below curate.max_chars")
+    need(0.0 < cfg.curate.select_fraction <= 1.0, "curate.select_fraction", "must be in (0, 1] (1 = all documents)")
+    need(
+        cfg.curate.select_method in {"facility_location", "random"},
+        "curate.select_method",
+        f"must be facility_location or random, got {cfg.curate.select_method!r}",
+    )
+    need(cfg.curate.select_partition >= 2, "curate.select_partition", "must be >= 2")
     need(
         cfg.curate.normalization in {"NFC", "NFKC", "NFD", "NFKD", "none"},
         "curate.normalization",
@@ -578,6 +676,14 @@ def _validate(cfg: LifecycleConfig) -> None:
             0 <= sec.warmup_steps < sec.steps,
             f"{name}.warmup_steps",
             f"must be below {name}.steps={sec.steps}, got {sec.warmup_steps}; lower it or raise {name}.steps",
+        )
+    for name in ("pretrain", "continual"):
+        _validate_schedule(getattr(cfg, name), name)
+        need(
+            getattr(cfg, name).average == "none" or cfg.pretrain.parallelism == "ddp",
+            f"{name}.average",
+            "weight averaging keeps full copies of the weights and needs pretrain.parallelism=ddp; "
+            f"set {name}.average=none or pretrain.parallelism=ddp",
         )
     need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
@@ -595,6 +701,15 @@ def _validate(cfg: LifecycleConfig) -> None:
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
     )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
+    ratios = cfg.continual.replay_ratios
+    need(
+        all(isinstance(v, (int, float)) and v >= 0 for v in ratios.values()) and sum(ratios.values()) < 1.0,
+        "continual.replay_ratios",
+        f"fractions must be >= 0 and sum to less than 1 (the rest of each batch is the new corpus), got {ratios}",
+    )
+    need(cfg.continual.probe_every >= 0, "continual.probe_every", "must be >= 0 (0 = use continual.probes)")
+    need(cfg.continual.probes >= 1, "continual.probes", f"must be >= 1, got {cfg.continual.probes}")
+    need(cfg.continual.probe_density >= 1, "continual.probe_density", "must be >= 1 (1 = uniform)")
     r = cfg.resilience
     need(r.scheme in {"xor", "rs"}, "resilience.scheme", f"must be xor or rs, got {r.scheme!r}")
     need(r.k >= 1, "resilience.k", f"must be >= 1, got {r.k}")
@@ -634,6 +749,46 @@ def _validate(cfg: LifecycleConfig) -> None:
             cfg.storage.uri.startswith(("s3://", "file://")),
             "storage.uri",
             f"must start with s3:// or file://, got {cfg.storage.uri!r}",
+        )
+
+
+def _validate_schedule(sec: Any, name: str) -> None:
+    """The schedule's phases must fit in the steps (wsd: warmup, then at least one stable step, then the decay)."""
+    if sec.schedule not in SCHEDULES:
+        raise ConfigError(f"{name}.schedule: must be one of {', '.join(SCHEDULES)}, got {sec.schedule!r}")
+    if sec.decay_shape not in DECAY_SHAPES:
+        raise ConfigError(f"{name}.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {sec.decay_shape!r}")
+    if sec.average not in AVERAGES:
+        raise ConfigError(f"{name}.average: must be one of {', '.join(AVERAGES)}, got {sec.average!r}")
+    if sec.average in ("uniform", "weighted"):
+        if sec.average_every < 1 or sec.average_last_k < 1:
+            raise ConfigError(f"{name}.average_every and {name}.average_last_k: must be >= 1")
+        if sec.average_every * (sec.average_last_k - 1) >= sec.steps:
+            raise ConfigError(
+                f"{name}.average_last_k: {sec.average_last_k} snapshots every {name}.average_every="
+                f"{sec.average_every} steps span more than {name}.steps={sec.steps}; lower one of them"
+            )
+    if sec.average == "ema" and not 0.0 < sec.ema_decay < 1.0:
+        raise ConfigError(f"{name}.ema_decay: must be in (0, 1), got {sec.ema_decay}")
+    if sec.branch_at and sec.schedule != "wsd":
+        raise ConfigError(f"{name}.branch_at: decay branches need {name}.schedule=wsd, got {sec.schedule!r}")
+    if sec.schedule != "wsd":
+        return
+    if not 0.0 < sec.decay_fraction <= 1.0:
+        raise ConfigError(f"{name}.decay_fraction: must be in (0, 1], got {sec.decay_fraction}")
+    decay = max(1, round(sec.steps * sec.decay_fraction))
+    if sec.warmup_steps + decay > sec.steps:
+        raise ConfigError(
+            f"{name}.decay_fraction: warmup ({name}.warmup_steps={sec.warmup_steps}) plus the decay "
+            f"({decay} steps = {sec.decay_fraction} x {name}.steps={sec.steps}) do not fit in the steps; "
+            f"lower {name}.decay_fraction or {name}.warmup_steps, or raise {name}.steps"
+        )
+    stable = range(sec.warmup_steps, sec.steps - decay)
+    outside = [step for step in sec.branch_at if step not in stable]
+    if outside:
+        raise ConfigError(
+            f"{name}.branch_at: steps {outside} are not in the stable phase [{stable.start}, {stable.stop}) "
+            f"({name}.warmup_steps to the start of the final decay); branch from a step in it"
         )
 
 
@@ -763,6 +918,13 @@ def _check_keys(cls: type, raw: Any, prefix: str) -> None:
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if typing.get_args(hint) == (int,) and typing.get_origin(hint) is list:
+        # list[int] (step lists): accept "60,90", [60, 90] or a single 60
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        try:
+            return [int(v) for v in items if str(v).strip()]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a list of integers (e.g. 60,90), got {value!r}") from None
     if isinstance(hint, types.GenericAlias) or hint is list:
         hint = list
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

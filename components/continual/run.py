@@ -3,13 +3,16 @@
 It runs the training engine (:func:`components.training.launch.train`) with three changes from
 pretraining: the model starts from ``model_uri``; the LR *re-warms* from 0 to ``continual.lr`` and
 decays again (resuming at the old, decayed LR adapts slowly, jumping straight to a high LR
-destabilises, Gupta et al., 2023); and ``continual.replay_fraction`` of every batch is replayed from
-the old corpus, the cheapest known guard against forgetting (Ibrahim et al., 2024).
+destabilises, Gupta et al., 2023; ``continual.schedule`` picks the decay, docs/continual.md); and
+``continual.replay_fraction`` of every batch is replayed from *every* corpus the base model learned
+(its lineage, :func:`ancestor_corpora`; per corpus with ``continual.replay_ratios``), the cheapest
+known guard against forgetting (Ibrahim et al., 2024).
 
-Both corpora must be tokenized with the same tokenizer (the model has one embedding table), checked
+All corpora must be tokenized with the same tokenizer (the model has one embedding table), checked
 from their manifests before anything is trained. Forgetting is measured by the workers (the driver
-holds no model): held-out probes of the old and the new corpus at step 0 and at the end, and of the
-old corpus every ``probe_every`` steps in between to expose the stability gap.
+holds no model): held-out probes of every corpus at step 0, at ``continual.probes`` points (denser
+while re-warming) and at the end; :mod:`components.continual.forgetting` turns the curves into
+forgetting, adaptation and the stability gap under per-corpus metric names.
 """
 
 from __future__ import annotations
@@ -22,19 +25,22 @@ from typing import Any
 from components import resilience
 from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
-from components.common.errors import DataError
+from components.common.errors import ConfigError, DataError
 from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.storage import join, open_store
-from components.continual.forgetting import stability_gap
+from components.continual.forgetting import corpus_label, corpus_metrics, probe_steps, unique_labels
+from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
+from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
 
-PROBES_PER_RUN = 5  # enough points to see a dip and a recovery, few enough to cost little
+#: Key of the completion marker that lists every corpus a continual step's model learned.
+LINEAGE_KEY = "lineage_corpora"
 
 
 def continual(
@@ -49,65 +55,177 @@ def continual(
     mlflow_run_id: str = "",
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri``.
+    """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri`` and
+    every other corpus in the model's lineage (:func:`continual_spec`); then train the WSD decay branches.
 
-    Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve"}`` (curves are
-    ``[[step, value], ...]``; the old held-out curve starts at step 0, before training); the adapted
-    model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
+    Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve", "heldout_curves",
+    "corpora"}``: curves are ``[[step, value], ...]``, held-out ones start at step 0 (before
+    training) and are keyed by corpus label; ``corpora`` says which labels are old and which is new.
+    The adapted model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
     """
-    check_same_tokenizer(cfg, dataset_uri, old_dataset_uri)
+    spec = continual_spec(
+        cfg,
+        model_uri=model_uri,
+        dataset_uri=dataset_uri,
+        old_dataset_uri=old_dataset_uri,
+        output_uri=output_uri,
+        checkpoint_uri=checkpoint_uri,
+        mlflow_run_id=mlflow_run_id,
+        callbacks=callbacks,
+    )
+    c = cfg.continual
+    *old_labels, new_label = (p.name for p in spec.probes)  # the old corpora, oldest first, then the new one
+    old_uris = [p.dataset_uri for p in spec.probes[:-1]]
+    old_label = old_labels[0]
+    summary = train(spec)
+    curves = summary["callbacks"]["probes"]["curves"]
+    old_curve, new_curve = curves[old_label], curves[new_label]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
+    (out_dir / "old_heldout_curve.json").write_text(json.dumps(old_curve))
+    (out_dir / "heldout_curves.json").write_text(json.dumps(curves))
+    if mlflow_run_id:
+        _log_curves(cfg, mlflow_run_id, curves, old_label)
+    metrics = {
+        **training_metrics(summary),
+        **corpus_metrics(curves, old=old_labels, new=new_label),
+        # the names runs before per-corpus metrics logged (the replayed pretraining corpus is "old")
+        "old_heldout_loss_before": old_curve[0][1],
+        "old_heldout_loss_after": old_curve[-1][1],
+        "new_heldout_loss_before": new_curve[0][1],
+        "new_heldout_loss_after": new_curve[-1][1],
+        "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
+        "probes": len(old_curve),
+    }
+    branches = {}
+    for step in c.branch_at:  # WSD decay branches: artifacts for evaluation; the main run flows downstream
+        branch = train(spec.decay_branch(step))
+        branch_curves = branch["callbacks"]["probes"]["curves"]
+        branches[step] = {
+            "model_uri": join(spec.decay_branch(step).output_uri, "model"),
+            "heldout_curves": branch_curves,
+            "lr_curve": branch["lr_curve"],
+        }
+        for name, value in corpus_metrics(branch_curves, old=old_labels, new=new_label).items():
+            if "/" in name and not name.startswith("heldout_loss_before"):
+                metrics[f"branch_{step}/{name}"] = value
+    log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return {
+        "branches": branches,
+        "metrics": metrics,
+        "loss_curve": summary["loss_curve"],
+        "lr_curve": summary["lr_curve"],
+        "old_heldout_curve": old_curve,
+        "heldout_curves": curves,
+        "corpora": {"old": old_labels, "new": new_label},
+        # read back by the next retrain from this output's marker (ancestor_corpora): every corpus learned
+        LINEAGE_KEY: [*old_uris, dataset_uri],
+        "replays": [[uri, fraction] for uri, fraction in spec.replays],
+        "averaging": summary["callbacks"].get("averaging"),  # which snapshots the published model averages
+    }
+
+
+def continual_spec(
+    cfg: LifecycleConfig,
+    *,
+    model_uri: str,
+    dataset_uri: str,
+    old_dataset_uri: str,
+    output_uri: str,
+    checkpoint_uri: str,
+    mlflow_run_id: str = "",
+    callbacks: Sequence[Callback] = (),
+) -> TrainSpec:
+    """The training run of a continual step, checked before anything trains.
+
+    It replays every corpus the base model learned (``old_dataset_uri`` first, then its lineage:
+    :func:`ancestor_corpora`) in the mixture of :func:`replay_mixture`, and probes each of them and
+    the new corpus; the probes are named by corpus label, the old corpora first, the new one last.
+    """
+    # every corpus the base model learned (its lineage), the champion's pretraining corpus first
+    old_uris = list(dict.fromkeys(u.rstrip("/") for u in [old_dataset_uri, *ancestor_corpora(cfg, model_uri)]))
+    for uri in old_uris:
+        check_same_tokenizer(cfg, dataset_uri, uri)
     check_model_tokenizer(cfg, model_uri, dataset_uri)
     c, e = cfg.continual, cfg.evaluate
-    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True}
-    spec = TrainSpec(
+    *old_labels, new_label = unique_labels([_label(cfg, uri) for uri in [*old_uris, dataset_uri]])
+    replays = replay_mixture(c.replay_fraction, c.replay_ratios, dict(zip(old_labels, old_uris, strict=True)))
+    points = probe_steps(
+        c.steps, probes=c.probes, every=c.probe_every, warmup_steps=c.warmup_steps, density=c.probe_density
+    )
+    heldout = {"max_tokens": e.heldout_max_tokens, "batch_size": e.batch_size, "at_start": True, "steps": points}
+    return TrainSpec(
         cfg=cfg,
         stage="continual",
         dataset_uri=dataset_uri,
         output_uri=output_uri,
         checkpoint_uri=checkpoint_uri,
         init_model_uri=model_uri,
-        replay_uri=old_dataset_uri if c.replay_fraction > 0 else "",
-        replay_fraction=c.replay_fraction,
+        replays=replays,
         steps=c.steps,
         batch_size=c.batch_size,
         lr=c.lr,
-        warmup_steps=c.warmup_steps,
-        min_lr_ratio=c.min_lr_ratio,
+        **schedule_fields(c),
+        **averaging_fields(c),
+        branch_steps=tuple(c.branch_at),
         probes=(
-            Probe("old_heldout", old_dataset_uri, every=c.probe_every or max(1, c.steps // PROBES_PER_RUN), **heldout),
-            Probe("new_heldout", dataset_uri, **heldout),
+            *(Probe(label, uri, **heldout) for label, uri in zip(old_labels, old_uris, strict=True)),
+            Probe(new_label, dataset_uri, **heldout),
         ),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),
         callbacks=tuple(callbacks),
     )
-    summary = train(spec)
-    curves = summary["callbacks"]["probes"]["curves"]
-    old_curve, new_curve = curves["old_heldout"], curves["new_heldout"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
-    (out_dir / "old_heldout_curve.json").write_text(json.dumps(old_curve))
-    if mlflow_run_id:
-        _log_old_curve(cfg, mlflow_run_id, old_curve)
-    metrics = {
-        **training_metrics(summary),
-        "old_heldout_loss_before": old_curve[0][1],
-        "old_heldout_loss_after": old_curve[-1][1],
-        "new_heldout_loss_before": new_curve[0][1],
-        "new_heldout_loss_after": new_curve[-1][1],
-        "forgetting": old_curve[-1][1] - old_curve[0][1],
-        "adaptation": new_curve[0][1] - new_curve[-1][1],
-        "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
-        "stability_gap": stability_gap(old_curve),
-    }
-    log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return {
-        "metrics": metrics,
-        "loss_curve": summary["loss_curve"],
-        "lr_curve": summary["lr_curve"],
-        "old_heldout_curve": old_curve,
-    }
+
+
+def ancestor_corpora(cfg: LifecycleConfig, model_uri: str) -> list[str]:
+    """Every corpus the model at ``model_uri`` learned, oldest first, from its lineage in the store.
+
+    A model published by a continual step (``<output>/model``) records them in that output's
+    completion marker (:data:`LINEAGE_KEY`: its own old corpora plus its new one), so the list grows
+    with every retrain and one hop reaches all ancestors. A pretrained model (no such record) has
+    none beyond the pretraining corpus the caller passes. Every corpus named must still be in the
+    store: a lineage that cannot be walked is an error naming the missing corpus.
+    """
+    from components.common.artifacts import MARKER, read_marker
+
+    output = model_uri.rstrip("/").rsplit("/", 1)[0]
+    store = open_store(output, **store_options(cfg))
+    if not store.exists(join(output, MARKER)):
+        return []
+    corpora = read_marker(store, output).get(LINEAGE_KEY, [])
+    for uri in corpora:
+        if not store.exists(join(uri, MARKER)):
+            raise DataError(
+                f"the lineage of {model_uri} names corpus {uri}, which is not a completed output in the store "
+                f"(deleted?); restore it, or set continual.base_model to a model whose lineage is complete"
+            )
+    return list(corpora)
+
+
+def replay_mixture(total: float, ratios: dict, corpora: dict[str, str]) -> tuple[tuple[str, float], ...]:
+    """``(uri, fraction of each batch)`` of every old corpus (keyed by label in ``corpora``).
+
+    ``ratios`` (``continual.replay_ratios``) gives each corpus its fraction by label; empty, the
+    ``total`` (``continual.replay_fraction``) is shared equally. Corpora with fraction 0 are left out.
+    """
+    if ratios:
+        unknown = sorted(set(ratios) - set(corpora))
+        if unknown:
+            raise ConfigError(
+                f"continual.replay_ratios: {', '.join(unknown)} not in the base model's lineage; "
+                f"its corpora are {', '.join(corpora)}"
+            )
+        mixture = [(uri, float(ratios.get(label, 0.0))) for label, uri in corpora.items()]
+    else:
+        mixture = [(uri, total / len(corpora)) for uri in corpora.values()]
+    return tuple((uri, fraction) for uri, fraction in mixture if fraction > 0)
+
+
+def _label(cfg: LifecycleConfig, dataset_uri: str) -> str:
+    """The corpus' name in metric keys, from the source its manifest records."""
+    return corpus_label(read_manifest(dataset_uri, store_options=store_options(cfg)).get("source", ""), dataset_uri)
 
 
 def check_same_tokenizer(cfg: LifecycleConfig, dataset_uri: str, old_dataset_uri: str) -> None:
@@ -145,10 +263,13 @@ def check_model_tokenizer(cfg: LifecycleConfig, model_uri: str, dataset_uri: str
         )
 
 
-def _log_old_curve(cfg: LifecycleConfig, run_id: str, curve: list[list[float]]) -> None:
+def _log_curves(cfg: LifecycleConfig, run_id: str, curves: dict[str, list[list[float]]], old_label: str) -> None:
+    """Every corpus' probe curve as ``heldout_loss/<corpus>``; the old one also under its earlier name."""
     import mlflow
 
     from components.common.lineage import log_curve, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    log_curve(run_id, "old_heldout_loss", [(int(s), loss) for s, loss in curve])
+    for label, curve in curves.items():
+        log_curve(run_id, f"heldout_loss/{label}", [(int(s), loss) for s, loss in curve])
+    log_curve(run_id, "old_heldout_loss", [(int(s), loss) for s, loss in curves[old_label]])

@@ -25,7 +25,17 @@ from components.common.errors import DataError
 
 CARD = "data_card.html"
 REQUIRED = ("source", "inputs", "steps", "tokens")
-OPTIONAL = ("examples", "languages", "lengths", "dedup_clusters", "synthetic", "quarantined", "shards", "config")
+OPTIONAL = (
+    "examples",
+    "languages",
+    "lengths",
+    "dedup_clusters",
+    "synthetic",
+    "selection",
+    "quarantined",
+    "shards",
+    "config",
+)
 STEP_KEYS = ("name", "input", "kept", "dropped")
 STYLE = (
     "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1100px;color:#222}"
@@ -93,6 +103,15 @@ def _summary(report: dict) -> str:
             ("synthetic tokens", f"{syn.get('tokens', 0):,} ({share:.1%} of all tokens)"),
             ("rephrasing style", syn.get("style") or "off"),
         ]
+    if sel := report.get("selection"):
+        coverage = f", facility-location coverage {sel['coverage']:.1%}" if sel.get("coverage") is not None else ""
+        rows.append(
+            (
+                "informative subset",
+                f"{sel['selected']:,} of {sel['candidates']:,} training documents "
+                f"({sel['fraction']:.0%}, {sel['method']}{coverage})",
+            )
+        )
     return "<h2>Summary</h2>" + _table(("", ""), rows)
 
 

@@ -77,6 +77,9 @@ def metrics(report: dict, packed: dict) -> dict:
         "synthetic_documents": report["synthetic"]["documents"],
         "synthetic_tokens": report["synthetic"]["tokens"],
     }
+    if sel := report.get("selection"):
+        m["selected_documents"] = sel["selected"]
+        m["select_candidates"] = sel["candidates"]
     m.update({f"quarantined_{r}": n for r, n in report["quarantine_counts"].items()})
     for step in report["steps"]:
         if step["name"] == "read":

@@ -59,6 +59,7 @@ from components.curate.pipeline import (
 )
 from components.curate.quarantine import CORRUPT_FILE, merge_quarantine
 from components.curate.rephrase import check_rephrase_config
+from components.curate.select import select_subset
 from components.curate.split import HELDOUT, TRAIN, assign_splits
 from components.curate.validate import validate_documents
 from components.curate.words import RegexWordTokenizer
@@ -164,6 +165,17 @@ def curate(
     by_split = {TRAIN: [], HELDOUT: []}
     for doc, split in zip(docs, splits, strict=True):
         by_split[split].append(doc)
+    selection = None
+    if c.select_fraction < 1.0:  # an informative subset of the train split (held-out stays whole)
+        keep, selection = select_subset(
+            [d.text for d in by_split[TRAIN]],
+            fraction=c.select_fraction,
+            method=c.select_method,
+            partition=c.select_partition,
+            seed=cfg.run.seed,
+        )
+        by_split[TRAIN] = [by_split[TRAIN][i] for i in keep]
+        log.info("selected %d of %d training documents (%s)", len(keep), selection["candidates"], c.select_method)
     for split_docs in by_split.values():
         rng.shuffle(split_docs)  # documents from one file must not sit together in the packed stream
     ordered = [d for split in (TRAIN, HELDOUT) for d in by_split[split]]
@@ -202,6 +214,7 @@ def curate(
         "lengths": rpt.sampled_lengths([d.text for d in docs], cfg.run.seed),
         "dedup_clusters": decisions.cluster_sizes(),
         "synthetic": synthetic,
+        "selection": selection,
         "tokens": {split: p["tokens"] for split, p in packed.items()},
         "quarantined": sum(n for r, n in quarantine_counts.items() if r != CORRUPT_FILE),
         "quarantine_counts": quarantine_counts,
@@ -224,7 +237,7 @@ def curate(
         source=source,
         files=files,
         counts=step_list,
-        curation={"config": report["config"], "report": REPORT, "synthetic": synthetic},
+        curation={"config": report["config"], "report": REPORT, "synthetic": synthetic, "selection": selection},
     )
     shutil.rmtree(work, ignore_errors=True)  # intermediate documents; the kept ones are in documents.jsonl.gz
     card = _data_card(report, out_dir)

@@ -18,9 +18,11 @@ from components import resilience
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
+from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.driver import training_metrics
 from components.training.launch import train
+from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.pretrain")
@@ -64,8 +66,9 @@ def pretrain(
         steps=p.steps,
         batch_size=p.batch_size,
         lr=p.lr,
-        warmup_steps=p.warmup_steps,
-        min_lr_ratio=p.min_lr_ratio,
+        **schedule_fields(p),
+        **averaging_fields(p),
+        branch_steps=tuple(p.branch_at),
         probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),
@@ -76,6 +79,9 @@ def pretrain(
     (Path(out_dir) / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
     heldout = summary["callbacks"]["probes"]["curves"]["heldout"]
     metrics = {**training_metrics(summary), "heldout_loss": heldout[-1][1]}
+    for step in p.branch_at:  # WSD decay branches: extra models under branches/step-<S>/ for evaluation
+        branch = train(spec.decay_branch(step))
+        metrics[f"branch_{step}/heldout_loss"] = branch["callbacks"]["probes"]["curves"]["heldout"][-1][1]
     log.info("pretrain done: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {"metrics": metrics, "loss_curve": summary["loss_curve"], "lr_curve": summary["lr_curve"]}
 

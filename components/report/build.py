@@ -60,6 +60,18 @@ def _curve(summary: dict, key: str = "loss_curve") -> list:
     return summary.get(key) or []
 
 
+def _heldout_curves(summary: dict) -> dict[str, list]:
+    """Continual's held-out probe curves, one per corpus (runs before per-corpus probes: the old one)."""
+    if not summary.get("heldout_curves"):
+        return {"held-out loss (old corpus)": _curve(summary, "old_heldout_curve")}
+    corpora = summary.get("corpora", {})
+    role = {label: "old" for label in corpora.get("old", [])} | {corpora.get("new", ""): "new"}
+    return {
+        f"held-out loss ({label}, {role.get(label, 'corpus')})": curve
+        for label, curve in summary["heldout_curves"].items()
+    }
+
+
 def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[str, str, dict[str, bytes]]:
     """Returns (html, markdown, images by file name) for the stage ``summaries`` of one run."""
     images: dict[str, bytes] = {}
@@ -78,7 +90,7 @@ def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[s
         # stability gap (a rise early in re-warming that later partly recovers).
         "continual": {
             "train loss (new corpus)": _curve(cont),
-            "held-out loss (old corpus)": _curve(cont, "old_heldout_curve"),
+            **_heldout_curves(cont),
         },
         "align": {"SFT loss (answer tokens)": _curve(summaries.get("align", {}))},
     }

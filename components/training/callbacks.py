@@ -8,7 +8,8 @@ callback; a callback that should act once per run checks ``state.rank == 0``.
 
 A callback that keeps results (a curve, a counter) returns them from ``state_dict``: rank 0's dict is
 saved in every checkpoint (so a resumed run continues it) and handed back to the driver in the
-training summary under ``callbacks[<name>]``.
+training summary under ``callbacks[<name>]``. State that is not JSON (averaged weights) goes into the
+checkpoint directory through ``save_files`` and comes back through ``load_files``.
 
 In-memory snapshotting (``components/resilience``) is such a callback: ``post_step`` copies the
 state named here (module, optimizer, scheduler, step; the data position *is* the step) in the
@@ -18,6 +19,7 @@ background, and ``pre_optimizer_step`` waits for that copy so the optimizer neve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -81,6 +83,12 @@ class Callback:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned, when resuming from a checkpoint."""
+
+    def save_files(self, path: Path) -> None:
+        """Write state that is not JSON (tensors) into the checkpoint directory ``path`` (rank 0 only)."""
+
+    def load_files(self, path: Path) -> None:
+        """Read back what :meth:`save_files` wrote, from a resumed checkpoint's local copy (every rank)."""
 
 
 class MlflowCurveLogger(Callback):

@@ -13,7 +13,11 @@ state saved and fast-forwarded on resume.
 
 Replay: of each rank's ``batch_size`` rows, ``floor((s+1)·B·f) - floor(s·B·f)`` come from the old
 corpus at step ``s``. The count varies by at most one between steps, and over any run the replayed
-share is exactly ``f`` (a fixed ``round(B·f)`` would give 1/8 instead of 0.1 at B = 8).
+share is exactly ``f`` (a fixed ``round(B·f)`` would give 1/8 instead of 0.1 at B = 8). With several
+old corpora (every ancestor of a retrained model), corpus ``i`` with fraction ``f_i`` gets the rows
+between the cumulative counts ``floor(s·B·F_{i-1})`` and ``floor(s·B·F_i)``, ``F_i = f_1 + … + f_i``:
+each corpus' share is exact over a run, the mixture of one step still a pure function of the step
+(so resuming mid-mixture reproduces it bitwise), and one corpus reduces to the rule above.
 
 Where the data lives: the corpora are store URIs (``file://`` or ``s3://``), read by
 :class:`~components.common.shards.TokenWindows` on whichever host the worker runs. When windows come
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,18 +55,23 @@ class ResumableBatches:
         seed: int,
         replay: str | Path | None = None,
         replay_fraction: float = 0.0,
+        replays: Sequence[tuple[str | Path, float]] = (),
         store_options: dict | None = None,
         cache_dir: str | Path = "",
     ) -> None:
-        if not 0.0 <= replay_fraction < 1.0:
-            raise ConfigError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
+        """``replays``: ``(dataset, fraction)`` of every old corpus; ``replay``/``replay_fraction``: one."""
         if replay_fraction > 0 and not replay:
             raise ConfigError(f"replay_fraction={replay_fraction} needs a replay dataset; none was given")
-        self.batch_size, self.seed, self.replay_fraction = batch_size, seed, replay_fraction
+        replays = [(d, f) for d, f in ([(replay, replay_fraction)] if replay_fraction > 0 else []) + list(replays)]
+        fractions = [f for _, f in replays]
+        if any(f < 0 for f in fractions) or not 0.0 <= sum(fractions) < 1.0:
+            raise ConfigError(f"replay fractions must be >= 0 and sum to [0, 1), got {fractions}")
+        self.batch_size, self.seed = batch_size, seed
+        self.replay_fraction = sum(fractions)
+        self.cumulative = [0.0, *np.cumsum(fractions).tolist()]  # F_0 = 0, F_i = f_1 + ... + f_i
         opened = {"store_options": store_options, "cache_dir": cache_dir}
         self.sources = [TokenWindows(dataset, "train", seq_len + 1, **opened)]
-        if replay_fraction > 0:
-            self.sources.append(TokenWindows(replay, "train", seq_len + 1, **opened))
+        self.sources += [TokenWindows(d, "train", seq_len + 1, **opened) for d, f in replays]
         self._perms: dict[tuple[int, int], np.ndarray] = {}
         self._perms_lock = threading.Lock()  # the prefetch thread plans too
         # Remote windows: one ranged GET per row, so a batch's rows are fetched concurrently.
@@ -69,24 +79,29 @@ class ResumableBatches:
         self._pool = ThreadPoolExecutor(max_workers=min(16, batch_size + 1)) if remote else None
         self._ahead: tuple[tuple[int, int, int], Future] | None = None
 
-    def _replayed_before(self, step: int) -> int:
+    def _replayed_before(self, step: int, source: int | None = None) -> int:
+        """Rows replayed (from every old corpus, or from old corpora 1..``source``) per rank before ``step``."""
+        share = self.cumulative[-1 if source is None else source]
         # 1e-9 absorbs float error such as 5 * 8 * 0.1 = 4.000000000000001 vs 3.9999...
-        return math.floor(step * self.batch_size * self.replay_fraction + 1e-9)
+        return math.floor(step * self.batch_size * share + 1e-9)
 
-    def counts(self, step: int) -> tuple[int, int]:
-        """(rows from the training corpus, rows replayed from the old corpus) per rank at ``step``."""
-        replay = self._replayed_before(step + 1) - self._replayed_before(step)
-        return self.batch_size - replay, replay
+    def _consumed(self, step: int, source: int) -> int:
+        """Rows each rank took from ``source`` before ``step``."""
+        if source == NEW:
+            return step * self.batch_size - self._replayed_before(step)
+        return self._replayed_before(step, source) - self._replayed_before(step, source - 1)
+
+    def counts(self, step: int) -> tuple[int, ...]:
+        """Rows per rank at ``step`` from each source: the training corpus, then every old corpus."""
+        return tuple(self._consumed(step + 1, s) - self._consumed(step, s) for s in range(len(self.sources)))
 
     def plan(self, step: int, rank: int, world_size: int) -> list[tuple[int, int]]:
         """The ``(source, window index)`` of every row of this rank's batch: new rows first, then replay."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
-        replay_before = self._replayed_before(step)
-        consumed = {NEW: step * self.batch_size - replay_before, REPLAY: replay_before}
         rows = []
-        for source, n in zip((NEW, REPLAY), self.counts(step), strict=True):
-            start = world_size * consumed[source] + rank * n
+        for source, n in enumerate(self.counts(step)):
+            start = world_size * self._consumed(step, source) + rank * n
             rows += [(source, self._window(source, start + j)) for j in range(n)]
         return rows
 

@@ -31,8 +31,10 @@ from components.common.artifacts import store_options
 from components.common.errors import DataError, RecoveryError
 from components.common.log import get_logger
 from components.common.storage import join, open_store
+from components.training.averaging import WeightAveraging
 from components.training.callbacks import Callback, TrainState
 from components.training.checkpoint import (
+    COMPLETE,
     MODEL_DIR,
     capture_rng,
     checkpoint_name,
@@ -55,10 +57,13 @@ from components.training.parallel import (
     wrap_model,
 )
 from components.training.probes import HeldoutProbes
-from components.training.schedule import warmup_cosine
+from components.training.schedule import lr_scheduler
 from components.training.spec import TrainSpec
 
 log = get_logger("lmforge.training")
+
+#: Resume-key entries a WSD decay branch may change from the run it branches off.
+BRANCH_MAY_DIFFER = ("stage", "steps", "schedule", "average")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -72,26 +77,19 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     registered = ray.train.get_checkpoint()
     newest = newest_checkpoint(run_uri(spec), registered.path if registered else None, store_options(spec.cfg))
+    branching = newest is None and bool(spec.branch_from_uri)  # a decay branch's first start
     with tempfile.TemporaryDirectory(prefix="lmforge-resume-") as tmp:
         resume_dir = None
-        if newest is not None:
-            store = open_store(newest[1], **store_options(spec.cfg))
-            resume_dir = store.local_dir(newest[1], Path(tmp))
-        state, summary = build_state(spec, rank, world_size, resume_dir)
+        if newest is not None or branching:
+            uri = newest[1] if newest is not None else spec.branch_from_uri
+            resume_dir = open_store(uri, **store_options(spec.cfg)).local_dir(uri, Path(tmp))
+        state, summary = build_state(spec, rank, world_size, resume_dir, branching=branching)
+        callbacks = engine_callbacks(spec)
+        for cb in callbacks:
+            cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
+            if resume_dir is not None:
+                cb.load_files(resume_dir)
     built = time.time()
-    callbacks = list(spec.callbacks)
-    if spec.probes:  # after the plugins' callbacks, which may restore newer weights in pre_train
-        callbacks.append(
-            HeldoutProbes(
-                spec.probes,
-                total_steps=spec.steps,
-                seq_len=spec.cfg.model.seq_len,
-                store_options=store_options(spec.cfg),
-                cache_dir=spec.cfg.pretrain.data_cache_dir,
-            )
-        )
-    for cb in callbacks:
-        cb.load_state_dict(summary.get("callbacks", {}).get(cb.name, {}))
 
     grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
     device = ray.train.torch.get_device()
@@ -105,6 +103,8 @@ def train_loop_per_worker(config: dict) -> None:
                 state.startup = startup_phases(entered, built, ready, time.time())
                 if rank == 0:
                     log.info("worker start-up (rank 0): %s", _describe_startup(state.startup))
+            if state.step in spec.branch_steps:
+                save_branch_point(state, callbacks)
             if state.step % every == 0 or state.step == spec.steps:
                 _checkpoint_and_report(state, callbacks)
         publish(state, callbacks)
@@ -115,6 +115,37 @@ def train_loop_per_worker(config: dict) -> None:
     finally:
         for cb in callbacks:
             cb.close()
+
+
+def engine_callbacks(spec: TrainSpec) -> list[Callback]:
+    """The spec's callbacks, then weight averaging, then the held-out probes.
+
+    Order matters after the last step: averaging loads the averaged weights into the model first,
+    so the probes measure (and ``publish`` saves) the model later stages receive. Probes also come
+    after the plugins' callbacks, which may restore newer weights in ``pre_train``.
+    """
+    callbacks = list(spec.callbacks)
+    if spec.average != "none":
+        callbacks.append(
+            WeightAveraging(
+                spec.average,
+                total_steps=spec.steps,
+                every=spec.average_every,
+                last_k=spec.average_last_k,
+                ema_decay=spec.ema_decay,
+            )
+        )
+    if spec.probes:
+        callbacks.append(
+            HeldoutProbes(
+                spec.probes,
+                total_steps=spec.steps,
+                seq_len=spec.cfg.model.seq_len,
+                store_options=store_options(spec.cfg),
+                cache_dir=spec.cfg.pretrain.data_cache_dir,
+            )
+        )
+    return callbacks
 
 
 def startup_phases(entered: float, built: float, ready: float, first_step: float) -> dict[str, float]:
@@ -169,8 +200,15 @@ def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_cli
         cb.post_step(state)
 
 
-def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | None) -> tuple[TrainState, dict]:
-    """Model, optimizer, schedule and data for this worker, restored from ``resume_dir`` if given."""
+def build_state(
+    spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | None, *, branching: bool = False
+) -> tuple[TrainState, dict]:
+    """Model, optimizer, schedule and data for this worker, restored from ``resume_dir`` if given.
+
+    ``branching``: ``resume_dir`` is the branch point of another run (a WSD decay branch), whose
+    resume key differs in the stage, the steps, the schedule (the LR of the stable phase is the same
+    function of the step) and the averaging (a branch is the decay alternative: it averages nothing).
+    """
     import ray.train.torch
     from transformers import LlamaForCausalLM
 
@@ -205,8 +243,14 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
         )
     model = wrap_model(module, cfg.pretrain.parallelism, world_size=world_size, device=ray.train.torch.get_device())
     optimizer = _adamw(module, lr=spec.lr, weight_decay=cfg.pretrain.weight_decay)
-    scheduler = warmup_cosine(
-        optimizer, warmup_steps=spec.warmup_steps, total_steps=spec.steps, min_lr_ratio=spec.min_lr_ratio
+    scheduler = lr_scheduler(
+        optimizer,
+        warmup_steps=spec.warmup_steps,
+        total_steps=spec.steps,
+        min_lr_ratio=spec.min_lr_ratio,
+        schedule=spec.schedule,
+        decay_steps=spec.decay_steps,
+        decay_shape=spec.decay_shape,
     )
     batches = ResumableBatches(
         spec.dataset_uri,
@@ -215,6 +259,7 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
         seed=cfg.run.seed,
         replay=spec.replay_uri or None,
         replay_fraction=spec.replay_fraction,
+        replays=spec.replays,
         store_options=options,
         cache_dir=cache,
     )
@@ -232,7 +277,10 @@ def build_state(spec: TrainSpec, rank: int, world_size: int, resume_dir: Path | 
     )
     summary: dict = {}
     if resume_dir is not None:
-        saved = read_train_state(resume_dir, resume_key=spec.resume_key(world_size))
+        key = spec.resume_key(world_size)
+        if branching:
+            key = {k: v for k, v in key.items() if k not in BRANCH_MAY_DIFFER}
+        saved = read_train_state(resume_dir, resume_key=key)
         if saved.get("optimizer_format") == FULL_FQN:
             load_full_optimizer_state(model, optimizer, saved["optimizer"])
         elif cfg.pretrain.parallelism == FSDP:
@@ -272,33 +320,55 @@ def _checkpoint_and_report(state: TrainState, callbacks: list[Callback]) -> None
     """Rank 0 writes the checkpoint; every rank reports (``ray.train.report`` is a barrier)."""
     import ray.train
 
-    rng_states = [capture_rng()]
-    if state.world_size > 1:
-        rng_states = [None] * state.world_size
-        dist.all_gather_object(rng_states, capture_rng())
     metrics = {
         "step": state.step,
         "loss": state.last_loss,
         "lr": state.lr,
         "tokens_per_second": state.tokens_per_second,
     }
-    # FSDP: every rank sends its shards, rank 0 receives the full model and optimizer state
-    full_state = full_state_dicts(state.model, state.optimizer) if is_sharded(state.module) else None
     with tempfile.TemporaryDirectory(prefix="lmforge-ckpt-") as tmp:
         checkpoint = None
-        if state.rank == 0:
-            write_checkpoint(
-                Path(tmp),
-                state,
-                rng_states=rng_states,
-                resume_key=state.spec.resume_key(state.world_size),
-                summary=training_summary(state, callbacks),
-                full_state=full_state,
-            )
+        if _write_checkpoint_dir(state, callbacks, Path(tmp)):
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.step))
     if state.rank == 0:  # report has uploaded it: mark it, so a restart finds it even if Ray never registers it
         mark_complete(run_uri(state.spec), state.step, store_options(state.spec.cfg))
+
+
+def _write_checkpoint_dir(state: TrainState, callbacks: list[Callback], path: Path) -> bool:
+    """Every rank takes part (RNG states, FSDP shards are gathered); rank 0 writes ``path``. True on rank 0."""
+    rng_states = [capture_rng()]
+    if state.world_size > 1:
+        rng_states = [None] * state.world_size
+        dist.all_gather_object(rng_states, capture_rng())
+    # FSDP: every rank sends its shards, rank 0 receives the full model and optimizer state
+    full_state = full_state_dicts(state.model, state.optimizer) if is_sharded(state.module) else None
+    if state.rank != 0:
+        return False
+    write_checkpoint(
+        path,
+        state,
+        rng_states=rng_states,
+        resume_key=state.spec.resume_key(state.world_size),
+        summary=training_summary(state, callbacks),
+        full_state=full_state,
+    )
+    for cb in callbacks:
+        cb.save_files(path)
+    return True
+
+
+def save_branch_point(state: TrainState, callbacks: list[Callback]) -> None:
+    """Write a checkpoint a WSD decay branch starts from to ``spec.branch_point_uri`` (not a Ray checkpoint,
+    so Ray Train's ``keep_checkpoints`` never prunes it); the branch is trained after this run."""
+    uri = state.spec.branch_point_uri(state.step)
+    with tempfile.TemporaryDirectory(prefix="lmforge-branch-") as tmp:
+        if _write_checkpoint_dir(state, callbacks, Path(tmp)):
+            store = open_store(uri, **store_options(state.spec.cfg))
+            store.upload_dir(tmp, uri)
+            store.write_text(join(uri, COMPLETE), json.dumps({"step": state.step}))
+    if state.world_size > 1:
+        dist.barrier()  # the branch point is in the store before any rank moves on
 
 
 def run_uri(spec: TrainSpec) -> str:

@@ -28,7 +28,7 @@ class Probe:
     """A held-out loss measured on the workers while training (never on the driver, which holds no model).
 
     The curve gets a point at step 0 when ``at_start`` (before the first update of a fresh run), every
-    ``every`` steps (0 = never in between), and always at the last step.
+    ``every`` steps (0 = never in between), at each step of ``steps``, and always at the last step.
     """
 
     name: str  # key of the curve in the training summary ("heldout", "old_heldout", ...)
@@ -38,6 +38,7 @@ class Probe:
     split: str = "heldout"
     max_tokens: int = 50_000  # the first max_tokens tokens of the split, as everywhere (training/heldout.py)
     batch_size: int = 8
+    steps: tuple[int, ...] = ()  # explicit 1-based steps to measure after (e.g. denser while re-warming)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,19 @@ class TrainSpec:
     lr: float  # peak LR
     warmup_steps: int
     min_lr_ratio: float
+    schedule: str = "cosine"  # components/training/schedule.py: cosine | wsd | constant | inverse_sqrt
+    decay_steps: int = 0  # wsd: length of the final decay
+    decay_shape: str = "sqrt"  # wsd: linear | sqrt | cosine
+    average: str = "none"  # components/training/averaging.py: none | ema | uniform | weighted
+    average_every: int = 1  # uniform/weighted: snapshot the weights every N steps
+    average_last_k: int = 1  # uniform/weighted: average the last K snapshots
+    ema_decay: float = 0.99  # ema: per-step decay
+    branch_steps: tuple[int, ...] = ()  # wsd: leave a branch point (loop.branch_point_uri) after these steps
+    branch_from_uri: str = ""  # a decay branch: start from this branch point of the stable run
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
+    replays: tuple[tuple[str, float], ...] = ()  # (old corpus, fraction of each batch): every ancestor
     probes: tuple[Probe, ...] = ()
     mlflow_run_id: str = ""  # rank 0 logs the loss and LR curves to this run ('' = none)
     plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
@@ -69,6 +80,30 @@ class TrainSpec:
     @property
     def summary_uri(self) -> str:
         return join(self.output_uri, SUMMARY_FILE)
+
+    def branch_point_uri(self, step: int) -> str:
+        """Where this run leaves the branch point of ``step`` (``branch_steps``) for a decay branch."""
+        return join(self.checkpoint_uri, self.stage, "branch-points", f"checkpoint-{step:08d}")
+
+    def decay_branch(self, step: int) -> TrainSpec:
+        """The WSD decay branch off this run's stable phase at ``step``: the same run continued from its
+        branch point, with this run's decay over the ``decay_steps`` after ``step``; its own artifact
+        (model and summary under ``<output_uri>/branches/step-<step>``), no averaging, no MLflow curves."""
+        if self.schedule != "wsd" or not self.warmup_steps <= step < self.steps - self.decay_steps:
+            raise ConfigError(
+                f"{self.stage}: a decay branch needs schedule=wsd and a step in the stable phase "
+                f"[{self.warmup_steps}, {self.steps - self.decay_steps}), got {self.schedule} and step {step}"
+            )
+        return replace(
+            self,
+            stage=f"{self.stage}-branch-{step:08d}",
+            steps=step + self.decay_steps,
+            output_uri=join(self.output_uri, "branches", f"step-{step:08d}"),
+            branch_from_uri=self.branch_point_uri(step),
+            branch_steps=(),
+            average="none",
+            mlflow_run_id="",
+        )
 
     def resume_key(self, world_size: int) -> dict:
         """The values that must match for a checkpoint of this run to be resumable."""
@@ -83,7 +118,10 @@ class TrainSpec:
             "lr": self.lr,
             "warmup_steps": self.warmup_steps,
             "min_lr_ratio": self.min_lr_ratio,
+            "schedule": [self.schedule, self.decay_steps, self.decay_shape],
+            "average": [self.average, self.average_every, self.average_last_k, self.ema_decay],
             "replay_fraction": self.replay_fraction,
+            "replays": [list(r) for r in self.replays],
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
         }
@@ -105,11 +143,13 @@ class TrainSpec:
         data = json.loads(text)
         data.pop("callbacks", None)
         data["cfg"] = from_dict(LifecycleConfig, data["cfg"])
-        data["probes"] = tuple(Probe(**p) for p in data.get("probes", ()))
+        data["probes"] = tuple(Probe(**{**p, "steps": tuple(p.get("steps", ()))}) for p in data.get("probes", ()))
         data["plugins"] = tuple(data.get("plugins", ()))
+        data["branch_steps"] = tuple(data.get("branch_steps", ()))
+        data["replays"] = tuple((uri, fraction) for uri, fraction in data.get("replays", ()))
         return cls(**data)
 
 
 def probe_points(probe: Probe, step: int, total_steps: int) -> bool:
     """Whether ``probe`` measures after optimizer step ``step`` (1-based) of a ``total_steps`` run."""
-    return step == total_steps or (probe.every > 0 and step % probe.every == 0)
+    return step == total_steps or (probe.every > 0 and step % probe.every == 0) or step in probe.steps

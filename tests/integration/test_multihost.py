@@ -119,6 +119,7 @@ def _config(tmp_path, s3: str, *overrides: str):
             "continual.steps=6",
             "continual.warmup_steps=2",
             "continual.probe_every=3",
+            "continual.probe_density=1",  # probes at 0, 3, 6 only
             "evaluate.heldout_max_tokens=4000",
             *overrides,
         ],

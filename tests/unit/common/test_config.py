@@ -127,6 +127,17 @@ def test_inconsistent_values_name_the_fix():
         load_config("tiny", ["pretrain.steps=5"])
 
 
+def test_wsd_phases_that_do_not_fit_name_the_keys():
+    overrides = ["continual.schedule=wsd", "continual.steps=20", "continual.warmup_steps=15"]
+    with pytest.raises(ConfigError, match=r"continual.decay_fraction: warmup \(continual.warmup_steps=15\) plus"):
+        load_config("tiny", [*overrides, "continual.decay_fraction=0.5"])
+
+
+def test_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="pretrain.schedule: must be one of cosine, wsd, constant, inverse_sqrt"):
+        load_config("tiny", ["pretrain.schedule=step"])
+
+
 def test_list_field_accepts_comma_separated_override():
     assert load_config("tiny", ["evaluate.tasks=a,b"]).evaluate.tasks == ["a", "b"]
 
@@ -154,3 +165,20 @@ def test_health_check_interval_must_be_positive_and_names_the_key():
 def test_lease_and_trigger_timings_are_checked_naming_the_key(make_config, override, key):
     with pytest.raises(ConfigError, match=key):
         make_config(override)
+
+
+def test_last_k_snapshots_that_do_not_fit_in_the_run_name_the_keys():
+    with pytest.raises(ConfigError, match="continual.average_last_k: 5 snapshots every continual.average_every=50"):
+        load_config("tiny", ["continual.average=uniform", "continual.average_every=50"])
+
+
+def test_branch_steps_accept_a_comma_separated_override():
+    cfg = load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,90"])
+    assert cfg.continual.branch_at == [60, 90]
+
+
+def test_branch_outside_the_stable_phase_names_the_key_and_the_phase():
+    with pytest.raises(
+        ConfigError, match=r"continual.branch_at: steps \[130\] are not in the stable phase \[15, 120\)"
+    ):
+        load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,130"])

@@ -1,5 +1,6 @@
 """Continual pretraining end to end on Ray Train (2 workers, one Ray for the module): it starts from
-a saved model, re-warms the LR, replays the old corpus and reports forgetting on both held-out sets."""
+a saved model, re-warms the LR (WSD), replays the old corpus, reports forgetting on both held-out
+sets and branches a decay off the stable phase."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from components.common.errors import DataError
 from components.continual.run import continual
 from components.training.driver import ray_session
 
-STEPS, WARMUP, PROBE_EVERY, LR = 12, 4, 4, 2e-3
+STEPS, WARMUP, PROBE_EVERY, LR, BRANCH, DECAY = 12, 4, 4, 2e-3, 8, 2
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,13 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
             f"continual.warmup_steps={WARMUP}",
             f"continual.lr={LR}",
             "continual.replay_fraction=0.25",
+            "continual.schedule=wsd",  # decay over the last 2 steps (0.2 x 12)
+            f"continual.branch_at={BRANCH}",
+            "continual.average=uniform",  # the published model: the mean of the weights after steps 8 and 12
+            "continual.average_every=4",
+            "continual.average_last_k=2",
             f"continual.probe_every={PROBE_EVERY}",
+            "continual.probe_density=1",  # uniform probes: the points are easy to state (density: test_forgetting)
             "pretrain.num_workers=2",
             "pretrain.checkpoint_every=100",
         ],
@@ -48,7 +55,7 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
         out_dir=root / "out",
         checkpoint_uri=(root / "checkpoints").as_uri(),
     )
-    return {"cfg": cfg, "result": result, "out": root / "out"}
+    return {"cfg": cfg, "result": result, "out": root / "out", "new": wikitext_dataset.name}
 
 
 def test_reports_forgetting_on_old_and_new_heldout(adapted):
@@ -63,6 +70,16 @@ def test_reports_forgetting_on_old_and_new_heldout(adapted):
     assert m["forgetting"] == pytest.approx(m["old_heldout_loss_after"] - m["old_heldout_loss_before"])
     assert m["new_heldout_loss_after"] < m["new_heldout_loss_before"]  # it did learn the new corpus
     assert m["final_loss"] < m["initial_loss"]
+
+
+def test_forgetting_and_adaptation_are_named_by_corpus(adapted, tiny_dataset, wikitext_dataset):
+    m, corpora = adapted["result"]["metrics"], adapted["result"]["corpora"]
+    old, new = tiny_dataset.name, wikitext_dataset.name  # no source in the fixtures' manifests: the directory
+    assert corpora == {"old": [old], "new": new}
+    assert m[f"forgetting/{old}"] == pytest.approx(m["forgetting"])
+    assert m[f"adaptation/{new}"] == pytest.approx(m["adaptation"]) and m["adaptation"] > 0
+    new_curve = adapted["result"]["heldout_curves"][new]
+    assert [s for s, _ in new_curve] == [0, 4, 8, 12]  # the new corpus is probed as often as the old
 
 
 def test_old_heldout_is_probed_during_training(adapted):
@@ -83,6 +100,21 @@ def test_lr_rewarms_from_zero_then_decays(adapted):
     lrs = [lr for _, lr in curve]
     assert lrs[:WARMUP] == pytest.approx([LR * (i + 1) / WARMUP for i in range(WARMUP)])
     assert all(a >= b for a, b in zip(lrs[WARMUP:], lrs[WARMUP + 1 :], strict=False))
+
+
+def test_wsd_decay_branch_follows_the_stable_run_then_decays_into_its_own_model(adapted):
+    main = [lr for _, lr in adapted["result"]["lr_curve"]]
+    branch = adapted["result"]["branches"][BRANCH]
+    lrs = [lr for _, lr in branch["lr_curve"]]
+    assert len(lrs) == BRANCH + DECAY and lrs[:BRANCH] == main[:BRANCH]  # the stable run, carried over
+    assert main[BRANCH] == pytest.approx(LR)  # the main run stays stable past the branch point
+    assert lrs[BRANCH:] == pytest.approx([LR, LR * (0.1 + 0.9 * (1 - 0.5**0.5))])  # 1-sqrt decay
+    assert Path(branch["model_uri"].removeprefix("file://"), "model.safetensors").exists()
+    assert adapted["result"]["metrics"][f"branch_{BRANCH}/heldout_loss_after/{adapted['new']}"] > 0
+
+
+def test_published_model_is_the_average_of_the_last_k_snapshots(adapted):
+    assert adapted["result"]["averaging"] == {"mode": "uniform", "ema_updates": 0, "averaged_steps": [8, 12]}
 
 
 def test_adapted_model_is_saved_with_its_tokenizer(adapted):

@@ -74,3 +74,34 @@ def test_replayed_rows_come_from_the_old_corpus(tiny_dataset, wikitext_dataset):
 def test_replay_without_a_wikitext_dataset_is_a_config_error(tiny_dataset):
     with pytest.raises(ConfigError, match="replay"):
         ResumableBatches(tiny_dataset, seq_len=SEQ, batch_size=8, seed=3, replay_fraction=0.1)
+
+
+def _mixture(tiny_dataset, wikitext_dataset) -> ResumableBatches:
+    """Training on WikiText, replaying two old corpora at 10% and 15% of every batch."""
+    replays = [(tiny_dataset, 0.10), (wikitext_dataset, 0.15)]
+    return ResumableBatches(wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, replays=replays)
+
+
+def test_every_old_corpus_gets_its_share_within_any_window_of_steps(tiny_dataset, wikitext_dataset):
+    batches = _mixture(tiny_dataset, wikitext_dataset)
+    for start in (0, 37):  # any 40-step window: each share within one row of exact
+        counts = np.array([batches.counts(step) for step in range(start, start + 40)]).sum(axis=0)
+        assert counts.sum() == 40 * 8
+        assert abs(counts[1] - 0.10 * 320) <= 1 and abs(counts[2] - 0.15 * 320) <= 1
+    plans = [batches.plan(step, rank, 2) for step in range(40) for rank in range(2)]
+    assert {source for plan in plans for source, _ in plan} == {0, 1, 2}
+
+
+def test_resuming_in_the_middle_of_a_mixture_reproduces_it_bitwise(tiny_dataset, wikitext_dataset):
+    uninterrupted = _mixture(tiny_dataset, wikitext_dataset)
+    seen = [uninterrupted.batch(step, rank, 2).numpy() for step in range(30) for rank in range(2)]
+    restarted = _mixture(tiny_dataset, wikitext_dataset)  # a new process resuming at step 13
+    resumed = [restarted.batch(step, rank, 2).numpy() for step in range(13, 30) for rank in range(2)]
+    assert all(np.array_equal(x, y) for x, y in zip(seen[26:], resumed, strict=True))
+
+
+def test_replay_fractions_beyond_one_are_refused(tiny_dataset, wikitext_dataset):
+    with pytest.raises(ConfigError, match=r"sum to \[0, 1\), got \[0.6, 0.5\]"):
+        ResumableBatches(
+            wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, replays=[(tiny_dataset, 0.6), (tiny_dataset, 0.5)]
+        )
