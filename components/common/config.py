@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -354,18 +355,51 @@ class QuantizeConfig:
 
 
 @_frozen
+class GateConfig:
+    primary: str = knob(
+        "heldout_perplexity",
+        "Evaluation metric that must beat the champion's beyond the noise margin for a promotion; its direction "
+        "comes from the metric (lm-eval's higher_is_better; perplexity, loss, forgetting: lower is better).",
+    )
+    guards: list = knob(
+        [],
+        "Rules every promotion must also pass, each '<metric> <op> <value>': 'drop<=' (worse than the champion by "
+        "at most value, beyond noise), '<=' or '>=' (an absolute bound), e.g. 'lmforge_arithmetic_exact_match "
+        "drop<=0.05', 'continual_forgetting <=0.5', 'quantize_perplexity_delta_pct <=10'.",
+    )
+    z: float = knob(
+        1.96,
+        "Noise margin in standard errors: a difference counts only beyond z*sqrt(se_new^2 + se_champion^2) "
+        "(1.96: a two-sided 95% band).",
+    )
+
+
+@_frozen
 class EvaluateConfig:
     tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
     batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
+    gate: GateConfig = section(GateConfig, "The promotion gate: primary metric, guards and noise margin.")
 
 
 @_frozen
 class RegisterConfig:
     model_name: str = knob("lmforge-chat", "MLflow registered-model name.", versioned=False)
-    metric: str = knob("heldout_perplexity", "Evaluation metric that decides who is champion.", versioned=False)
-    greater_is_better: bool = knob(False, "Whether a larger metric value is better.", versioned=False)
+
+
+#: One gate guard: '<metric> <op> <value>' (see GateConfig.guards); parsed by components/evaluate/gate.py.
+GUARD_PATTERN = r"^\s*(?P<metric>\S+)\s+(?P<op>drop<=|<=|>=)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$"
+
+
+#: Keys that were removed, with the message that shows their replacement (checked before "unknown key").
+RENAMED = {
+    "register.metric": "register.metric was replaced by the promotion gate: set evaluate.gate.primary=<metric> "
+    "(e.g. evaluate.gate.primary=heldout_perplexity) and add guards in evaluate.gate.guards",
+    "register.greater_is_better": "register.greater_is_better was removed: the gate takes each metric's direction "
+    "from the metric itself (lm-eval's higher_is_better; perplexity, loss, forgetting lower); "
+    "set evaluate.gate.primary=<metric>",
+}
 
 
 @_frozen
@@ -582,6 +616,16 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.cluster.step_retries >= 0, "cluster.step_retries", f"must be >= 0, got {cfg.cluster.step_retries}")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
+    gate = cfg.evaluate.gate
+    need(gate.z >= 0, "evaluate.gate.z", f"must be >= 0 (0 = no noise margin), got {gate.z}")
+    need(bool(gate.primary.strip()), "evaluate.gate.primary", "must name an evaluation metric, e.g. heldout_perplexity")
+    for guard in gate.guards:
+        need(
+            isinstance(guard, str) and re.match(GUARD_PATTERN, guard) is not None,
+            "evaluate.gate.guards",
+            f"{guard!r} is not '<metric> <op> <value>' with op drop<=, <= or >=; "
+            "e.g. 'lmforge_arithmetic_exact_match drop<=0.05' or 'quantize_perplexity_delta_pct <=10'",
+        )
     need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
     if cfg.storage.uri:
         need(
@@ -710,6 +754,8 @@ def _check_keys(cls: type, raw: Any, prefix: str) -> None:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     known = [f.name for f in fields(cls)]
     for key in raw:
+        if prefix + key in RENAMED:
+            raise ConfigError(RENAMED[prefix + key])
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"

@@ -1,49 +1,42 @@
-"""The register stage: a new MLflow Model Registry version, and a champion that moves only on a win.
+"""The register stage: a new MLflow Model Registry version, and a champion that moves only on a pass.
 
 Every evaluated model becomes a version of ``register.model_name``, linked to the stage's MLflow
-run and tagged with its lineage (input digests, KFP run id, git SHA, profile) and with every
-evaluation metric (``lmforge.metric.<name>``), so a version describes itself without its run.
-The ``champion`` alias is what serving loads; it moves to the new version only if the new value of
-``register.metric`` is strictly better than the value recorded on the current champion (direction:
-``register.greater_is_better``). The first version always becomes champion; a version that does
-not win is aliased ``challenger``, so the latest contender is always one alias away.
+run and tagged with its lineage (input digests, KFP run id, git SHA, profile), with every
+evaluation metric (``lmforge.metric.<name>``) and with the digest of the evaluation that produced
+them (``lmforge.eval_digest``), so a version describes itself without its run and a later gate knows
+whether its numbers are comparable.
 
-The decision reads the champion's value from its own tag rather than re-evaluating it: both
-numbers were produced by the same evaluate stage, so they are comparable as long as the metric and
-its data did not change, and a tie keeps the incumbent (no churn on equal models).
+Whether the new version deserves the ``champion`` alias is not decided here: the evaluate stage's
+promotion gate (``evaluate.gate``, :mod:`components.evaluate.gate`) judged it against the champion
+of that moment and wrote a verdict. This stage obeys the verdict, with one check of its own: the
+champion must still be the one the verdict was about (another run may have moved it since), else
+nothing moves. A version that is not promoted is aliased ``challenger``, so the latest contender is
+always one alias away.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import json
 from typing import Any
 
 from components.common import lineage
 from components.common.config import LifecycleConfig
-from components.common.errors import ConfigError
+from components.common.errors import DataError
 from components.common.log import get_logger
+from components.common.registry import (
+    CHALLENGER,
+    CHAMPION,
+    EVAL_DIGEST_TAG,
+    METRIC_TAG_PREFIX,
+    find_alias,
+    tag_key,
+)
 
 log = get_logger("lmforge.register")
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-METRIC_TAG_PREFIX = "lmforge.metric."
+__all__ = ["CHALLENGER", "CHAMPION", "register"]
+
 DECISION_TAG = "lmforge.register.decision"
-
-
-def tag_key(name: str) -> str:
-    """An MLflow tag key (alphanumerics, ``_ - . / :`` and space) for an arbitrary metric name."""
-    return re.sub(r"[^0-9A-Za-z_\-. /:]", "_", name)
-
-
-def beats(new: float, old: float, greater_is_better: bool) -> bool:
-    """Whether ``new`` is strictly better than ``old``; a NaN never wins, anything beats a NaN."""
-    if math.isnan(new):
-        return False
-    if math.isnan(old):
-        return True
-    return new > old if greater_is_better else new < old
 
 
 def ensure_registered_model(client, name: str) -> None:
@@ -62,74 +55,74 @@ def ensure_registered_model(client, name: str) -> None:
 
 def current_champion(client, name: str):
     """The version holding the ``champion`` alias, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    return find_alias(client, name, CHAMPION)
 
 
-def decide(value: float, champion, metric: str, greater_is_better: bool) -> tuple[bool, str]:
-    """(promote?, why) for a new version whose ``metric`` is ``value`` against ``champion`` (or None)."""
-    direction = "higher" if greater_is_better else "lower"
-    if champion is None:
-        return True, f"no champion yet: the new version becomes champion ({metric}={value:.6g})"
-    recorded = champion.tags.get(tag_key(METRIC_TAG_PREFIX + metric))
-    if recorded is None:
-        return (
-            True,
-            f"champion v{champion.version} has no recorded {metric}, so it cannot be compared: new version promoted",
+def decide(verdict: dict, champion) -> tuple[bool, str]:
+    """(promote?, why): the gate's verdict, unless the champion it judged against is no longer champion."""
+    judged = verdict.get("champion_version", "")
+    now = str(champion.version) if champion is not None else ""
+    if judged != now:
+        return False, (
+            f"not promoted: the gate judged against {'v' + judged if judged else 'no champion'} but the champion "
+            f"is now {'v' + now if now else 'gone'}; rerun the pipeline to judge against the current one"
         )
-    old = float(recorded)
-    if beats(value, old, greater_is_better):
-        return True, f"{metric}={value:.6g} beats champion v{champion.version}'s {old:.6g} ({direction} is better)"
-    return False, f"{metric}={value:.6g} does not beat champion v{champion.version}'s {old:.6g} ({direction} is better)"
+    return bool(verdict["promote"]), verdict["reason"]
 
 
 def register(
-    cfg: LifecycleConfig, *, model_uri: str, metrics: dict[str, float], lineage_tags: dict[str, str], mlflow_run_id: str
+    cfg: LifecycleConfig,
+    *,
+    model_uri: str,
+    metrics: dict[str, float],
+    verdict: dict,
+    eval_digest: str,
+    lineage_tags: dict[str, str],
+    mlflow_run_id: str,
 ) -> dict[str, Any]:
     """Register ``model_uri`` as a new version of ``register.model_name`` and move the aliases.
 
     Args:
         cfg: the run's config (``register`` and ``lineage`` are used).
         model_uri: where the model lives (an object-store URI); the version's source.
-        metrics: the evaluation metrics; must contain ``register.metric``.
+        metrics: the evaluation metrics (stored as tags for later gates).
+        verdict: the evaluate stage's gate verdict (``promote``, ``reason``, ``champion_version``, ``rules``).
+        eval_digest: the digest of the evaluation that produced ``metrics``.
         lineage_tags: tags that tie the version to its inputs (dataset digests, KFP run id, git SHA, profile).
         mlflow_run_id: the MLflow run the version is linked to ('' for none).
 
     Returns:
-        ``{"metrics": {"version", "champion_version", "promoted"}, "model_name", "registry_uri", "source", "alias", "reason"}``.
+        ``{"metrics": {"version", "champion_version" (0: none), "promoted"}, "model_name", "registry_uri", "source", "alias", "reason"}``.
     """
     from mlflow import MlflowClient
 
     rc = cfg.register
-    if rc.metric not in metrics:
-        raise ConfigError(
-            f"register.metric: {rc.metric!r} is not among the evaluation metrics; "
-            f"set register.metric to one of: {', '.join(sorted(metrics)) or '(none: did evaluate run?)'}"
+    if not {"promote", "reason", "champion_version"} <= set(verdict or {}):
+        raise DataError(
+            "register: the evaluation carries no gate verdict (promote, reason, champion_version); "
+            "it was made by an older evaluate stage: rerun evaluate"
         )
-    value = float(metrics[rc.metric])
 
     lineage.setup(cfg)
     client = MlflowClient()
     ensure_registered_model(client, rc.model_name)
     champion = current_champion(client, rc.model_name)
-    promote, reason = decide(value, champion, rc.metric, rc.greater_is_better)
+    promote, reason = decide(verdict, champion)
 
     tags = {tag_key(k): str(v) for k, v in lineage_tags.items()}
     tags.update({tag_key(METRIC_TAG_PREFIX + k): repr(float(v)) for k, v in metrics.items()})
-    tags[DECISION_TAG] = reason
+    tags[DECISION_TAG] = reason[:5000]
+    tags[EVAL_DIGEST_TAG] = eval_digest
     version = client.create_model_version(
         rc.model_name, source=model_uri, run_id=mlflow_run_id or None, tags=tags, description=reason
     ).version
 
     alias = CHAMPION if promote else CHALLENGER
     client.set_registered_model_alias(rc.model_name, alias, version)
-    champion_version = int(version) if promote else int(champion.version)
+    champion_version = int(version) if promote else int(champion.version) if champion is not None else 0
+    lineage.log_text(
+        json.dumps({**verdict, "registered": reason, "version": int(version)}, indent=2), "gate/verdict.json"
+    )
     log.info("registered %s v%s as %s: %s", rc.model_name, version, alias, reason)
     return {
         "metrics": {"version": int(version), "champion_version": champion_version, "promoted": int(promote)},

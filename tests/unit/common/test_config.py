@@ -145,3 +145,18 @@ def test_every_key_is_documented():
 def test_health_check_interval_must_be_positive_and_names_the_key():
     with pytest.raises(ConfigError, match=r"pretrain.health_check_interval_s: must be > 0 seconds"):
         load_config("tiny", ["pretrain.health_check_interval_s=0"])
+
+
+def test_removed_register_metric_shows_the_gate_form():
+    with pytest.raises(ConfigError, match=r"evaluate\.gate\.primary=heldout_perplexity"):
+        load_config("tiny", ["register.metric=heldout_perplexity"])
+
+
+def test_malformed_gate_guard_names_the_key_and_an_example():
+    with pytest.raises(ConfigError, match=r"evaluate\.gate\.guards: 'acc less than 3'.*drop<="):
+        load_config("tiny", ["evaluate.gate.guards=[acc less than 3]"])
+
+
+def test_gate_guards_parse_from_a_comma_separated_override():
+    cfg = load_config("tiny", ["evaluate.gate.guards=a_acc drop<=0.05, continual_forgetting <=0.5"])
+    assert cfg.evaluate.gate.guards == ["a_acc drop<=0.05", "continual_forgetting <=0.5"]
