@@ -349,9 +349,39 @@ class AlignConfig:
     log_every: int = knob(10, "Log loss every N steps.", versioned=False)
 
 
+#: The methods behind quantize.method (implemented in components/quantize/methods.py).
+QUANTIZE_METHODS = (
+    "none",
+    "int8_weight_only",
+    "int8_dynamic",
+    "int4_weight_only",
+    "intx_weight_only",
+    "llm_int8",
+    "nf4",
+    "fp4",
+)
+
+
 @_frozen
 class QuantizeConfig:
-    method: str = knob("int8_weight_only", "Weight quantization method (int8_weight_only).")
+    method: str = knob(
+        "int8_weight_only",
+        "Weight quantization: none | int8_weight_only | int8_dynamic (int8 activations too) | int4_weight_only | "
+        "intx_weight_only (quantize.bits, round-to-nearest) | llm_int8 (bitsandbytes, outliers in 16-bit) | nf4 | fp4.",
+    )
+    bits: int = knob(4, "Bits per weight of intx_weight_only (1..8).")
+    group_size: int = knob(
+        32, "Weights sharing one scale in int4/intx_weight_only (must divide each layer's input width; 0 = per row)."
+    )
+    llm_int8_threshold: float = knob(
+        6.0, "llm_int8: input columns with any |value| above this are multiplied in 16-bit (the paper's 6.0)."
+    )
+    sweep_bits: list = knob(
+        [],
+        "Also run the low-bit study: round-to-nearest at these bit widths (e.g. [2, 3, 4, 5, 6, 8]); [] = no sweep.",
+    )
+    sweep_group_sizes: list = knob([32], "Group sizes of the low-bit study (0 = one scale per row).")
+    generate_tokens: int = knob(32, "Tokens generated greedily to measure generation tokens/s.", versioned=False)
 
 
 @_frozen
@@ -626,7 +656,19 @@ def _validate(cfg: LifecycleConfig) -> None:
             f"{guard!r} is not '<metric> <op> <value>' with op drop<=, <= or >=; "
             "e.g. 'lmforge_arithmetic_exact_match drop<=0.05' or 'quantize_perplexity_delta_pct <=10'",
         )
-    need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
+    q = cfg.quantize
+    need(
+        q.method in QUANTIZE_METHODS,
+        "quantize.method",
+        f"must be one of {', '.join(QUANTIZE_METHODS)}, got {q.method!r}",
+    )
+    need(1 <= q.bits <= 8, "quantize.bits", f"must be in 1..8, got {q.bits}")
+    need(q.group_size >= 0, "quantize.group_size", f"must be >= 0 (0 = one scale per row), got {q.group_size}")
+    need(q.llm_int8_threshold >= 0, "quantize.llm_int8_threshold", "must be >= 0 (0 = no outlier decomposition)")
+    for b in q.sweep_bits:
+        need(isinstance(b, int) and 1 <= b <= 8, "quantize.sweep_bits", f"bit widths must be in 1..8, got {b!r}")
+    for g in q.sweep_group_sizes:
+        need(isinstance(g, int) and g >= 0, "quantize.sweep_group_sizes", f"must be ints >= 0, got {g!r}")
     if cfg.storage.uri:
         need(
             cfg.storage.uri.startswith(("s3://", "file://")),

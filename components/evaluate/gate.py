@@ -34,7 +34,7 @@ from components.common.config import GUARD_PATTERN, GateConfig
 from components.common.errors import ConfigError
 
 #: Name fragments of metrics where smaller is better (checked when no explicit direction is known).
-LOWER_IS_BETTER = ("perplexity", "loss", "forgetting", "stderr", "delta", "size_", "seconds", "bits_per")
+LOWER_IS_BETTER = ("perplexity", "loss", "forgetting", "stability_gap", "stderr", "delta", "size_", "seconds", "bits")
 
 
 def lower_is_better(metric: str, directions: dict[str, bool] | None = None) -> bool:
