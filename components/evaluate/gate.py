@@ -98,7 +98,10 @@ class Scores:
         return float(self.metrics[metric])
 
     def stderr(self, metric: str) -> float:
-        se = self.metrics.get(f"{metric}_stderr", 0.0)
+        """``<metric>_stderr``; for a filtered lm-eval metric ``<task>_<m>_<filter>`` lm-eval's own
+        name ``<task>_<m>_stderr_<filter>``; 0 when neither exists (the number is taken as exact)."""
+        names = [f"{metric}_stderr"] + [f"{metric[:i]}_stderr{metric[i:]}" for i, ch in enumerate(metric) if ch == "_"]
+        se = next((self.metrics[n] for n in names if n in self.metrics), 0.0)
         return 0.0 if se is None or math.isnan(float(se)) else float(se)
 
 

@@ -12,7 +12,12 @@ from components.evaluate.run import Champion, evaluate, evaluation_digest, metri
 
 
 def test_evaluate_writes_results_and_table(make_config, tiny_model, tiny_dataset, tmp_path):
-    cfg = make_config("evaluate.limit=4", "model.seq_len=64", "evaluate.heldout_max_tokens=2000")
+    cfg = make_config(
+        "evaluate.limit=4",
+        "evaluate.tasks=[lmforge_shakespeare_cloze]",
+        "model.seq_len=64",
+        "evaluate.heldout_max_tokens=2000",
+    )
     out = evaluate(
         cfg,
         model_dir=tiny_model,

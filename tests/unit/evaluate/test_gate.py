@@ -139,3 +139,8 @@ def test_directions_by_name():
     assert lower_is_better("perplexity_pretrain_corpus") and lower_is_better("continual_forgetting")
     assert not lower_is_better("lmforge_arithmetic_exact_match")
     assert lower_is_better("acc", {"acc": False})
+
+
+def test_filtered_lm_eval_metric_finds_its_stderr_under_lm_evals_name():
+    scores = Scores({"t_exact_match_first-integer": 0.5, "t_exact_match_stderr_first-integer": 0.04})
+    assert scores.stderr("t_exact_match_first-integer") == 0.04
