@@ -410,6 +410,15 @@ class EvaluateConfig:
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
     batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
+    preference_source: str = knob(
+        "",
+        "Preference pairs (HH-RLHF or {prompt, chosen, rejected} JSONL: file, directory or s3:// prefix) whose "
+        "held-out side gives preference_acc; '' = not measured.",
+    )
+    preference_heldout_fraction: float = knob(
+        0.2, "Held-out share of the preference pairs: must equal alignment's, so no scored pair was trained on."
+    )
+    preference_max_pairs: int = knob(200, "Score at most this many held-out pairs (0 = all).")
     gate: GateConfig = section(GateConfig, "The promotion gate: primary metric, guards and noise margin.")
 
 
@@ -646,6 +655,11 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.cluster.gpus_per_worker_pod >= 1, "cluster.gpus_per_worker_pod", "must be >= 1")
     need(cfg.cluster.step_retries >= 0, "cluster.step_retries", f"must be >= 0, got {cfg.cluster.step_retries}")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
+    need(
+        0.0 < cfg.evaluate.preference_heldout_fraction < 1.0,
+        "evaluate.preference_heldout_fraction",
+        "must be in (0, 1) and equal to alignment's held-out fraction",
+    )
     gate = cfg.evaluate.gate
     need(gate.z >= 0, "evaluate.gate.z", f"must be >= 0 (0 = no noise margin), got {gate.z}")
     need(bool(gate.primary.strip()), "evaluate.gate.primary", "must name an evaluation metric, e.g. heldout_perplexity")

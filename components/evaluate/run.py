@@ -40,6 +40,7 @@ from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.tokenizer import load_tokenizer
 from components.evaluate import gate, harness
+from components.evaluate.preferences import heldout_pairs, preference_accuracy
 from components.evaluate.tasks import TASKS_DIR
 from components.training.heldout import heldout_stats
 
@@ -117,7 +118,7 @@ def markdown_table(metrics: dict[str, float]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def evaluation_digest(cfg: LifecycleConfig, datasets: dict[str, Path]) -> str:
+def evaluation_digest(cfg: LifecycleConfig, datasets: dict[str, Path], pairs: list | None = None) -> str:
     """What makes two evaluations' numbers comparable: settings, held-out data, task definitions.
 
     The gate's own rules are left out (changing a tolerance does not change a measurement), and so is
@@ -130,6 +131,8 @@ def evaluation_digest(cfg: LifecycleConfig, datasets: dict[str, Path]) -> str:
     for name, root in datasets.items():
         h.update(name.encode())
         h.update((Path(root) / "manifest.json").read_bytes())  # lists every shard's sha256
+    for pair in pairs or []:  # the scored preference pairs, by content
+        h.update(pair.identity.encode())
     for f in sorted(TASKS_DIR.rglob("*")):
         if f.is_file() and f.suffix in (".yaml", ".jsonl", ".py") and "__pycache__" not in f.parts:
             h.update(str(f.relative_to(TASKS_DIR)).encode())
@@ -176,7 +179,9 @@ def upstream_metrics(store, pointers: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def measure(cfg: LifecycleConfig, model_dir: Path, datasets: dict[str, Path]) -> dict[str, Any]:
+def measure(
+    cfg: LifecycleConfig, model_dir: Path, datasets: dict[str, Path], pairs: list | None = None
+) -> dict[str, Any]:
     """Load one model and measure it: ``{"metrics", "heldout", "tasks", "directions"}``."""
     model_dir = Path(model_dir)
     model = load_model(model_dir)
@@ -196,7 +201,13 @@ def measure(cfg: LifecycleConfig, model_dir: Path, datasets: dict[str, Path]) ->
         metrics[metric_name(f"perplexity_{name}")] = v["perplexity"]
         metrics[metric_name(f"perplexity_{name}_stderr")] = v["perplexity_stderr"]
     metrics.update({metric_name(k): v for k, v in task_metrics.items()})
-    return {"metrics": metrics, "heldout": ppl, "tasks": tasks, "directions": task_directions(tasks)}
+    directions = task_directions(tasks)
+    if pairs:
+        pref = preference_accuracy(model, tokenizer, pairs, max_len=cfg.model.seq_len)
+        metrics["preference_acc"], metrics["preference_acc_stderr"] = pref["acc"], pref["acc_stderr"]
+        directions["preference_acc"] = True
+        log.info("preference accuracy %.3f ± %.3f on %d held-out pairs", pref["acc"], pref["acc_stderr"], pref["pairs"])
+    return {"metrics": metrics, "heldout": ppl, "tasks": tasks, "directions": directions}
 
 
 def task_directions(tasks: dict[str, dict[str, Any]]) -> dict[str, bool]:
@@ -217,6 +228,8 @@ def task_directions(tasks: dict[str, dict[str, Any]]) -> dict[str, bool]:
 def expected_metrics(cfg: LifecycleConfig, datasets: dict[str, Path], upstream: dict[str, float]) -> set[str]:
     """The metric names this evaluation will produce that are known before any model is loaded."""
     names = {"heldout_perplexity", "heldout_perplexity_stderr", *upstream}
+    if cfg.evaluate.preference_source:
+        names |= {"preference_acc", "preference_acc_stderr"}
     for name in datasets:
         names |= {metric_name(f"perplexity_{name}"), metric_name(f"perplexity_{name}_stderr")}
     return names
@@ -256,10 +269,16 @@ def evaluate(
         expected_metrics(cfg, datasets, upstream),
         prefixes=tuple(metric_name(f"{t}_") for t in cfg.evaluate.tasks),
     )
+    ec = cfg.evaluate
+    pairs = (
+        heldout_pairs(ec.preference_source, ec.preference_heldout_fraction, ec.preference_max_pairs)
+        if ec.preference_source
+        else None
+    )
     started = time.time()
-    digest = evaluation_digest(cfg, datasets)
+    digest = evaluation_digest(cfg, datasets, pairs)
 
-    new = measure(cfg, model_dir, datasets)
+    new = measure(cfg, model_dir, datasets, pairs)
     metrics = {**new["metrics"], **upstream}
     champ_scores = None
     if champion is not None:
@@ -275,7 +294,7 @@ def evaluate(
                 champion.eval_digest or "no digest",
                 digest,
             )
-            again = measure(cfg, champion.fetch_model(), datasets)
+            again = measure(cfg, champion.fetch_model(), datasets, pairs)
             # Upstream numbers (its quantization delta, its forgetting) are facts of its own pipeline
             # run, not of this evaluation: they stay as stored.
             champ_scores = gate.Scores(

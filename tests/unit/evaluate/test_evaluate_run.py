@@ -121,3 +121,11 @@ def test_perplexity_comes_with_its_standard_error(gate_cfg, tiny_model, tiny_dat
     metrics = evaluate(gate_cfg, model_dir=tiny_model, datasets={"corpus": tiny_dataset}, out_dir=tmp_path)["metrics"]
     assert 0 < metrics["heldout_perplexity_stderr"] < metrics["heldout_perplexity"]
     assert metrics["perplexity_corpus_stderr"] == metrics["heldout_perplexity_stderr"]
+
+
+def test_unreadable_preference_source_fails_naming_it_before_loading_the_model(make_config, tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"chosen": "only one side"}\n')
+    cfg = make_config(f"evaluate.preference_source={bad}", "evaluate.tasks=")
+    with pytest.raises(DataError, match=r"pairs\.jsonl: no usable preference pair"):
+        evaluate(cfg, model_dir=tmp_path / "nowhere", datasets={"x": tmp_path}, out_dir=tmp_path / "out")
