@@ -44,6 +44,7 @@ from components.common.model_loading import (
     quantized_linear_names,
     weights_size_bytes,
 )
+from components.common.plots import sweep_plot
 from components.quantize.methods import check_group_size, quantization_config, track_llm_int8_outliers, weight_bits
 from components.training.heldout import heldout_loss, perplexity
 
@@ -240,7 +241,7 @@ def low_bit_sweep(
         json.dumps({"baseline_perplexity": baseline_perplexity, "rows": rows}, indent=2)
     )
     (out_dir / "sweep.md").write_text(sweep_markdown(rows, baseline_perplexity))
-    (out_dir / "sweep.png").write_bytes(sweep_png(rows, baseline_perplexity))
+    (out_dir / "sweep.png").write_bytes(sweep_plot(rows, baseline_perplexity))
     return rows
 
 
@@ -258,30 +259,3 @@ def sweep_markdown(rows: list[dict[str, Any]], baseline: float) -> str:
             f"{r['perplexity_delta_pct']:+.2f}% |"
         )
     return "\n".join(lines) + "\n"
-
-
-def sweep_png(rows: list[dict[str, Any]], baseline: float) -> bytes:
-    """Bits vs perplexity, one line per group size, the unquantized model as a dashed line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    for group in sorted({r["group_size"] for r in rows}):
-        points = [(r["bits"], r["perplexity"]) for r in rows if r["group_size"] == group]
-        ax.plot(*zip(*points, strict=True), marker="o", label=f"group {group or 'per row'}")
-    ax.axhline(baseline, color="grey", linestyle="--", label="unquantized")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (round-to-nearest)")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_title("Low-bit weight quantization")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
