@@ -235,6 +235,33 @@ def expected_metrics(cfg: LifecycleConfig, datasets: dict[str, Path], upstream: 
     return names
 
 
+def task_files_digest(task: str) -> tuple[str, str]:
+    """(sha256 over a shipped task's YAML and its data files, the YAML's path) for lineage."""
+    yaml_path = TASKS_DIR / f"{task}.yaml"
+    h = hashlib.sha256(yaml_path.read_bytes())
+    for line in yaml_path.read_text(encoding="utf-8").splitlines():
+        name = line.strip().removeprefix("test: ").strip()
+        if name.endswith(".jsonl") and (TASKS_DIR / name).is_file():
+            h.update((TASKS_DIR / name).read_bytes())
+    return "sha256:" + h.hexdigest(), str(yaml_path)
+
+
+def log_evaluation_inputs(cfg: LifecycleConfig, pairs: list | None) -> None:
+    """Each task definition (with its data) and the scored preference pairs as MLflow inputs with digests."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return  # a library call outside a stage run (tests): nothing to attach the inputs to
+    for task in cfg.evaluate.tasks:
+        digest, source = task_files_digest(task)
+        lineage.log_input(name=f"eval_tasks/{task}", digest=digest, source_uri=source)
+    if pairs:
+        h = hashlib.sha256("".join(p.identity for p in pairs).encode())
+        lineage.log_input(
+            name="eval_preferences/heldout", digest="sha256:" + h.hexdigest(), source_uri=cfg.evaluate.preference_source
+        )
+
+
 def evaluate(
     cfg: LifecycleConfig,
     *,
@@ -278,6 +305,7 @@ def evaluate(
     started = time.time()
     digest = evaluation_digest(cfg, datasets, pairs)
 
+    log_evaluation_inputs(cfg, pairs)
     new = measure(cfg, model_dir, datasets, pairs)
     metrics = {**new["metrics"], **upstream}
     champ_scores = None

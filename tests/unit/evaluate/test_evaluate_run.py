@@ -129,3 +129,19 @@ def test_unreadable_preference_source_fails_naming_it_before_loading_the_model(m
     cfg = make_config(f"evaluate.preference_source={bad}", "evaluate.tasks=")
     with pytest.raises(DataError, match=r"pairs\.jsonl: no usable preference pair"):
         evaluate(cfg, model_dir=tmp_path / "nowhere", datasets={"x": tmp_path}, out_dir=tmp_path / "out")
+
+
+def test_task_definitions_are_logged_as_mlflow_inputs_with_digests(make_config, tmp_path):
+    import mlflow
+
+    from components.common import lineage
+    from components.evaluate.run import log_evaluation_inputs, task_files_digest
+
+    cfg = make_config("evaluate.tasks=[lmforge_shakespeare_order, lmforge_arithmetic]")
+    with lineage.stage_run(cfg, "evaluate") as run_id:
+        log_evaluation_inputs(cfg, None)
+    inputs = {i.dataset.name: i.dataset.digest for i in mlflow.get_run(run_id).inputs.dataset_inputs}
+    assert inputs == {
+        f"eval_tasks/{t}": task_files_digest(t)[0][:36] for t in ("lmforge_shakespeare_order", "lmforge_arithmetic")
+    }
+    assert task_files_digest("lmforge_arithmetic") != task_files_digest("lmforge_shakespeare_order")
