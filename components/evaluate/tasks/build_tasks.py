@@ -11,7 +11,7 @@ is never used as context, answer or distractor, so a model cannot score by havin
 ``shakespeare_order.jsonl`` (task ``lmforge_shakespeare_order``): a structured cloze a tiny model can
 learn from the quick-start corpus. Each cloze example's context and true next line, against three
 copies of that line with its words shuffled: same words, same length, so only word order (the
-grammar the model has learned) tells them apart; an untrained model is at chance (0.25).
+grammar the model has learned) tells them apart.
 
 ``arithmetic.jsonl`` (task ``lmforge_arithmetic``): held-out problems of the generated arithmetic task
 (:mod:`components.common.arithmetic`, the same generator alignment trains on; a problem's side is
