@@ -91,8 +91,10 @@ TRAINING_STEPS = ("pretrain", "continual")
 #: registry write could register a second version and move the champion alias twice).
 RETRIED = frozenset({"resolve_champion", "curate", "pretrain", "continual", "align", "quantize", "evaluate", "report"})
 
-#: Steps never served from KFP's cache: they read or write registry/tracking state.
-UNCACHED = frozenset({"start_lineage", "resolve_champion", "register", "report"})
+#: Steps never served from KFP's cache: they read or write registry/tracking state (evaluate reads
+#: the champion its verdict is about; its own content address includes the champion, so an
+#: unchanged evaluation against an unchanged champion is still reused by run_stage).
+UNCACHED = frozenset({"start_lineage", "resolve_champion", "evaluate", "register", "report"})
 
 RETRY_BACKOFF = "60s"  # first retry after a minute (a rescheduled pod needs a node), then 2x, 4x ...
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
@@ -198,7 +200,9 @@ def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_
     adapted = continual(**run, base_model=base_model, dataset=new_data, old_dataset=old_data)
     chat = align(**run, base_model=adapted.outputs["model"])
     small = quantize(**run, base_model=chat.outputs["model"], dataset=old_data)
-    scores = evaluate(**run, model=small.outputs["model"], dataset=old_data, new_dataset=new_data)
+    scores = evaluate(
+        **run, model=small.outputs["model"], adapted=adapted.outputs["model"], dataset=old_data, new_dataset=new_data
+    )
     registered = register(
         **run,
         model=small.outputs["model"],

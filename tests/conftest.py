@@ -120,6 +120,37 @@ def tiny_model(tmp_path_factory, tiny_dataset) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_tiny_model(tmp_path_factory, tiny_model, tiny_dataset) -> Path:
+    """``tiny_model`` after 200 plain next-token steps on ``tiny_dataset``, so its perplexity is far
+    below uniform and a quantization or evaluation difference shows (a random model predicts
+    ~uniformly anyway)."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from components.common.shards import TokenWindows
+
+    root = tmp_path_factory.mktemp("trained_tiny_model")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    windows = TokenWindows(tiny_dataset, "train", 65)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        batch = torch.from_numpy(np.stack([windows[i] for i in rng.integers(0, len(windows), 8)]))
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(root)
+    for f in tiny_model.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy2(f, root / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-protocol server (moto) on 127.0.0.1 for the test session; yields its host:port.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -463,9 +464,59 @@ class AlignConfig:
     log_every: int = knob(10, "Log loss every N steps.", versioned=False)
 
 
+#: The methods behind quantize.method (implemented in components/quantize/methods.py).
+QUANTIZE_METHODS = (
+    "none",
+    "int8_weight_only",
+    "int8_dynamic",
+    "int4_weight_only",
+    "intx_weight_only",
+    "llm_int8",
+    "nf4",
+    "fp4",
+)
+
+
 @_frozen
 class QuantizeConfig:
-    method: str = knob("int8_weight_only", "Weight quantization method (int8_weight_only).")
+    method: str = knob(
+        "int8_weight_only",
+        "Weight quantization: none | int8_weight_only | int8_dynamic (int8 activations too) | int4_weight_only | "
+        "intx_weight_only (quantize.bits, round-to-nearest) | llm_int8 (bitsandbytes, outliers in 16-bit) | nf4 | fp4.",
+    )
+    bits: int = knob(4, "Bits per weight of intx_weight_only (1..8).")
+    group_size: int = knob(
+        32, "Weights sharing one scale in int4/intx_weight_only (must divide each layer's input width; 0 = per row)."
+    )
+    llm_int8_threshold: float = knob(
+        6.0, "llm_int8: input columns with any |value| above this are multiplied in 16-bit (the paper's 6.0)."
+    )
+    sweep_bits: list = knob(
+        [],
+        "Also run the low-bit study: round-to-nearest at these bit widths (e.g. [2, 3, 4, 5, 6, 8]); [] = no sweep.",
+    )
+    sweep_group_sizes: list = knob([32], "Group sizes of the low-bit study (0 = one scale per row).")
+    generate_tokens: int = knob(32, "Tokens generated greedily to measure generation tokens/s.", versioned=False)
+
+
+@_frozen
+class GateConfig:
+    primary: str = knob(
+        "heldout_perplexity",
+        "Evaluation metric that must beat the champion's beyond the noise margin for a promotion; its direction "
+        "comes from the metric (lm-eval's higher_is_better; perplexity, loss, forgetting: lower is better).",
+    )
+    guards: list = knob(
+        [],
+        "Rules every promotion must also pass, each '<metric> <op> <value>': 'drop<=' (worse than the champion by "
+        "at most value, beyond noise), '<=' or '>=' (an absolute bound), e.g. 'lmforge_arithmetic_exact_match "
+        "drop<=0.05', 'continual_forgetting <=0.5', 'quantize_perplexity_delta_pct <=10'.",
+    )
+    z: float = knob(
+        1.96,
+        "Noise margin in standard errors: a difference counts only beyond z*sqrt(se_new^2 + se_champion^2) "
+        "(1.96: a two-sided 95% band).",
+    )
 
 
 @_frozen
@@ -474,13 +525,21 @@ class EvaluateConfig:
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
     batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
+    preference_source: str = knob(
+        "",
+        "Preference pairs (HH-RLHF or {prompt, chosen, rejected} JSONL: file, directory or s3:// prefix) whose "
+        "held-out side gives preference_acc; '' = not measured.",
+    )
+    preference_heldout_fraction: float = knob(
+        0.2, "Held-out share of the preference pairs: must equal alignment's, so no scored pair was trained on."
+    )
+    preference_max_pairs: int = knob(200, "Score at most this many held-out pairs (0 = all).")
+    gate: GateConfig = section(GateConfig, "The promotion gate: primary metric, guards and noise margin.")
 
 
 @_frozen
 class RegisterConfig:
     model_name: str = knob("lmforge-chat", "MLflow registered-model name.", versioned=False)
-    metric: str = knob("heldout_perplexity", "Evaluation metric that decides who is champion.", versioned=False)
-    greater_is_better: bool = knob(False, "Whether a larger metric value is better.", versioned=False)
     lease_seconds: float = knob(
         120.0,
         "Lifetime of the per-model lease register holds while it moves the aliases (object store, "
@@ -490,6 +549,20 @@ class RegisterConfig:
     lease_wait_seconds: float = knob(
         600.0, "How long register waits for another run's lease on the same model before failing.", versioned=False
     )
+
+
+#: One gate guard: '<metric> <op> <value>' (see GateConfig.guards); parsed by components/evaluate/gate.py.
+GUARD_PATTERN = r"^\s*(?P<metric>\S+)\s+(?P<op>drop<=|<=|>=)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$"
+
+
+#: Keys that were removed, with the message that shows their replacement (checked before "unknown key").
+RENAMED = {
+    "register.metric": "register.metric was replaced by the promotion gate: set evaluate.gate.primary=<metric> "
+    "(e.g. evaluate.gate.primary=heldout_perplexity) and add guards in evaluate.gate.guards",
+    "register.greater_is_better": "register.greater_is_better was removed: the gate takes each metric's direction "
+    "from the metric itself (lm-eval's higher_is_better; perplexity, loss, forgetting lower); "
+    "set evaluate.gate.primary=<metric>",
+}
 
 
 @_frozen
@@ -743,7 +816,34 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(cfg.register.lease_wait_seconds >= 0, "register.lease_wait_seconds", "must be >= 0")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
-    need(cfg.quantize.method in {"int8_weight_only", "none"}, "quantize.method", "must be int8_weight_only or none")
+    need(
+        0.0 < cfg.evaluate.preference_heldout_fraction < 1.0,
+        "evaluate.preference_heldout_fraction",
+        "must be in (0, 1) and equal to alignment's held-out fraction",
+    )
+    gate = cfg.evaluate.gate
+    need(gate.z >= 0, "evaluate.gate.z", f"must be >= 0 (0 = no noise margin), got {gate.z}")
+    need(bool(gate.primary.strip()), "evaluate.gate.primary", "must name an evaluation metric, e.g. heldout_perplexity")
+    for guard in gate.guards:
+        need(
+            isinstance(guard, str) and re.match(GUARD_PATTERN, guard) is not None,
+            "evaluate.gate.guards",
+            f"{guard!r} is not '<metric> <op> <value>' with op drop<=, <= or >=; "
+            "e.g. 'lmforge_arithmetic_exact_match drop<=0.05' or 'quantize_perplexity_delta_pct <=10'",
+        )
+    q = cfg.quantize
+    need(
+        q.method in QUANTIZE_METHODS,
+        "quantize.method",
+        f"must be one of {', '.join(QUANTIZE_METHODS)}, got {q.method!r}",
+    )
+    need(1 <= q.bits <= 8, "quantize.bits", f"must be in 1..8, got {q.bits}")
+    need(q.group_size >= 0, "quantize.group_size", f"must be >= 0 (0 = one scale per row), got {q.group_size}")
+    need(q.llm_int8_threshold >= 0, "quantize.llm_int8_threshold", "must be >= 0 (0 = no outlier decomposition)")
+    for b in q.sweep_bits:
+        need(isinstance(b, int) and 1 <= b <= 8, "quantize.sweep_bits", f"bit widths must be in 1..8, got {b!r}")
+    for g in q.sweep_group_sizes:
+        need(isinstance(g, int) and g >= 0, "quantize.sweep_group_sizes", f"must be ints >= 0, got {g!r}")
     if cfg.storage.uri:
         need(
             cfg.storage.uri.startswith(("s3://", "file://")),
@@ -911,6 +1011,8 @@ def _check_keys(cls: type, raw: Any, prefix: str) -> None:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     known = [f.name for f in fields(cls)]
     for key in raw:
+        if prefix + key in RENAMED:
+            raise ConfigError(RENAMED[prefix + key])
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"

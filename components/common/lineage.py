@@ -222,3 +222,11 @@ def log_curve(run_id: str, key: str, values: list[tuple[int, float]]) -> None:
     client = mlflow.MlflowClient()
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i : i + 500])
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Attach ``text`` as an artifact of the active stage run (a no-op outside one, e.g. a library test)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_text(text, artifact_file)

@@ -1,4 +1,4 @@
-"""KFP component ``evaluate``: held-out perplexity and lm-eval tasks shipped with lmforge."""
+"""KFP component ``evaluate``: held-out perplexity, lm-eval tasks and the promotion gate's verdict."""
 
 from kfp import dsl
 
@@ -11,28 +11,36 @@ def evaluate(
     overrides: list,
     lineage_run_id: str,
     model: dsl.Input[dsl.Model],
+    adapted: dsl.Input[dsl.Model],
     dataset: dsl.Input[dsl.Dataset],
     new_dataset: dsl.Input[dsl.Dataset],
     results: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
     table: dsl.Output[dsl.Markdown],
+    verdict: dsl.Output[dsl.Markdown],
 ):
-    """Evaluate a model: perplexity on both corpora's held-out splits plus ``evaluate.tasks``.
+    """Evaluate a model (perplexity on both corpora's held-out splits plus ``evaluate.tasks``) and gate it.
 
     Args:
         profile: Profile name or path to a profile YAML.
         overrides: ``key=value`` config overrides.
         lineage_run_id: MLflow parent run id from ``start_lineage``.
-        model: The model to evaluate (from ``quantize``).
+        model: The model to evaluate (from ``quantize``); its quantization numbers become ``quantize_*``.
+        adapted: The continually pretrained model; its forgetting/adaptation numbers become ``continual_*``.
         dataset: The pretraining corpus (its held-out perplexity is the headline metric).
         new_dataset: The continual corpus.
-        results: Output pointer to ``results.json`` and ``eval_table.md`` in the store.
+        results: Output pointer to ``results.json``, ``eval_table.md`` and the verdict in the store.
         metrics: Every evaluation number, for the KFP UI.
         table: The evaluation table, rendered by the KFP UI.
+        verdict: The promotion gate's verdict: each rule, new and champion values, pass/fail.
     """
+    from components.common.artifacts import open_run_store, read_pointer
+    from components.common.config import load_config
     from components.common.lineage import digest_files, log_raw_files
     from components.common.stage import export, metrics_markdown, run_stage
+    from components.evaluate.gate import Verdict, verdict_markdown
     from components.evaluate.run import evaluate as run_evaluate
+    from components.evaluate.run import find_champion, upstream_metrics
     from components.evaluate.tasks.datafiles import task_data_files
 
     def body(ctx):
@@ -47,8 +55,15 @@ def evaluate(
                 "continual_corpus": ctx.inputs["continual_corpus"],
             },
             out_dir=ctx.out_dir,
+            upstream=upstream,
+            champion=champion,
         )
 
+    cfg = load_config(profile, overrides)
+    store = open_run_store(cfg)
+    champion = find_champion(cfg, store)
+    # Only the markers of these are read (no model download): their numbers feed the gate's guards.
+    upstream = upstream_metrics(store, {"quantize": read_pointer(model.path), "continual": read_pointer(adapted.path)})
     pointer, summary = run_stage(
         "evaluate",
         "reports",
@@ -61,8 +76,12 @@ def evaluate(
             "continual_corpus": new_dataset.path,
         },
         sections=("evaluate", "model"),
+        # The verdict depends on who is champion: a new champion must not reuse an old verdict.
+        extra={"champion": f"{champion.version}:{champion.eval_digest}" if champion else "", "upstream": upstream},
         fn=body,
     )
     export(results, pointer, metrics, summary)
     with open(table.path, "w") as f:
         f.write(metrics_markdown(summary, title="Evaluation"))
+    with open(verdict.path, "w") as f:
+        f.write(verdict_markdown(Verdict.from_dict(summary["verdict"])))

@@ -1,4 +1,4 @@
-"""KFP component ``register``: a registry version with lineage; ``champion`` moves only on a win."""
+"""KFP component ``register``: a registry version with lineage; ``champion`` moves only on a gate pass."""
 
 from kfp import dsl
 
@@ -18,14 +18,14 @@ def register(
     registration: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
-    """Register the evaluated model in MLflow and decide whether it becomes champion.
+    """Register the evaluated model in MLflow; it becomes champion if the promotion gate passed it.
 
     Args:
         profile: Profile name or path to a profile YAML.
         overrides: ``key=value`` config overrides.
         lineage_run_id: MLflow parent run id from ``start_lineage``.
         model: The model to register (from ``quantize``).
-        evaluation: The evaluation of that model (from ``evaluate``); supplies ``register.metric``.
+        evaluation: The evaluation of that model (from ``evaluate``); supplies the metrics and the gate's verdict.
         dataset: The pretraining corpus, recorded as lineage.
         new_dataset: The continual corpus, recorded as lineage.
         base_model: The unquantized model after continual pretraining; a later retrain continues from it.
@@ -53,11 +53,13 @@ def register(
         # and the step run that wrote it, where the lineage walk starts (components/common/lineage_walk.py).
         tags[TAG_SOURCE_ARTIFACT] = p["model"]["uri"]
         tags[TAG_SOURCE_RUN] = producer_run_id(client, p["model"]["uri"])
-        eval_metrics = read_marker(ctx.store, p["evaluation"]["uri"]).get("metrics", {})
+        evaluation = read_marker(ctx.store, p["evaluation"]["uri"])
         return run_register(
             ctx.cfg,
             model_uri=p["model"]["uri"] + "/model",
-            metrics=eval_metrics,
+            metrics=evaluation.get("metrics", {}),
+            verdict=evaluation.get("verdict", {}),
+            eval_digest=evaluation.get("eval_digest", ""),
             lineage_tags=tags,
             mlflow_run_id=ctx.mlflow_run_id,
         )

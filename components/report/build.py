@@ -11,6 +11,7 @@ import base64
 import html
 from typing import Any
 
+from components.common.plots import sweep_plot
 from components.report.plots import curve_png
 
 PLOT_TITLES = {"pretrain": "pretraining", "continual": "continual pretraining", "align": "supervised fine-tuning"}
@@ -45,6 +46,11 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _md(v: Any) -> str:
+    """A value inside a Markdown table cell (no HTML escaping; a pipe would end the cell)."""
+    return (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|")
+
+
 def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("metric", "value")) -> tuple[str, str]:
     h = "<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
     h += "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows) + "</table>"
@@ -72,12 +78,49 @@ def _heldout_curves(summary: dict) -> dict[str, list]:
     }
 
 
+GATE_HEAD = ("rule", "new", "champion", "noise margin", "result", "why")
+
+
+def _summary(summaries: dict[str, dict]) -> tuple[str, str]:
+    """What a reader wants first: what was registered, the gate's verdict and the deciding numbers."""
+    reg = summaries.get("register", {})
+    verdict = summaries.get("evaluate", {}).get("verdict")
+    if not reg and not verdict:
+        return "", ""
+    lines = []
+    if reg:
+        lines.append(f"Registered {reg.get('registry_uri', '?')} as <b>{html.escape(str(reg.get('alias', '?')))}</b>.")
+    if verdict:
+        lines.append(
+            f"Promotion gate: <b>{'pass' if verdict['promote'] else 'fail'}</b>: {html.escape(verdict['reason'])}."
+        )
+    h = "<h2>Summary</h2><p>" + " ".join(lines) + "</p>"
+    md = "\n## Summary\n\n" + " ".join(lines).replace("<b>", "**").replace("</b>", "**") + "\n"
+    if verdict:
+        rows = [
+            (r["rule"], r["new"], r["champion"], r["margin"], "pass" if r["passed"] else "FAIL", r["note"])
+            for r in verdict["rules"]
+        ]
+        h += "<table><tr>" + "".join(f"<th>{c}</th>" for c in GATE_HEAD) + "</tr>"
+        h += "".join(
+            "<tr>" + "".join(f"<td>{'—' if v is None else _fmt(v)}</td>" for v in row) + "</tr>" for row in rows
+        )
+        h += "</table>"
+        md += "\n| " + " | ".join(GATE_HEAD) + " |\n|" + "---|" * len(GATE_HEAD) + "\n"
+        md += "".join("| " + " | ".join("—" if v is None else _md(v) for v in row) + " |\n" for row in rows) + "\n"
+    return h, md
+
+
 def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[str, str, dict[str, bytes]]:
     """Returns (html, markdown, images by file name) for the stage ``summaries`` of one run."""
     images: dict[str, bytes] = {}
     title = f"lmforge {context.get('pipeline', 'lifecycle')} run"
     parts = [f"<h1>{html.escape(title)}</h1>"]
     md = [f"# {title}\n"]
+
+    s_html, s_md = _summary(summaries)
+    parts.append(s_html)
+    md.append(s_md)
 
     t_html, t_md = _table(sorted(context.items()), ("", ""))
     parts.append(t_html)
@@ -113,6 +156,10 @@ def build_report(summaries: dict[str, dict], context: dict[str, str]) -> tuple[s
         t_html, t_md = _table(sorted(metrics.items()))
         parts.append(f"<h2>{html.escape(title)}</h2>{t_html}")
         md.append(f"\n## {title}\n\n{t_md}")
+        if stage == "quantize" and summary.get("sweep"):
+            images["quantize_sweep.png"] = sweep_plot(summary["sweep"], summary["metrics"].get("perplexity_before"))
+            parts.append(_img(images["quantize_sweep.png"], "low-bit sweep: bits vs perplexity"))
+            md.append("\n![low-bit sweep](quantize_sweep.png)\n")
         if stage == "align" and summary.get("samples"):
             parts.append("<h3>Samples</h3>")
             for s in summary["samples"][:3]:

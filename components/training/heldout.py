@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,90 @@ def heldout_loss(
     windows = heldout_windows(dataset, split=split, seq_len=seq_len, store_options=store_options)
     total, count = loss_sums(model, windows, range(window_count(windows, max_tokens)), batch_size)
     return total / count
+
+
+@dataclass(frozen=True)
+class HeldoutStats:
+    """Held-out loss with its standard error, from per-document losses.
+
+    ``loss`` is the same token-weighted mean :func:`heldout_loss` returns. Its standard error treats
+    documents, not tokens, as the independent draws (tokens of one document are correlated, so a
+    per-token error would be far too small): the ratio estimator sum(L_d) / sum(n_d) over documents
+    d with summed loss L_d and n_d predicted tokens has variance D/(D-1) * sum((L_d - loss*n_d)^2) / N^2
+    (the cluster-robust form). ``perplexity_stderr`` follows by the delta method: exp(loss) * stderr.
+    """
+
+    loss: float
+    stderr: float
+    documents: int
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.loss)
+
+    @property
+    def perplexity_stderr(self) -> float:
+        return self.perplexity * self.stderr
+
+
+@torch.no_grad()
+def heldout_stats(
+    model,
+    dataset: str | Path,
+    *,
+    eos_token_id: int,
+    split: str = "heldout",
+    seq_len: int = 128,
+    max_tokens: int = 50_000,
+    batch_size: int = 8,
+    store_options: dict | None = None,
+) -> HeldoutStats:
+    """:func:`heldout_loss` on the same windows, plus its standard error over documents.
+
+    A document ends at ``eos_token_id`` (curation appends one to every record). A predicted token
+    belongs to the document of the token before it, so predicting the EOS closes its document and
+    the token after it opens the next; a document cut by a window boundary stays one document.
+    """
+    windows = heldout_windows(dataset, split=split, seq_len=seq_len, store_options=store_options)
+    indices = range(window_count(windows, max_tokens))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    doc_loss: dict[int, float] = {}
+    doc_tokens: dict[int, int] = {}
+    offset = 0  # documents finished before the current window
+    for start in range(0, len(indices), batch_size):
+        rows = np.stack([windows[i] for i in indices[start : start + batch_size]])
+        batch = torch.from_numpy(rows).to(device)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+        losses = (
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:].long(), reduction="none")
+            .cpu()
+            .numpy()
+        )
+        for row, token_losses in zip(rows, losses, strict=True):
+            # document of predicted token j (row position j+1) = offset + EOS count in row[: j+1]
+            docs = offset + np.cumsum(row[:-1] == eos_token_id)
+            for d, loss_sum, n in _group_sums(docs, token_losses):
+                doc_loss[d] = doc_loss.get(d, 0.0) + loss_sum
+                doc_tokens[d] = doc_tokens.get(d, 0) + n
+            offset += int(np.sum(row == eos_token_id))
+    model.train(was_training)
+    sums = np.array(list(doc_loss.values()))
+    counts = np.array([doc_tokens[d] for d in doc_loss])
+    total = float(counts.sum())
+    loss = float(sums.sum() / total)
+    d = len(sums)
+    stderr = math.sqrt(d / (d - 1) * float(np.sum((sums - loss * counts) ** 2))) / total if d > 1 else float("nan")
+    return HeldoutStats(loss=loss, stderr=stderr, documents=d, tokens=int(total))
+
+
+def _group_sums(docs: np.ndarray, values: np.ndarray):
+    """(document, summed value, count) for each run of equal ``docs`` (non-decreasing)."""
+    bounds = np.flatnonzero(np.diff(docs)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(docs)], strict=True):
+        yield int(docs[lo]), float(values[lo:hi].sum()), int(hi - lo)
 
 
 def perplexity(loss: float) -> float:

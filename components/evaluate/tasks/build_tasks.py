@@ -8,6 +8,15 @@ of similar length so that neither ``acc`` (summed log-probability, which favours
 ``acc_norm`` is decided by length alone. Any line that also occurs verbatim in the training corpus
 is never used as context, answer or distractor, so a model cannot score by having memorised it.
 
+``shakespeare_order.jsonl`` (task ``lmforge_shakespeare_order``): a structured cloze a tiny model can
+learn from the quick-start corpus. Each cloze example's context and true next line, against three
+copies of that line with its words shuffled: same words, same length, so only word order (the
+grammar the model has learned) tells them apart.
+
+``arithmetic.jsonl`` (task ``lmforge_arithmetic``): held-out problems of the generated arithmetic task
+(:mod:`components.common.arithmetic`, the same generator alignment trains on; a problem's side is
+fixed by its text, so none of these is ever trained on), scored by generative exact match.
+
 ``gsm8k_mini.jsonl`` (task ``lmforge_gsm8k_mini``): the first records of the GSM8K test split, with
 its MIT licence copied beside it as ``LICENSE.gsm8k``.
 
@@ -29,7 +38,11 @@ TRAINING_EXCERPT = REPO_ROOT / "pipelines" / "data" / "quickstart" / "tinyshakes
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 CLOZE_FILE = "shakespeare_cloze.jsonl"
+ORDER_FILE = "shakespeare_order.jsonl"
+ARITHMETIC_FILE = "arithmetic.jsonl"
 GSM8K_FILE = "gsm8k_mini.jsonl"
+ARITHMETIC_EXAMPLES = 200
+MIN_ORDER_WORDS = 5  # fewer words leave too few distinct shuffles
 CLOZE_LINES = (30_000, 40_000)  # 0-based slice: lines 30,001–40,000 of input.txt
 CLOZE_EXAMPLES = 500
 GSM8K_EXAMPLES = 100
@@ -109,6 +122,44 @@ def cloze_examples(source_lines: list[str], training_lines: set[str], n: int, se
     return examples
 
 
+def order_examples(cloze: list[dict], seed: int) -> list[dict]:
+    """For each cloze example with a long enough answer: the true line against 3 word shuffles of it."""
+    rng = random.Random(seed)
+    out = []
+    for ex in cloze:
+        answer = ex["choices"][ex["label"]]
+        words = answer.split()
+        if len(words) < MIN_ORDER_WORDS:
+            continue
+        shuffles: list[str] = []
+        while len(shuffles) < 3:
+            candidate = words[:]
+            rng.shuffle(candidate)
+            text = " ".join(candidate)
+            if text != answer and text not in shuffles:
+                shuffles.append(text)
+        choices = [answer, *shuffles]
+        rng.shuffle(choices)
+        out.append(
+            {
+                "id": ex["id"].replace("cloze", "order"),
+                "context": ex["context"],
+                "choices": choices,
+                "label": choices.index(answer),
+            }
+        )
+    return out
+
+
+def arithmetic_examples(n: int) -> list[dict]:
+    from components.common.arithmetic import generate
+
+    return [
+        {"id": f"arithmetic-{i:04d}", "question": p.prompt, "answer": p.answer}
+        for i, p in enumerate(generate(n, split="heldout", seed=0))
+    ]
+
+
 def gsm8k_examples(records: Iterable[dict], n: int) -> list[dict]:
     out = []
     for i, rec in enumerate(records):
@@ -133,11 +184,21 @@ def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) ->
     with (gsm8k_dir / "test.jsonl").open(encoding="utf-8") as f:
         gsm8k = gsm8k_examples((json.loads(line) for line in f), GSM8K_EXAMPLES)
 
+    order = order_examples(cloze, SEED)
+    arithmetic = arithmetic_examples(ARITHMETIC_EXAMPLES)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / CLOZE_FILE, cloze)
+    write_jsonl(out_dir / ORDER_FILE, order)
+    write_jsonl(out_dir / ARITHMETIC_FILE, arithmetic)
     write_jsonl(out_dir / GSM8K_FILE, gsm8k)
     shutil.copyfile(gsm8k_dir / "LICENSE", out_dir / "LICENSE.gsm8k")
-    return {CLOZE_FILE: len(cloze), GSM8K_FILE: len(gsm8k)}
+    return {
+        CLOZE_FILE: len(cloze),
+        ORDER_FILE: len(order),
+        ARITHMETIC_FILE: len(arithmetic),
+        GSM8K_FILE: len(gsm8k),
+    }
 
 
 def main() -> None:

@@ -182,3 +182,18 @@ def test_branch_outside_the_stable_phase_names_the_key_and_the_phase():
         ConfigError, match=r"continual.branch_at: steps \[130\] are not in the stable phase \[15, 120\)"
     ):
         load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,130"])
+
+
+def test_removed_register_metric_shows_the_gate_form():
+    with pytest.raises(ConfigError, match=r"evaluate\.gate\.primary=heldout_perplexity"):
+        load_config("tiny", ["register.metric=heldout_perplexity"])
+
+
+def test_malformed_gate_guard_names_the_key_and_an_example():
+    with pytest.raises(ConfigError, match=r"evaluate\.gate\.guards: 'acc less than 3'.*drop<="):
+        load_config("tiny", ["evaluate.gate.guards=[acc less than 3]"])
+
+
+def test_gate_guards_parse_from_a_comma_separated_override():
+    cfg = load_config("tiny", ["evaluate.gate.guards=a_acc drop<=0.05, continual_forgetting <=0.5"])
+    assert cfg.evaluate.gate.guards == ["a_acc drop<=0.05", "continual_forgetting <=0.5"]

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from components.evaluate.tasks import TASKS_DIR
-from components.evaluate.tasks.build_tasks import CLOZE_FILE, GSM8K_FILE, TRAINING_EXCERPT, build
+from components.evaluate.tasks.build_tasks import (
+    ARITHMETIC_FILE,
+    CLOZE_FILE,
+    GSM8K_FILE,
+    ORDER_FILE,
+    TRAINING_EXCERPT,
+    build,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
@@ -24,12 +31,12 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_builder_is_deterministic_and_reproduces_the_committed_files(tmp_path):
     counts_a = build(SHARED_DATA, tmp_path / "a")
     build(SHARED_DATA, tmp_path / "b")
-    for name in (CLOZE_FILE, GSM8K_FILE):
+    for name in (CLOZE_FILE, ORDER_FILE, ARITHMETIC_FILE, GSM8K_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() == (TASKS_DIR / name).read_bytes(), (
             f"rerun build_tasks.py: {name} is stale"
         )
-    assert counts_a == {CLOZE_FILE: 500, GSM8K_FILE: 100}
+    assert counts_a == {CLOZE_FILE: 500, ORDER_FILE: 470, ARITHMETIC_FILE: 200, GSM8K_FILE: 100}
 
 
 def test_cloze_lines_never_occur_in_the_training_excerpt():
@@ -59,3 +66,24 @@ def test_gsm8k_copy_keeps_its_licence_beside_it():
     assert "MIT" in (TASKS_DIR / "LICENSE.gsm8k").read_text()
     records = read_jsonl(TASKS_DIR / GSM8K_FILE)
     assert len(records) == 100 and all("####" in r["answer"] for r in records)
+
+
+def test_order_choices_are_the_answer_line_and_three_shuffles_of_its_words():
+    cloze = {ex["id"]: ex for ex in read_jsonl(TASKS_DIR / CLOZE_FILE)}
+    for ex in read_jsonl(TASKS_DIR / ORDER_FILE):
+        source = cloze[ex["id"].replace("order", "cloze")]
+        answer = ex["choices"][ex["label"]]
+        assert answer == source["choices"][source["label"]] and ex["context"] == source["context"]
+        assert len(set(ex["choices"])) == 4
+        assert all(sorted(c.split()) == sorted(answer.split()) for c in ex["choices"])
+
+
+def test_arithmetic_problems_are_held_out_and_correct():
+    from components.common.arithmetic import OPERATORS
+    from components.common.splits import is_heldout
+
+    for ex in read_jsonl(TASKS_DIR / ARITHMETIC_FILE):
+        question = ex["question"].removeprefix("What is ").removesuffix("?")
+        a, op, b = question.split(" ")
+        assert is_heldout(question, 0.2)
+        assert ex["answer"] == str(OPERATORS[op](int(a), int(b)))

@@ -8,11 +8,16 @@ import shutil
 import pytest
 
 from components.common.errors import ConfigError, DataError
-from components.evaluate.run import evaluate, metric_name
+from components.evaluate.run import Champion, evaluate, evaluation_digest, metric_name
 
 
 def test_evaluate_writes_results_and_table(make_config, tiny_model, tiny_dataset, tmp_path):
-    cfg = make_config("evaluate.limit=4", "model.seq_len=64", "evaluate.heldout_max_tokens=2000")
+    cfg = make_config(
+        "evaluate.limit=4",
+        "evaluate.tasks=[lmforge_shakespeare_cloze]",
+        "model.seq_len=64",
+        "evaluate.heldout_max_tokens=2000",
+    )
     out = evaluate(
         cfg,
         model_dir=tiny_model,
@@ -55,3 +60,88 @@ def test_evaluate_rejects_a_dataset_tokenized_with_another_vocabulary(make_confi
 def test_metric_names_are_mlflow_safe():
     assert metric_name("lmforge_gsm8k_mini/exact_match_strict-match") == "lmforge_gsm8k_mini_exact_match_strict-match"
     assert metric_name("perplexity_my corpus,v2") == "perplexity_my corpus_v2"
+
+
+@pytest.fixture
+def gate_cfg(make_config):
+    # no lm-eval task: the gate tests need the perplexity path only, and it keeps them fast
+    return make_config("evaluate.tasks=", "model.seq_len=64", "evaluate.heldout_max_tokens=2000")
+
+
+def test_champion_evaluated_with_another_digest_is_re_evaluated_in_the_same_run(
+    gate_cfg, tiny_model, tiny_dataset, tmp_path
+):
+    fetched = []
+    stale = Champion(
+        "1", {"heldout_perplexity": 1.0e6}, "sha256:an-older-evaluation", lambda: fetched.append(1) or tiny_model
+    )
+    out = evaluate(gate_cfg, model_dir=tiny_model, datasets={"corpus": tiny_dataset}, out_dir=tmp_path, champion=stale)
+    assert fetched == [1]
+    verdict = out["verdict"]
+    assert verdict["champion_source"] == "re-evaluated"
+    # the same model on both sides: its stale 1e6 is not used, the re-measured tie keeps the incumbent
+    assert verdict["rules"][0]["champion"] == pytest.approx(out["metrics"]["heldout_perplexity"])
+    assert not verdict["promote"]
+
+
+def test_champion_evaluated_with_the_same_digest_is_judged_on_its_stored_numbers(
+    gate_cfg, tiny_model, tiny_dataset, tmp_path
+):
+    def must_not_fetch():
+        raise AssertionError("the champion's model was fetched although its numbers are comparable")
+
+    digest = evaluation_digest(gate_cfg, {"corpus": tiny_dataset})
+    stored = Champion("4", {"heldout_perplexity": 1.0e6, "heldout_perplexity_stderr": 1.0}, digest, must_not_fetch)
+    out = evaluate(gate_cfg, model_dir=tiny_model, datasets={"corpus": tiny_dataset}, out_dir=tmp_path, champion=stored)
+    assert out["verdict"]["champion_source"] == "stored" and out["verdict"]["promote"]
+    assert out["metrics"]["gate_promote"] == 1
+    assert json.loads((tmp_path / "verdict.json").read_text())["champion_version"] == "4"
+    assert (tmp_path / "verdict.md").read_text().startswith("## Promotion gate: PROMOTE")
+
+
+def test_evaluation_digest_ignores_the_gate_rules_but_not_the_data_limit(make_config, tiny_dataset):
+    base = evaluation_digest(make_config(), {"c": tiny_dataset})
+    assert evaluation_digest(make_config("evaluate.gate.z=3"), {"c": tiny_dataset}) == base
+    assert evaluation_digest(make_config("evaluate.heldout_max_tokens=999"), {"c": tiny_dataset}) != base
+
+
+def test_gate_rule_on_a_metric_never_produced_fails_before_loading_the_model(make_config, tmp_path):
+    cfg = make_config("evaluate.gate.guards=[quantize_bleu <=3]")
+    with pytest.raises(ConfigError, match=r"evaluate\.gate\.guards: metric 'quantize_bleu'.*quantize_size_ratio"):
+        evaluate(
+            cfg,
+            model_dir=tmp_path / "nowhere",
+            datasets={"x": tmp_path},
+            out_dir=tmp_path / "out",
+            upstream={"quantize_size_ratio": 0.4},
+        )
+
+
+def test_perplexity_comes_with_its_standard_error(gate_cfg, tiny_model, tiny_dataset, tmp_path):
+    metrics = evaluate(gate_cfg, model_dir=tiny_model, datasets={"corpus": tiny_dataset}, out_dir=tmp_path)["metrics"]
+    assert 0 < metrics["heldout_perplexity_stderr"] < metrics["heldout_perplexity"]
+    assert metrics["perplexity_corpus_stderr"] == metrics["heldout_perplexity_stderr"]
+
+
+def test_unreadable_preference_source_fails_naming_it_before_loading_the_model(make_config, tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"chosen": "only one side"}\n')
+    cfg = make_config(f"evaluate.preference_source={bad}", "evaluate.tasks=")
+    with pytest.raises(DataError, match=r"pairs\.jsonl: no usable preference pair"):
+        evaluate(cfg, model_dir=tmp_path / "nowhere", datasets={"x": tmp_path}, out_dir=tmp_path / "out")
+
+
+def test_task_definitions_are_logged_as_mlflow_inputs_with_digests(make_config, tmp_path):
+    import mlflow
+
+    from components.common import lineage
+    from components.evaluate.run import log_evaluation_inputs, task_files_digest
+
+    cfg = make_config("evaluate.tasks=[lmforge_shakespeare_order, lmforge_arithmetic]")
+    with lineage.stage_run(cfg, "evaluate") as run_id:
+        log_evaluation_inputs(cfg, None)
+    inputs = {i.dataset.name: i.dataset.digest for i in mlflow.get_run(run_id).inputs.dataset_inputs}
+    assert inputs == {
+        f"eval_tasks/{t}": task_files_digest(t)[0][:36] for t in ("lmforge_shakespeare_order", "lmforge_arithmetic")
+    }
+    assert task_files_digest("lmforge_arithmetic") != task_files_digest("lmforge_shakespeare_order")

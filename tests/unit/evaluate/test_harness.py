@@ -18,7 +18,12 @@ def model_and_tokenizer(tiny_model):
 
 
 def test_shipped_tasks_are_exactly_lmforges():
-    assert harness.shipped_tasks() == ["lmforge_gsm8k_mini", "lmforge_shakespeare_cloze"]
+    assert harness.shipped_tasks() == [
+        "lmforge_arithmetic",
+        "lmforge_gsm8k_mini",
+        "lmforge_shakespeare_cloze",
+        "lmforge_shakespeare_order",
+    ]
 
 
 def test_cloze_task_runs_offline_and_reports_accuracy(model_and_tokenizer, monkeypatch):
@@ -57,3 +62,10 @@ def test_flattened_results_keep_filter_names_and_drop_non_numbers():
         "exact_match,strict-match": 0.0,
     }
     assert harness.flatten_task_results("t", results) == {"t/acc": 0.5, "t/exact_match_strict-match": 0.0}
+
+
+def test_arithmetic_task_scores_exact_match_with_its_standard_error(model_and_tokenizer):
+    metrics, table = harness.run_tasks(*model_and_tokenizer, ["lmforge_arithmetic"], limit=4, batch_size=4)
+    assert metrics["lmforge_arithmetic/exact_match_first-integer"] == 0.0  # a random model does no sums
+    assert "lmforge_arithmetic/exact_match_stderr_first-integer" in metrics
+    assert table["lmforge_arithmetic"]["samples"] == 4

@@ -7,9 +7,14 @@ import threading
 
 from mlflow import MlflowClient
 
-from components.register.run import CHALLENGER, CHAMPION, JUDGED_AGAINST_TAG, OUTCOME_TAG, commit, judge, register
+from components.register.run import CHALLENGER, CHAMPION, JUDGED_AGAINST_TAG, OUTCOME_TAG, register
 
 LINEAGE = {"lmforge.kfp_run_id": "kfp-concurrent"}
+
+
+def passed(against: str) -> dict:
+    """A passing gate verdict as the evaluate stage writes it, judged against champion ``against``."""
+    return {"promote": True, "reason": f"beats v{against}" if against else "first", "champion_version": against}
 
 
 def server_config(make_config, tracking_uri: str, s3_endpoint: str, model: str):
@@ -28,16 +33,15 @@ def test_two_registers_judged_against_one_champion_lose_no_version_and_only_the_
 ):
     cfg = server_config(make_config, mlflow_server, s3_server, "concurrent-model")
     register(cfg, model_uri="s3://lmforge-registry/models/v1/model", metrics={"heldout_perplexity": 50.0},
-             lineage_tags=LINEAGE, mlflow_run_id="")  # fmt: skip
-    # Both runs' gates judge against champion v1 before either commits: the race the lease exists for.
-    verdicts = [judge(cfg, {"heldout_perplexity": ppl}) for ppl in (40.0, 30.0)]
-    assert [(v.promote, v.judged_against) for v in verdicts] == [(True, "1"), (True, "1")]
+             verdict=passed(""), eval_digest="sha256:e", lineage_tags=LINEAGE, mlflow_run_id="")  # fmt: skip
+    # Both runs' gates passed against champion v1 before either registers: the race the lease exists for.
     start, results = threading.Barrier(2), {}
 
     def run(i: int) -> None:
         start.wait()
-        results[i] = commit(cfg, verdicts[i], model_uri=f"s3://lmforge-registry/models/run{i}/model",
-                            metrics={"heldout_perplexity": verdicts[i].value}, lineage_tags=LINEAGE, mlflow_run_id="")  # fmt: skip
+        results[i] = register(cfg, model_uri=f"s3://lmforge-registry/models/run{i}/model",
+                              metrics={"heldout_perplexity": (40.0, 30.0)[i]}, verdict=passed("1"),
+                              eval_digest="sha256:e", lineage_tags=LINEAGE, mlflow_run_id="")  # fmt: skip
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
