@@ -29,7 +29,23 @@ def continual(
         metrics: Held-out loss on old and new data before and after; forgetting.
     """
     from components.common.stage import export, run_stage
+    from components.continual.run import ancestor_corpora
     from components.continual.run import continual as adapt
+
+    def body(ctx):
+        model_uri = ctx.input_uri("base_model", "model")
+        return adapt(
+            ctx.cfg,
+            model_uri=model_uri,
+            dataset_uri=ctx.input_uri("dataset"),
+            old_dataset_uri=ctx.input_uri("old_dataset"),
+            output_uri=ctx.out.uri,
+            out_dir=ctx.out_dir,
+            checkpoint_uri=ctx.scratch_uri("checkpoints"),
+            mlflow_run_id=ctx.mlflow_run_id,
+            # every corpus the base model learned, from its lineage in MLflow (replayed and probed)
+            ancestors=ancestor_corpora(ctx.cfg, model_uri),
+        )
 
     pointer, summary = run_stage(
         "continual",
@@ -40,15 +56,6 @@ def continual(
         input_pointer_paths={"base_model": base_model.path, "dataset": dataset.path, "old_dataset": old_dataset.path},
         sections=("continual", "pretrain", "model"),
         fetch_inputs=False,  # the Ray Train workers read model and shards from the store themselves
-        fn=lambda ctx: adapt(
-            ctx.cfg,
-            model_uri=ctx.input_uri("base_model", "model"),
-            dataset_uri=ctx.input_uri("dataset"),
-            old_dataset_uri=ctx.input_uri("old_dataset"),
-            output_uri=ctx.out.uri,
-            out_dir=ctx.out_dir,
-            checkpoint_uri=ctx.scratch_uri("checkpoints"),
-            mlflow_run_id=ctx.mlflow_run_id,
-        ),
+        fn=body,
     )
     export(model, pointer, metrics, summary)

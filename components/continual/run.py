@@ -39,10 +39,6 @@ from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
 
-#: Key of the completion marker that lists every corpus a continual step's model learned.
-LINEAGE_KEY = "lineage_corpora"
-
-
 def continual(
     cfg: LifecycleConfig,
     *,
@@ -54,6 +50,7 @@ def continual(
     checkpoint_uri: str,
     mlflow_run_id: str = "",
     callbacks: Sequence[Callback] = (),
+    ancestors: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Continue pretraining the model at ``model_uri`` on ``dataset_uri``, replaying ``old_dataset_uri`` and
     every other corpus in the model's lineage (:func:`continual_spec`); then train the WSD decay branches.
@@ -72,6 +69,7 @@ def continual(
         checkpoint_uri=checkpoint_uri,
         mlflow_run_id=mlflow_run_id,
         callbacks=callbacks,
+        ancestors=ancestors,
     )
     c = cfg.continual
     *old_labels, new_label = (p.name for p in spec.probes)  # the old corpora, oldest first, then the new one
@@ -119,8 +117,6 @@ def continual(
         "old_heldout_curve": old_curve,
         "heldout_curves": curves,
         "corpora": {"old": old_labels, "new": new_label},
-        # read back by the next retrain from this output's marker (ancestor_corpora): every corpus learned
-        LINEAGE_KEY: [*old_uris, dataset_uri],
         "replays": [[uri, fraction] for uri, fraction in spec.replays],
         "averaging": summary["callbacks"].get("averaging"),  # which snapshots the published model averages
     }
@@ -136,15 +132,16 @@ def continual_spec(
     checkpoint_uri: str,
     mlflow_run_id: str = "",
     callbacks: Sequence[Callback] = (),
+    ancestors: Sequence[str] = (),
 ) -> TrainSpec:
     """The training run of a continual step, checked before anything trains.
 
-    It replays every corpus the base model learned (``old_dataset_uri`` first, then its lineage:
-    :func:`ancestor_corpora`) in the mixture of :func:`replay_mixture`, and probes each of them and
+    It replays every corpus the base model learned (``old_dataset_uri`` first, then ``ancestors``: the
+    caller walks them with :func:`ancestor_corpora`) in the mixture of :func:`replay_mixture`, and probes each of them and
     the new corpus; the probes are named by corpus label, the old corpora first, the new one last.
     """
     # every corpus the base model learned (its lineage), the champion's pretraining corpus first
-    old_uris = list(dict.fromkeys(u.rstrip("/") for u in [old_dataset_uri, *ancestor_corpora(cfg, model_uri)]))
+    old_uris = list(dict.fromkeys(u.rstrip("/") for u in [old_dataset_uri, *ancestors]))
     for uri in old_uris:
         check_same_tokenizer(cfg, dataset_uri, uri)
     check_model_tokenizer(cfg, model_uri, dataset_uri)
@@ -180,28 +177,47 @@ def continual_spec(
 
 
 def ancestor_corpora(cfg: LifecycleConfig, model_uri: str) -> list[str]:
-    """Every corpus the model at ``model_uri`` learned, oldest first, from its lineage in the store.
+    """Every curated corpus in the lineage of the model at ``model_uri`` (``<output>/model``), oldest first.
 
-    A model published by a continual step (``<output>/model``) records them in that output's
-    completion marker (:data:`LINEAGE_KEY`: its own old corpora plus its new one), so the list grows
-    with every retrain and one hop reaches all ancestors. A pretrained model (no such record) has
-    none beyond the pretraining corpus the caller passes. Every corpus named must still be in the
-    store: a lineage that cannot be walked is an error naming the missing corpus.
+    Walked through MLflow with the one lineage walker (:mod:`components.common.lineage_walk`): from the
+    run that produced the model's output back through every model it continued from to the curate
+    runs. So a retrain of a retrain finds the original pretraining corpus and every corpus added
+    since. A lineage that cannot be walked (no run records the model, a producing run was deleted) or
+    that names a corpus no longer in the store is an error naming the run or the corpus: replaying
+    less than the model learned would be a silent change of the experiment.
     """
-    from components.common.artifacts import MARKER, read_marker
+    import mlflow
+
+    from components.common import lineage
+    from components.common.artifacts import MARKER
+    from components.common.lineage_walk import producer_run_id, walk
 
     output = model_uri.rstrip("/").rsplit("/", 1)[0]
+    lineage.setup(cfg)
+    client = mlflow.MlflowClient()
+    run_id = producer_run_id(client, output)
+    if not run_id:
+        raise DataError(
+            f"the lineage of base model {model_uri} cannot be walked: no MLflow run at {lineage.tracking_uri(cfg)} "
+            f"records {output} as its output (lineage.tracking_uri points elsewhere, or the run was deleted); "
+            "set lineage.tracking_uri to the tracking server that ran it, or continual.base_model to a model it recorded"
+        )
+    tree = walk(client, run_id)
+    broken = tree.broken_nodes()
+    if broken:
+        raise DataError(
+            f"the lineage of base model {model_uri} is broken at {broken[0].name} ({broken[0].uri}): "
+            f"{broken[0].broken}; restore that run (mlflow runs restore) or retrain from a complete lineage"
+        )
+    corpora = [node.uri.rstrip("/") for node in tree.corpora()]
     store = open_store(output, **store_options(cfg))
-    if not store.exists(join(output, MARKER)):
-        return []
-    corpora = read_marker(store, output).get(LINEAGE_KEY, [])
     for uri in corpora:
         if not store.exists(join(uri, MARKER)):
             raise DataError(
                 f"the lineage of {model_uri} names corpus {uri}, which is not a completed output in the store "
                 f"(deleted?); restore it, or set continual.base_model to a model whose lineage is complete"
             )
-    return list(corpora)
+    return corpora
 
 
 def replay_mixture(total: float, ratios: dict, corpora: dict[str, str]) -> tuple[tuple[str, float], ...]:

@@ -1,4 +1,6 @@
-"""A retrain replays every corpus in the base model's lineage, in the configured mixture (no training here)."""
+"""A retrain replays every corpus in the base model's lineage, walked through MLflow, in the configured
+mixture (no training here). The lineage is logged as the stages log it (``stage_run``, ``log_input``,
+the ``lmforge.output_uri`` tag) on a real SQLite tracking store."""
 
 import json
 import shutil
@@ -8,7 +10,8 @@ import pytest
 from components.common.artifacts import MARKER
 from components.common.config import load_config
 from components.common.errors import ConfigError, DataError
-from components.continual.run import LINEAGE_KEY, ancestor_corpora, continual_spec
+from components.common import lineage as mlflow_lineage
+from components.continual.run import ancestor_corpora, continual_spec
 
 
 def _corpus(src, dest, source: str):
@@ -20,16 +23,47 @@ def _corpus(src, dest, source: str):
     return dest.as_uri()
 
 
+def _stage_run(cfg, stage: str, output_uri: str, inputs: dict[str, str]) -> str:
+    import mlflow
+
+    with mlflow_lineage.stage_run(cfg, stage) as run_id:
+        mlflow.set_tag("lmforge.output_uri", output_uri)
+        for name, uri in inputs.items():
+            mlflow_lineage.log_input(name=name, digest=uri.rsplit("/", 1)[-1], source_uri=uri)
+    return run_id
+
+
 @pytest.fixture
 def lineage(tmp_path, tiny_model, tiny_dataset, wikitext_dataset):
-    """A base model from an earlier continual step that learned Shakespeare then WikiText; a new corpus."""
+    """A base model from an earlier continual step that learned Shakespeare then WikiText; a new corpus;
+    the runs that made them in MLflow (curate, curate, pretrain, continual)."""
     first = _corpus(tiny_dataset, tmp_path / "datasets" / "a", "quickstart/tinyshakespeare.txt")
     second = _corpus(wikitext_dataset, tmp_path / "datasets" / "b", "quickstart/wikitext2.txt")
     new = _corpus(wikitext_dataset, tmp_path / "datasets" / "c", "s3://raw/news/")
     output = tmp_path / "models" / "base"
     shutil.copytree(tiny_model, output / "model")
-    (output / MARKER).write_text(json.dumps({"kind": "models", LINEAGE_KEY: [first, second]}))
-    return {"model": (output / "model").as_uri(), "old": [first, second], "new": new, "tmp": tmp_path}
+    (output / MARKER).write_text(json.dumps({"kind": "models"}))
+    cfg = load_config("tiny", [f"run.home={tmp_path / 'home'}"])
+    pretrained = (tmp_path / "models" / "pretrained").as_uri()
+    runs = {
+        "curate_first": _stage_run(cfg, "curate", first, {}),
+        "curate_second": _stage_run(cfg, "curate", second, {"datasets/tokenizer": first}),
+        "pretrain": _stage_run(cfg, "pretrain", pretrained, {"datasets/dataset": first}),
+    }
+    runs["continual"] = _stage_run(
+        cfg,
+        "continual",
+        output.as_uri(),
+        {"models/base_model": pretrained, "datasets/dataset": second, "datasets/old_dataset": first},
+    )
+    return {
+        "cfg": cfg,
+        "model": (output / "model").as_uri(),
+        "old": [first, second],
+        "new": new,
+        "tmp": tmp_path,
+        "runs": runs,
+    }
 
 
 def _spec(lineage, *overrides):
@@ -41,11 +75,25 @@ def _spec(lineage, *overrides):
         old_dataset_uri=lineage["old"][0],  # the champion's pretraining corpus
         output_uri=(lineage["tmp"] / "out").as_uri(),
         checkpoint_uri=(lineage["tmp"] / "ckpt").as_uri(),
+        ancestors=ancestor_corpora(cfg, lineage["model"]),
     )
 
 
-def test_the_lineage_of_a_continual_model_names_every_corpus_it_learned(lineage):
-    assert ancestor_corpora(load_config("tiny"), lineage["model"]) == lineage["old"]
+def test_the_lineage_of_a_continual_model_names_every_corpus_it_learned_oldest_first(lineage):
+    assert ancestor_corpora(lineage["cfg"], lineage["model"]) == lineage["old"]
+
+
+def test_a_lineage_with_a_deleted_run_is_refused_naming_the_run(lineage):
+    import mlflow
+
+    mlflow.MlflowClient().delete_run(lineage["runs"]["pretrain"])
+    with pytest.raises(DataError, match=f"lineage of base model .* is broken.*{lineage['runs']['pretrain']}"):
+        ancestor_corpora(lineage["cfg"], lineage["model"])
+
+
+def test_a_model_no_run_recorded_is_refused_naming_the_tracking_store(lineage, tiny_model):
+    with pytest.raises(DataError, match="cannot be walked: no MLflow run at sqlite"):
+        ancestor_corpora(lineage["cfg"], (tiny_model / "model").as_uri())
 
 
 def test_retrain_replays_every_ancestor_sharing_the_replay_fraction(lineage):
