@@ -39,6 +39,7 @@ from components.training.spec import Probe, TrainSpec
 
 log = get_logger("lmforge.continual")
 
+
 def continual(
     cfg: LifecycleConfig,
     *,
@@ -73,7 +74,6 @@ def continual(
     )
     c = cfg.continual
     *old_labels, new_label = (p.name for p in spec.probes)  # the old corpora, oldest first, then the new one
-    old_uris = [p.dataset_uri for p in spec.probes[:-1]]
     old_label = old_labels[0]
     summary = train(spec)
     curves = summary["callbacks"]["probes"]["curves"]

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
+from components.common import lineage as mlflow_lineage
 from components.common.artifacts import MARKER
 from components.common.config import load_config
 from components.common.errors import ConfigError, DataError
-from components.common import lineage as mlflow_lineage
 from components.continual.run import ancestor_corpora, continual_spec
 
 
