@@ -145,3 +145,15 @@ def test_every_key_is_documented():
 def test_health_check_interval_must_be_positive_and_names_the_key():
     with pytest.raises(ConfigError, match=r"pretrain.health_check_interval_s: must be > 0 seconds"):
         load_config("tiny", ["pretrain.health_check_interval_s=0"])
+
+
+def test_unknown_align_method_is_refused_naming_the_key_and_the_choices():
+    with pytest.raises(
+        ConfigError, match=r"align\.method: unknown method 'ppo'.*none, dpo, online_dpo, expert_iteration"
+    ):
+        load_config("tiny", ["align.method=ppo"])
+
+
+def test_dpo_without_preference_pairs_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"align\.preferences: align\.method=dpo needs preference pairs"):
+        load_config("tiny", ["align.method=dpo"])
