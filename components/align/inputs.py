@@ -49,6 +49,16 @@ class DataInput:
     digest: str
 
 
+def source_store(cfg: LifecycleConfig, source: str):
+    """An object store able to read ``source`` when it is an s3:// prefix, else None."""
+    if not source.startswith("s3://"):
+        return None
+    from components.common.artifacts import store_options
+    from components.common.storage import open_store
+
+    return open_store(source, **store_options(cfg))
+
+
 def file_input(name: str, source: str, store=None) -> DataInput:
     files = resolve_source(source, store)
     # One file: its resolved path (MLflow shows where it is); several: the source that names them all.

@@ -492,7 +492,7 @@ class ClusterConfig:
     )
     job_deadline_seconds: int = knob(0, "Kill a RayJob running longer than this (0 = no deadline).", versioned=False)
     gpu_steps: list = knob(
-        ["align", "quantize", "evaluate"],
+        ["align", "prefer", "quantize", "evaluate"],
         "Pipeline steps that run in gpu_image with gpus_per_worker_pod GPUs, tolerations and node_selector "
         "(read by `lmforge compile`; add pretrain/continual only if they train inside their own pod).",
         versioned=False,
