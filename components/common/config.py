@@ -372,9 +372,14 @@ class AlignConfig:
     )
     samples_per_prompt: int = knob(4, "Responses sampled per prompt (expert iteration, online DPO).")
     rounds: int = knob(3, "Expert-iteration rounds (sample, keep verified-correct, fine-tune).")
-    prompts_per_round: int = knob(64, "Arithmetic prompts sampled per expert-iteration round.")
+    prompts_per_round: int = knob(64, "Arithmetic prompts expert iteration samples in every round.")
     task_digits: list = knob([1, 2], "Operand digits (min, max) of the generated arithmetic task.")
     temperature: float = knob(1.0, "Sampling temperature of expert iteration and online DPO.")
+    staleness: int = knob(
+        0,
+        "Online DPO: 0 = synchronous (the learner generates each batch itself); s >= 1 = asynchronous, generation "
+        "in its own Ray actor whose policy copy lags the learner by up to s updates.",
+    )
 
 
 @_frozen
@@ -592,6 +597,7 @@ def _validate(cfg: LifecycleConfig) -> None:
         "online_dpo pairs the best and worst of the samples; set it to >= 2",
     )
     need(cfg.align.beta > 0, "align.beta", f"must be > 0, got {cfg.align.beta}")
+    need(cfg.align.staleness >= 0, "align.staleness", f"must be >= 0 (0 = synchronous), got {cfg.align.staleness}")
     need(
         len(cfg.align.task_digits) == 2 and 1 <= cfg.align.task_digits[0] <= cfg.align.task_digits[1],
         "align.task_digits",

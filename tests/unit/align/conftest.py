@@ -39,3 +39,42 @@ def planted_preferences(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("preferences") / "planted.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in planted_pairs(120)), encoding="utf-8")
     return path
+
+
+ARITHMETIC = [
+    "align.task_digits=[1, 1]",
+    "align.pref_lr=3e-3",
+    "align.max_len=32",
+]
+
+
+@pytest.fixture(scope="session")
+def arithmetic_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model after a 40-step SFT on 16 solved one-digit problems (a seed apart from the
+    training prompts): it has the answer format and gets a few answers right when sampling, which
+    expert iteration and online DPO need to find any verified-correct sample at all."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from components.align.chat import install_chat_template
+    from components.align.data import SftPair
+    from components.align.trainer import build_trainer
+    from components.common.arithmetic import generate
+    from components.common.config import load_config
+    from components.common.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("arithmetic_model")
+    cfg = load_config(
+        "tiny", [f"run.home={root / 'home'}", "align.steps=40", "align.warmup_steps=4", "align.lr=3e-3", *ARITHMETIC]
+    )
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    solved = generate(16, split="train", seed=99, digits=(1, 1))
+    warm = [SftPair(p.prompt, p.answer, "warm", i) for i, p in enumerate(solved)]
+    trainer, _ = build_trainer(cfg, model, tok, warm, warm[:1], root / "work")
+    trainer.train()
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root / "model"
