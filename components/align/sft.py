@@ -119,8 +119,9 @@ def generate_samples(model, tokenizer, pairs: list[SftPair], max_new_tokens: int
     device = next(model.parameters()).device
     samples = []
     for pair in pairs:
+        turns = pair.turns()[:-1] if pair.is_chat else prompt_messages(pair.prompt)
         inputs = tokenizer.apply_chat_template(
-            prompt_messages(pair.prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(device)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -57,10 +57,21 @@ class LossCurve(TrainerCallback):
                 )
 
 
+def _as_chat(pair: SftPair) -> SftPair:
+    """``pair`` as a chat record (train and held-out sets must share one format)."""
+    if pair.is_chat:
+        return pair
+    turns = tuple((t["role"], t["content"]) for t in pair.turns())
+    return SftPair(pair.prompt, pair.response, pair.file, pair.line, turns)
+
+
 def to_dataset(pairs: list[SftPair]):
-    """A conversational prompt-completion ``datasets.Dataset`` (the format trl masks by itself)."""
+    """A conversational ``datasets.Dataset`` in the format trl masks by itself: prompt-completion when
+    every record is a prompt/response pair, else ``messages`` for all (a pair becomes two turns)."""
     from datasets import Dataset
 
+    if any(p.is_chat for p in pairs):
+        return Dataset.from_list([{"messages": p.turns()} for p in pairs])
     return Dataset.from_list(
         [{"prompt": prompt_messages(p.prompt), "completion": answer_messages(p.response)} for p in pairs]
     )
@@ -117,13 +128,19 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
     # trl tokenizes through datasets.map, whose per-call progress bars would flood a pod log.
     datasets.disable_progress_bars()
     a = cfg.align
+    chat = any(p.is_chat for p in [*train, *heldout])
     args = SFTConfig(
         **common_args(SFTConfig, work_dir, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=cfg.run.seed),
         warmup_steps=a.warmup_steps,
         max_length=a.max_len,
-        completion_only_loss=True,
+        # Loss on answers only: prompt-completion data masks the prompt; chat data masks every
+        # non-assistant turn through the template's {% generation %} block.
+        completion_only_loss=None if chat else True,
+        assistant_only_loss=chat,
     )
     curve = LossCurve(a.log_every, a.steps)
+    if chat:
+        train, heldout = [_as_chat(p) for p in train], [_as_chat(p) for p in heldout]
     trainer = SFTTrainer(
         model=model,
         args=args,

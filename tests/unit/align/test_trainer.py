@@ -53,3 +53,21 @@ def test_examples_are_truncated_to_max_len(make_config, tiny_model, tmp_path):
     lengths = [len(row["input_ids"]) for row in trainer.train_dataset]
     assert max(lengths) == 96
     assert all(any(label != -100 for label in row["labels"]) for row in trainer.train_dataset)
+
+
+def test_chat_records_put_the_loss_on_assistant_turns_only(make_config, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from components.align.data import SftPair
+
+    turns = (("user", "Hi"), ("assistant", "Hello there."), ("user", "Name?"), ("assistant", "Tiny."))
+    chat = SftPair("", "Tiny.", "chat.jsonl", 1, turns)
+    plain = SftPair("What is 1 + 1?", "2", "plain.jsonl", 1)
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    trainer, _ = build_trainer(
+        make_config(), AutoModelForCausalLM.from_pretrained(tiny_model), tok, [chat, plain], [plain], tmp_path / "w"
+    )
+    row = trainer.train_dataset[0]
+    trained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
+    assert trained == "Hello there.<|end|>Tiny.<|end|>"
