@@ -44,8 +44,14 @@ def round_config(cfg: LifecycleConfig) -> LifecycleConfig:
     """The SFT settings of one fine-tuning round: the preference step's steps, batch and learning rate."""
     a = cfg.align
     steps = a.pref_steps
+    # Full fine-tuning: the policy object is trained round after round in place, and LoRA would wrap it anew each time.
     align = dataclasses.replace(
-        a, steps=steps, batch_size=a.pref_batch_size, lr=a.pref_lr, warmup_steps=min(a.warmup_steps, steps - 1)
+        a,
+        steps=steps,
+        batch_size=a.pref_batch_size,
+        lr=a.pref_lr,
+        warmup_steps=min(a.warmup_steps, steps - 1),
+        lora_r=0,
     )
     return dataclasses.replace(cfg, align=align)
 

@@ -137,7 +137,16 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
         # non-assistant turn through the template's {% generation %} block.
         completion_only_loss=None if chat else True,
         assistant_only_loss=chat,
+        packing=a.packing,
+        packing_strategy="bfd",  # best-fit decreasing: trl's padding-free packing (position_ids, no pads)
     )
+    peft_config = None
+    if a.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     curve = LossCurve(a.log_every, a.steps)
     if chat:
         train, heldout = [_as_chat(p) for p in train], [_as_chat(p) for p in heldout]
@@ -148,6 +157,16 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
         eval_dataset=to_dataset(heldout),
         processing_class=tokenizer,
         callbacks=[curve],
+        peft_config=peft_config,
     )
     quiet(trainer)
     return trainer, curve
+
+
+def trained_model(trainer):
+    """The trainer's model ready to save: LoRA adapters merged into the base weights (later stages
+    load a plain causal LM and never need peft)."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model

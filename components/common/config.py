@@ -349,6 +349,15 @@ class AlignConfig:
     max_len: int = knob(256, "Truncate prompt+response to this many tokens.")
     heldout_fraction: float = knob(0.05, "Fraction of the pairs held out to measure answer loss (at least one pair).")
     log_every: int = knob(10, "Log loss every N steps.", versioned=False)
+    packing: bool = knob(
+        False,
+        "SFT: trl's padding-free packing (best-fit decreasing): several pairs share a row of align.max_len tokens, "
+        "no pad tokens, attention kept within each pair through position_ids.",
+    )
+    lora_r: int = knob(
+        0, "SFT: 0 = full fine-tune; > 0 = LoRA of this rank on every linear layer (peft), merged before saving."
+    )
+    lora_alpha: int = knob(16, "SFT: LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
     method: str = knob(
         "none",
         "Preference step after SFT: none (the SFT model passes through), dpo (align.preferences), online_dpo or "
@@ -597,6 +606,7 @@ def _validate(cfg: LifecycleConfig) -> None:
         "online_dpo pairs the best and worst of the samples; set it to >= 2",
     )
     need(cfg.align.beta > 0, "align.beta", f"must be > 0, got {cfg.align.beta}")
+    need(cfg.align.lora_r >= 0, "align.lora_r", f"must be >= 0 (0 = full fine-tune), got {cfg.align.lora_r}")
     need(cfg.align.staleness >= 0, "align.staleness", f"must be >= 0 (0 = synchronous), got {cfg.align.staleness}")
     need(
         len(cfg.align.task_digits) == 2 and 1 <= cfg.align.task_digits[0] <= cfg.align.task_digits[1],
