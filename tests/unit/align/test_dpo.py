@@ -73,3 +73,11 @@ def test_dpo_model_is_saved_with_its_chat_template(dpo_run):
     tok = load_tokenizer(out / "model")
     assert tok.chat_template and "<|assistant|>" in tok.chat_template
     assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
+
+
+def test_method_none_passes_the_sft_model_through_unchanged(tiny_model, tmp_path):
+    cfg = load_config("tiny", [f"run.home={tmp_path / 'home'}"])
+    summary = prefer(cfg, model_dir=tiny_model, out_dir=tmp_path / "out")
+    assert summary == {"metrics": {}, "method": "none"}
+    saved = sorted(p.name for p in (tmp_path / "out" / "model").iterdir())
+    assert saved == sorted(p.name for p in tiny_model.iterdir())
