@@ -138,7 +138,7 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     started = time.time()
     log_rows, scores_per_step, staleness_seen, n_pairs = [], [], [], 0
