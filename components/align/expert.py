@@ -33,11 +33,17 @@ log = get_logger("lmforge.align")
 HELDOUT_PROBLEMS = 64  # at most; small operand ranges hold fewer distinct held-out problems
 
 
+def task_room(digits: tuple[int, int], split: str) -> int:
+    """How many distinct problems of ``split`` the operand range holds (generate()'s own bound for "+-"
+    and a 0.2 held-out share)."""
+    lo, hi = 10 ** (digits[0] - 1) if digits[0] > 1 else 0, 10 ** digits[1] - 1
+    share = 0.2 if split == "heldout" else 0.8
+    return max(1, int((hi - lo + 1) ** 2 * 2 * share / 2))
+
+
 def heldout_count(digits: tuple[int, int]) -> int:
     """How many held-out problems to score: :data:`HELDOUT_PROBLEMS`, or what the operand range can hold."""
-    lo, hi = 10 ** (digits[0] - 1) if digits[0] > 1 else 0, 10 ** digits[1] - 1
-    room = int((hi - lo + 1) ** 2 * 2 * 0.2 / 2)  # generate()'s own bound for "+-" and a 0.2 held-out share
-    return max(1, min(HELDOUT_PROBLEMS, room))
+    return min(HELDOUT_PROBLEMS, task_room(digits, "heldout"))
 
 
 def round_config(cfg: LifecycleConfig) -> LifecycleConfig:

@@ -115,11 +115,15 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
         ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
     ref_model.eval().requires_grad_(False)
     digits = (a.task_digits[0], a.task_digits[1])
-    from components.align.expert import heldout_count
+    from components.align.expert import heldout_count, task_room
 
-    prompts = generate(a.pref_steps * a.pref_batch_size, split="train", seed=cfg.run.seed, digits=digits)
+    # Small operand ranges hold fewer problems than the updates need: then the prompts come round
+    # again (with fresh samples each time, as in any online method).
+    wanted = a.pref_steps * a.pref_batch_size
+    prompts = generate(min(wanted, task_room(digits, "train")), split="train", seed=cfg.run.seed, digits=digits)
     heldout = generate(heldout_count(digits), split="heldout", seed=cfg.run.seed, digits=digits)
-    batches = [prompts[i * a.pref_batch_size : (i + 1) * a.pref_batch_size] for i in range(a.pref_steps)]
+    order = [prompts[i % len(prompts)] for i in range(wanted)]
+    batches = [order[i * a.pref_batch_size : (i + 1) * a.pref_batch_size] for i in range(a.pref_steps)]
     before = exact_match(model, tokenizer, heldout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.pref_lr, weight_decay=0.0)
 
