@@ -15,7 +15,7 @@ DPO_METRICS = {"dpo_reward_accuracy", "dpo_reward_margin", "dpo_logps_chosen", "
 
 @pytest.fixture(scope="module")
 def dpo_run(tiny_model, planted_preferences, tmp_path_factory):
-    """One 30-step DPO run on the 120 planted pairs plus a malformed line (2), an identical pair (4)
+    """One 45-step DPO run on the 120 planted pairs plus a malformed line (2), an identical pair (4)
     and a prompt too long for align.max_len (6)."""
     root = tmp_path_factory.mktemp("dpo")
     lines = planted_preferences.read_text(encoding="utf-8").splitlines()
@@ -32,7 +32,7 @@ def dpo_run(tiny_model, planted_preferences, tmp_path_factory):
             "align.method=dpo",
             "align.max_len=48",
             "align.pref_heldout_fraction=0.25",
-            "align.pref_steps=30",
+            "align.pref_steps=45",
         ],
     )
     out = root / "out"
