@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
-from components.align.component import align
+from components.align.component import align, prefer
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.images import CUDA_IMAGE, IMAGE, RAY_GPU_IMAGE_ENV, RAY_IMAGE_ENV
@@ -56,6 +56,7 @@ CPU = {
     "pretrain": "1",
     "continual": "1",
     "align": "4",
+    "prefer": "4",
     "quantize": "4",
     "evaluate": "4",
     "register": "500m",
@@ -76,6 +77,7 @@ MEMORY = {
     "pretrain": ("4Gi", "8Gi", "16Gi", "64Gi"),
     "continual": ("4Gi", "8Gi", "16Gi", "64Gi"),
     "align": ("4Gi", "8Gi", "16Gi", "64Gi"),
+    "prefer": ("4Gi", "8Gi", "24Gi", "96Gi"),  # DPO holds a frozen reference model beside the policy
     "quantize": ("2Gi", "4Gi", "8Gi", "24Gi"),
     "evaluate": ("4Gi", "4Gi", "8Gi", "24Gi"),
     "register": ("2Gi", "2Gi", "2Gi", "2Gi"),
@@ -89,7 +91,9 @@ TRAINING_STEPS = ("pretrain", "continual")
 #: RayJob); resolve_champion only reads; report overwrites the same report and tags. Not retried:
 #: start_lineage (a retry would leave a second parent run RUNNING) and register (a retry after the
 #: registry write could register a second version and move the champion alias twice).
-RETRIED = frozenset({"resolve_champion", "curate", "pretrain", "continual", "align", "quantize", "evaluate", "report"})
+RETRIED = frozenset(
+    {"resolve_champion", "curate", "pretrain", "continual", "align", "prefer", "quantize", "evaluate", "report"}
+)
 
 #: Steps never served from KFP's cache: they read or write registry/tracking state (evaluate reads
 #: the champion its verdict is about; its own content address includes the champion, so an
@@ -196,10 +200,11 @@ def open_run(profile, overrides, pipeline: str, place: Placement) -> dict:
 
 
 def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_data, pretrained=None) -> None:
-    """continual → align → quantize → evaluate → register → report, each placed for the cluster."""
+    """continual → align (sft) → prefer → quantize → evaluate → register → report, each placed for the cluster."""
     adapted = continual(**run, base_model=base_model, dataset=new_data, old_dataset=old_data)
-    chat = align(**run, base_model=adapted.outputs["model"])
-    small = quantize(**run, base_model=chat.outputs["model"], dataset=old_data)
+    chat = align(**run, base_model=adapted.outputs["model"]).set_display_name("sft")
+    preferred = prefer(**run, sft_model=chat.outputs["model"]).set_display_name("preference")
+    small = quantize(**run, base_model=preferred.outputs["model"], dataset=old_data)
     scores = evaluate(
         **run, model=small.outputs["model"], adapted=adapted.outputs["model"], dataset=old_data, new_dataset=new_data
     )
@@ -227,6 +232,7 @@ def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_
     for task, step in (
         (adapted, "continual"),
         (chat, "align"),
+        (preferred, "prefer"),
         (small, "quantize"),
         (scores, "evaluate"),
         (registered, "register"),

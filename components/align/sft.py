@@ -22,7 +22,7 @@ from typing import Any
 
 from components.align.chat import install_chat_template, prompt_messages, stop_token_ids
 from components.align.data import SftPair, read_pairs, split_heldout, write_quarantine
-from components.align.trainer import build_trainer
+from components.align.trainer import build_trainer, trained_model
 from components.common.config import LifecycleConfig
 from components.common.errors import DataError, LmforgeError
 from components.common.log import get_logger
@@ -81,7 +81,7 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
     if not curve.points or not all(math.isfinite(v) for _, v in curve.points):
         raise LmforgeError(f"SFT on {a.source} produced a non-finite training loss; lower align.lr (now {a.lr})")
 
-    model = trainer.model
+    model = trained_model(trainer)
     model_out = out_dir / "model"
     model.save_pretrained(model_out)
     tokenizer.save_pretrained(model_out)
@@ -119,8 +119,9 @@ def generate_samples(model, tokenizer, pairs: list[SftPair], max_new_tokens: int
     device = next(model.parameters()).device
     samples = []
     for pair in pairs:
+        turns = pair.turns()[:-1] if pair.is_chat else prompt_messages(pair.prompt)
         inputs = tokenizer.apply_chat_template(
-            prompt_messages(pair.prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(device)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -32,19 +32,24 @@ log = get_logger("lmforge.align")
 
 
 class LossCurve(TrainerCallback):
-    """Collects the training loss at every logged step and echoes it every ``log_every`` steps."""
+    """Collects the training loss (and every other logged training number, in ``logs``) at every
+    logged step and echoes the loss every ``log_every`` steps, labelled ``name``."""
 
-    def __init__(self, log_every: int, total_steps: int) -> None:
+    def __init__(self, log_every: int, total_steps: int, name: str = "sft") -> None:
         self.points: list[tuple[int, float]] = []
+        self.logs: list[dict[str, float]] = []
         self.log_every = max(1, log_every)
         self.total_steps = total_steps
+        self.name = name
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.points.append((state.global_step, float(logs["loss"])))
+            self.logs.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
             if state.global_step % self.log_every == 0 or state.global_step == self.total_steps:
                 log.info(
-                    "sft step %d/%d loss %.4f lr %.2e",
+                    "%s step %d/%d loss %.4f lr %.2e",
+                    self.name,
                     state.global_step,
                     self.total_steps,
                     logs["loss"],
@@ -52,13 +57,64 @@ class LossCurve(TrainerCallback):
                 )
 
 
+def _as_chat(pair: SftPair) -> SftPair:
+    """``pair`` as a chat record (train and held-out sets must share one format)."""
+    if pair.is_chat:
+        return pair
+    turns = tuple((t["role"], t["content"]) for t in pair.turns())
+    return SftPair(pair.prompt, pair.response, pair.file, pair.line, turns)
+
+
 def to_dataset(pairs: list[SftPair]):
-    """A conversational prompt-completion ``datasets.Dataset`` (the format trl masks by itself)."""
+    """A conversational ``datasets.Dataset`` in the format trl masks by itself: prompt-completion when
+    every record is a prompt/response pair, else ``messages`` for all (a pair becomes two turns)."""
     from datasets import Dataset
 
+    if any(p.is_chat for p in pairs):
+        return Dataset.from_list([{"messages": p.turns()} for p in pairs])
     return Dataset.from_list(
         [{"prompt": prompt_messages(p.prompt), "completion": answer_messages(p.response)} for p in pairs]
     )
+
+
+def common_args(config_cls, work_dir: Path, *, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """``TrainingArguments`` fields every align trainer (SFT, reward model, DPO) shares.
+
+    trl turns activation checkpointing on by default; transformers 5 renamed the field from
+    gradient_checkpointing, and the old name still works there but warns.
+    """
+    import torch
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {
+        checkpointing: False,
+        "output_dir": str(work_dir),
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "learning_rate": lr,
+        "lr_scheduler_type": "cosine",
+        "weight_decay": 0.0,  # a short fine-tune: decay would only shrink the pretrained weights toward zero
+        "max_grad_norm": 1.0,
+        "seed": seed,
+        "data_seed": seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "bf16": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+    }
+
+
+def quiet(trainer) -> None:
+    """The stage reports progress through :class:`LossCurve`; the Trainer's own printers would duplicate it."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], heldout: list[SftPair], work_dir: Path):
@@ -67,44 +123,33 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
     ``tokenizer`` must already carry the chat template (:func:`components.align.chat.install_chat_template`).
     """
     import datasets
-    import torch
     from trl import SFTConfig, SFTTrainer
 
     # trl tokenizes through datasets.map, whose per-call progress bars would flood a pod log.
     datasets.disable_progress_bars()
     a = cfg.align
-    # trl turns activation checkpointing on by default; transformers 5 renamed the field from
-    # gradient_checkpointing, and the old name still works there but warns.
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    no_checkpointing = {
-        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False
-    }
+    chat = any(p.is_chat for p in [*train, *heldout])
     args = SFTConfig(
-        **no_checkpointing,
-        output_dir=str(work_dir),
-        max_steps=a.steps,
-        per_device_train_batch_size=a.batch_size,
-        per_device_eval_batch_size=a.batch_size,
-        learning_rate=a.lr,
-        lr_scheduler_type="cosine",
+        **common_args(SFTConfig, work_dir, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=cfg.run.seed),
         warmup_steps=a.warmup_steps,
-        weight_decay=0.0,  # a short fine-tune: decay would only shrink the pretrained weights toward zero
-        max_grad_norm=1.0,
         max_length=a.max_len,
-        completion_only_loss=True,
-        seed=cfg.run.seed,
-        data_seed=cfg.run.seed,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        bf16=False,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
+        # Loss on answers only: prompt-completion data masks the prompt; chat data masks every
+        # non-assistant turn through the template's {% generation %} block.
+        completion_only_loss=None if chat else True,
+        assistant_only_loss=chat,
+        packing=a.packing,
+        packing_strategy="bfd",  # best-fit decreasing: trl's padding-free packing (position_ids, no pads)
     )
+    peft_config = None
+    if a.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     curve = LossCurve(a.log_every, a.steps)
+    if chat:
+        train, heldout = [_as_chat(p) for p in train], [_as_chat(p) for p in heldout]
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -112,8 +157,16 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
         eval_dataset=to_dataset(heldout),
         processing_class=tokenizer,
         callbacks=[curve],
+        peft_config=peft_config,
     )
-    # The stage reports progress through LossCurve; the Trainer's own printers would duplicate it.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    quiet(trainer)
     return trainer, curve
+
+
+def trained_model(trainer):
+    """The trainer's model ready to save: LoRA adapters merged into the base weights (later stages
+    load a plain causal LM and never need peft)."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model

@@ -59,6 +59,9 @@ def section(cls: type, doc: str) -> Any:
 
 _frozen = dataclass(frozen=True, kw_only=True)
 
+#: The preference step's methods (``align.method``).
+ALIGN_METHODS = ("none", "dpo", "online_dpo", "expert_iteration")
+
 
 @_frozen
 class RunConfig:
@@ -462,6 +465,46 @@ class AlignConfig:
     max_len: int = knob(256, "Truncate prompt+response to this many tokens.")
     heldout_fraction: float = knob(0.05, "Fraction of the pairs held out to measure answer loss (at least one pair).")
     log_every: int = knob(10, "Log loss every N steps.", versioned=False)
+    packing: bool = knob(
+        False,
+        "SFT: trl's padding-free packing (best-fit decreasing): several pairs share a row of align.max_len tokens, "
+        "no pad tokens, attention kept within each pair through position_ids.",
+    )
+    lora_r: int = knob(
+        0, "SFT: 0 = full fine-tune; > 0 = LoRA of this rank on every linear layer (peft), merged before saving."
+    )
+    lora_alpha: int = knob(16, "SFT: LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
+    method: str = knob(
+        "none",
+        "Preference step after SFT: none (the SFT model passes through), dpo (align.preferences), online_dpo or "
+        "expert_iteration (both on generated arithmetic prompts with a verifier as judge).",
+    )
+    preferences: str = knob(
+        "",
+        "Preference pairs for dpo and the reward model: HH-RLHF {chosen, rejected} dialogues or "
+        "{prompt, chosen, rejected} JSONL (a file, directory or s3:// prefix).",
+    )
+    pref_heldout_fraction: float = knob(
+        0.1, "Share of preference pairs held out by content (components/common/splits.py), never trained on."
+    )
+    pref_steps: int = knob(60, "Optimizer steps of the preference step (DPO, reward model, each online round).")
+    pref_batch_size: int = knob(8, "Preference pairs (or prompts) per step.")
+    pref_lr: float = knob(5e-4, "Peak learning rate of the preference step (the tiny model needs a large one).")
+    beta: float = knob(0.1, "DPO beta: how far the policy may move from the frozen reference.")
+    loss_type: str = knob("sigmoid", "DPO loss (trl loss_type): sigmoid, ipo, hinge, robust, ...")
+    reward_model: bool = knob(
+        False, "Also train a Bradley-Terry reward model on align.preferences (a sub-step; reports its accuracy)."
+    )
+    samples_per_prompt: int = knob(4, "Responses sampled per prompt (expert iteration, online DPO).")
+    rounds: int = knob(3, "Expert-iteration rounds (sample, keep verified-correct, fine-tune).")
+    prompts_per_round: int = knob(64, "Arithmetic prompts expert iteration samples in every round.")
+    task_digits: list = knob([1, 2], "Operand digits (min, max) of the generated arithmetic task.")
+    temperature: float = knob(1.0, "Sampling temperature of expert iteration and online DPO.")
+    staleness: int = knob(
+        0,
+        "Online DPO: 0 = synchronous (the learner generates each batch itself); s >= 1 = asynchronous, generation "
+        "in its own Ray actor whose policy copy lags the learner by up to s updates.",
+    )
 
 
 #: The methods behind quantize.method (implemented in components/quantize/methods.py).
@@ -666,7 +709,7 @@ class ClusterConfig:
     )
     job_deadline_seconds: int = knob(0, "Kill a RayJob running longer than this (0 = no deadline).", versioned=False)
     gpu_steps: list = knob(
-        ["align", "quantize", "evaluate"],
+        ["align", "prefer", "quantize", "evaluate"],
         "Pipeline steps that run in gpu_image with gpus_per_worker_pod GPUs, tolerations and node_selector "
         "(read by `lmforge compile`; add pretrain/continual only if they train inside their own pod).",
         versioned=False,
@@ -703,7 +746,9 @@ class LifecycleConfig:
     curate: CurateConfig = section(CurateConfig, "Data curation.")
     pretrain: PretrainConfig = section(PretrainConfig, "Pretraining on Ray Train.")
     continual: ContinualConfig = section(ContinualConfig, "Continual pretraining on a second corpus.")
-    align: AlignConfig = section(AlignConfig, "Supervised fine-tuning.")
+    align: AlignConfig = section(
+        AlignConfig, "Alignment: supervised fine-tuning, then a preference step (align.method)."
+    )
     quantize: QuantizeConfig = section(QuantizeConfig, "Weight quantization.")
     evaluate: EvaluateConfig = section(EvaluateConfig, "Evaluation and promotion metrics.")
     register: RegisterConfig = section(RegisterConfig, "Model registry.")
@@ -760,6 +805,32 @@ def _validate(cfg: LifecycleConfig) -> None:
         )
     need(0.0 < cfg.align.heldout_fraction < 0.5, "align.heldout_fraction", "must be in (0, 0.5)")
     need(cfg.align.max_len >= 8, "align.max_len", f"must be >= 8, got {cfg.align.max_len}")
+    need(
+        cfg.align.method in ALIGN_METHODS,
+        "align.method",
+        f"unknown method {cfg.align.method!r}; set it to one of: {', '.join(ALIGN_METHODS)}",
+    )
+    need(
+        cfg.align.method != "dpo" or bool(cfg.align.preferences),
+        "align.preferences",
+        "align.method=dpo needs preference pairs; set align.preferences to a JSONL file or directory",
+    )
+    need(0.0 < cfg.align.pref_heldout_fraction < 0.5, "align.pref_heldout_fraction", "must be in (0, 0.5)")
+    for key in ("pref_steps", "pref_batch_size", "samples_per_prompt", "rounds", "prompts_per_round"):
+        need(getattr(cfg.align, key) >= 1, f"align.{key}", f"must be >= 1, got {getattr(cfg.align, key)}")
+    need(
+        cfg.align.samples_per_prompt >= 2 or cfg.align.method != "online_dpo",
+        "align.samples_per_prompt",
+        "online_dpo pairs the best and worst of the samples; set it to >= 2",
+    )
+    need(cfg.align.beta > 0, "align.beta", f"must be > 0, got {cfg.align.beta}")
+    need(cfg.align.lora_r >= 0, "align.lora_r", f"must be >= 0 (0 = full fine-tune), got {cfg.align.lora_r}")
+    need(cfg.align.staleness >= 0, "align.staleness", f"must be >= 0 (0 = synchronous), got {cfg.align.staleness}")
+    need(
+        len(cfg.align.task_digits) == 2 and 1 <= cfg.align.task_digits[0] <= cfg.align.task_digits[1],
+        "align.task_digits",
+        f"must be [min, max] with 1 <= min <= max, got {cfg.align.task_digits}",
+    )
     need(cfg.pretrain.num_workers >= 1, "pretrain.num_workers", "must be >= 1")
     need(
         cfg.pretrain.parallelism in {"ddp", "fsdp"},

@@ -68,7 +68,9 @@ def test_mlflow_holds_parent_and_stage_runs_with_inputs(lifecycle_run):
     assert parent.data.tags["lmforge.profile"] == "tiny" and parent.data.tags["lmforge.kfp_run_id"]
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")
     stages = sorted(r.data.tags["lmforge.stage"] for r in children)
-    assert stages == sorted(["curate", "curate", "pretrain", "continual", "align", "quantize", "evaluate", "register"])
+    assert stages == sorted(
+        ["curate", "curate", "pretrain", "continual", "align", "prefer", "quantize", "evaluate", "register"]
+    )
     pretrain = next(r for r in children if r.data.tags["lmforge.stage"] == "pretrain")
     inputs = pretrain.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["datasets/dataset"]
@@ -100,7 +102,8 @@ LIFECYCLE_STEPS = (
     "curate continual corpus",
     "pretrain",
     "continual",
-    "align",
+    "sft",
+    "preference",
     "quantize",
     "evaluate",
     "register",

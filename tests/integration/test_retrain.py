@@ -81,7 +81,16 @@ def test_retrain_registers_a_second_version_and_champion_follows_the_gate(retrai
     assert champion == ("2" if verdict["promote"] else "1")
 
 
-RETRAIN_STEPS = ("start lineage", "resolve champion", "curate new data", "continual", "align", "quantize", "evaluate")
+RETRAIN_STEPS = (
+    "start lineage",
+    "resolve champion",
+    "curate new data",
+    "continual",
+    "sft",
+    "preference",
+    "quantize",
+    "evaluate",
+)
 
 
 def test_console_on_a_pipe_prints_plain_lines_as_steps_start_and_end(retrain_run):

@@ -102,3 +102,36 @@ def test_pairs_are_read_from_an_s3_prefix_including_gzip(s3_server, tmp_path):
     pairs, bad = read_pairs("s3://sft/data/", "question", "answer", store=store)
     assert sorted(p.prompt for p in pairs) == ["q1", "q2"]
     assert [(q.file, q.line, q.reason) for q in bad] == [("s3://sft/data/a.jsonl", 2, "invalid_json")]
+
+
+def test_chat_messages_record_is_read_with_every_turn(tmp_path):
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    pairs, bad = read_pairs(str(path), "question", "answer")
+    assert bad == [] and pairs[0].is_chat
+    assert pairs[0].turns() == turns and pairs[0].response == "4"
+
+
+@pytest.mark.parametrize(
+    ("messages", "reason"),
+    [
+        ([], "bad_messages:not_a_list"),
+        ([{"role": "user", "content": "hi"}], "bad_messages:last_turn_not_assistant"),
+        ([{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}], "bad_messages:unknown_role"),
+        ([{"role": "user", "content": " "}, {"role": "assistant", "content": "x"}], "bad_messages:empty_turn"),
+        ([{"role": "user"}, {"role": "assistant", "content": "x"}], "bad_messages:turn_without_content"),
+    ],
+)
+def test_malformed_chat_record_is_quarantined_with_its_reason(tmp_path, messages, reason):
+    path = tmp_path / "chat.jsonl"
+    good = {"question": "q", "answer": "a"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"messages": messages}) + "\n")
+    _, bad = read_pairs(str(path), "question", "answer")
+    assert [(q.line, q.reason) for q in bad] == [(2, reason)]

@@ -53,3 +53,55 @@ def test_examples_are_truncated_to_max_len(make_config, tiny_model, tmp_path):
     lengths = [len(row["input_ids"]) for row in trainer.train_dataset]
     assert max(lengths) == 96
     assert all(any(label != -100 for label in row["labels"]) for row in trainer.train_dataset)
+
+
+def test_chat_records_put_the_loss_on_assistant_turns_only(make_config, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from components.align.data import SftPair
+
+    turns = (("user", "Hi"), ("assistant", "Hello there."), ("user", "Name?"), ("assistant", "Tiny."))
+    chat = SftPair("", "Tiny.", "chat.jsonl", 1, turns)
+    plain = SftPair("What is 1 + 1?", "2", "plain.jsonl", 1)
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    trainer, _ = build_trainer(
+        make_config(), AutoModelForCausalLM.from_pretrained(tiny_model), tok, [chat, plain], [plain], tmp_path / "w"
+    )
+    row = trainer.train_dataset[0]
+    trained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
+    assert trained == "Hello there.<|end|>Tiny.<|end|>"
+
+
+def test_packing_puts_several_pairs_in_one_row_without_padding(make_config, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config("align.packing=true", "align.max_len=1024")
+    pairs, _ = read_pairs(cfg.align.source, "question", "answer", max_pairs=12)
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    trainer, _ = build_trainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_model), tok, pairs, pairs[:2], tmp_path)
+    rows = trainer.train_dataset
+    assert len(rows) < len(pairs)
+    assert sum(len(r["seq_lengths"]) for r in rows) == len(pairs)  # each pair keeps its own attention span
+    assert all(tok.pad_token_id not in r["input_ids"] for r in rows)
+
+
+def test_lora_sft_saves_a_plain_model_with_the_adapters_merged(make_config, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from components.align.trainer import trained_model
+
+    cfg = make_config("align.lora_r=4", "align.steps=3", "align.warmup_steps=0", "align.lr=1e-2")
+    pairs, _ = read_pairs(cfg.align.source, "question", "answer", max_pairs=8)
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    trainer, _ = build_trainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_model), tok, pairs, pairs[:2], tmp_path)
+    trainer.train()
+    merged = trained_model(trainer)
+    assert not any("lora" in name for name in merged.state_dict())
+    assert set(merged.state_dict()) == set(base.state_dict())
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved

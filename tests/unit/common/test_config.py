@@ -197,3 +197,15 @@ def test_malformed_gate_guard_names_the_key_and_an_example():
 def test_gate_guards_parse_from_a_comma_separated_override():
     cfg = load_config("tiny", ["evaluate.gate.guards=a_acc drop<=0.05, continual_forgetting <=0.5"])
     assert cfg.evaluate.gate.guards == ["a_acc drop<=0.05", "continual_forgetting <=0.5"]
+
+
+def test_unknown_align_method_is_refused_naming_the_key_and_the_choices():
+    with pytest.raises(
+        ConfigError, match=r"align\.method: unknown method 'ppo'.*none, dpo, online_dpo, expert_iteration"
+    ):
+        load_config("tiny", ["align.method=ppo"])
+
+
+def test_dpo_without_preference_pairs_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"align\.preferences: align\.method=dpo needs preference pairs"):
+        load_config("tiny", ["align.method=dpo"])

@@ -36,7 +36,7 @@ def test_training_that_drives_a_remote_ray_gets_driver_memory():
 
 def test_node_selector_reaches_gpu_steps_only(compiled_for):
     selected = {step for step, s in _steps(compiled_for(*ONE_B)).items() if s.pod.get("nodeSelector")}
-    assert selected == {"align", "quantize", "evaluate"}
+    assert selected == {"align", "prefer", "quantize", "evaluate"}
 
 
 def test_node_selector_labels_come_from_config(compiled_for):

@@ -1,0 +1,60 @@
+"""Online DPO: pairs from judged samples, the batched log-probabilities its loss uses, and the
+asynchronous generator's lag bounded by align.staleness."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.align.chat import install_chat_template, prompt_messages
+from components.align.online import make_pairs, online_dpo, response_logps
+from components.align.scoring import response_logprob
+from components.common.arithmetic import Problem
+from components.common.config import load_config
+from components.common.tokenizer import load_tokenizer
+from tests.unit.align.conftest import ARITHMETIC
+
+
+def test_pairs_join_a_verified_answer_with_a_wrong_one_and_skip_unanimous_prompts():
+    problems = [Problem("2 + 3", "5"), Problem("1 + 1", "2"), Problem("4 - 1", "3")]
+    samples = [["5", "6", "5"], ["3", "4"], ["3", "3"]]
+    pairs, scores = make_pairs(problems, samples)
+    assert pairs == [("What is 2 + 3?", "5", "6")]
+    assert scores == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_batched_response_logps_match_one_at_a_time_despite_padding(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_model)
+    install_chat_template(tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    prompts, responses = ["What is 1 + 1?", "What is 12 + 345?"], ["2", "a much longer answer: 357"]
+    with torch.no_grad():
+        batched = response_logps(model, tok, prompts, responses)
+    single = [response_logprob(model, tok, prompt_messages(p), r) for p, r in zip(prompts, responses, strict=True)]
+    assert batched.tolist() == pytest.approx(single, abs=1e-4)
+
+
+def test_asynchronous_generation_lags_the_learner_by_at_most_staleness(arithmetic_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(
+        "tiny",
+        [
+            f"run.home={tmp_path}",
+            "align.method=online_dpo",
+            "align.staleness=2",
+            "align.pref_steps=5",
+            "align.pref_batch_size=4",
+            "align.samples_per_prompt=4",
+            *ARITHMETIC,
+        ],
+    )
+    model = AutoModelForCausalLM.from_pretrained(arithmetic_model)
+    result = online_dpo(cfg, model, load_tokenizer(arithmetic_model), model_dir=arithmetic_model)
+    # Batch 1 comes from the starting weights; after that the actor samples batch t+1 while the
+    # learner trains on batch t, and is refreshed only when the lag would pass 2.
+    assert [r["staleness"] for r in result["rounds"]] == [0, 1, 2, 1, 2]
+    assert result["metrics"]["online_max_staleness"] == 2
+    assert result["metrics"]["online_samples_per_second"] > 0
