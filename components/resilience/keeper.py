@@ -15,6 +15,9 @@ enforce every rule once, under one lock, and a backend implements only the three
   readers see) and the one being written. Committing ``v`` drops the older one; a piece of a third
   version is refused until the one being written is committed or dropped, so an in-flight snapshot
   is never silently thrown away.
+- **Idempotent retries.** A hand-off refused part-way (``BusyError`` from one holder) is retried
+  whole, so a holder may get a piece again after the version was committed with it; the same piece
+  (same id and checksum) is then accepted as a no-op, any other piece of an old version refused.
 - **Memory budget.** ``resilience.keeper_memory_mb`` must fit two versions of the declared snapshot
   size (checked at construction with a ``ConfigError`` that names the fix) and is enforced on ``put``.
 - **Back-pressure.** A piece of a newer version than the one being written is refused with
@@ -152,6 +155,8 @@ class Keeper(ABC):
                     f"keeper refused piece {piece.id}: it comes from worker-group generation {generation}, "
                     f"the keeper serves generation {self._generation} (a writer from before a restart)"
                 )
+            if version == self._committed and self._holds_same_locked(piece):
+                return  # a retried hand-off re-sends a piece its first attempt stored: already committed
             if self._committed is not None and version <= self._committed:
                 raise RecoveryError(
                     f"keeper refused piece {piece.id}: version {version} is not newer than the committed "
@@ -320,6 +325,10 @@ class Keeper(ABC):
         if self._writing == version:
             self._writing = None
         self._changed.notify_all()
+
+    def _holds_same_locked(self, piece: Piece) -> bool:
+        held = piece.id in self._sizes.get(piece.id.version, {})
+        return held and self._read_piece(piece.id).checksum == piece.checksum
 
     def _fenced(self, generation: int | None) -> bool:
         return generation is not None and generation < self._generation

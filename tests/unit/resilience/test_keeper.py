@@ -91,6 +91,16 @@ def test_piece_not_newer_than_the_committed_version_is_refused():
         keeper.put(piece(4))
 
 
+def test_the_same_piece_again_after_its_version_was_committed_is_accepted_as_a_retry():
+    keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
+    keeper.commit(5, write_version(keeper, 5))
+    used = keeper.memory_used()
+    keeper.put(piece(5, 0, 1))  # a hand-off retried after one holder answered busy
+    assert keeper.memory_used() == used and keeper.newest_committed() == 5
+    with pytest.raises(RecoveryError, match="not newer than the committed version 5"):
+        keeper.put(piece(5, 0, 1, size=512))  # other bytes under the same id: not a retry
+
+
 def test_corrupted_piece_is_reported_missing_on_get_and_left_out_of_pieces():
     keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
     keeper.commit(1, write_version(keeper, 1))
