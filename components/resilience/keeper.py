@@ -135,15 +135,20 @@ class Keeper(ABC):
 
     # ------------------------------------------------------------------ public, guarded API
 
-    def put(self, piece: Piece, *, generation: int | None = None, wait_s: float = 0.0) -> None:
+    def put(self, piece: Piece, *, generation: int | None = None, wait_s: float = 0.0, made_here: bool = False) -> None:
         """Store a piece of the version being written (which becomes ``piece.id.version`` if none is).
 
         ``generation`` (when given) must not be older than the keeper's; ``wait_s`` is how long to
-        wait for another version being written to end before refusing this one.
+        wait for another version being written to end before refusing this one. ``made_here``: the
+        piece was encoded in this process from bytes it owns (``spread.py``), and its checksum was
+        computed from those very bytes, so it is not hashed again; pieces from elsewhere always are.
         """
-        if not piece.is_intact():  # hashed outside the lock: it is the slow part of a put
+        # A view (snapshot buffer, object store) is not the keeper's to keep: it is copied, and the
+        # checksum is verified on the copy in the same pass. Hashed outside the lock: the slow part.
+        checked = piece.owned() if made_here else piece.owned_checked()
+        if checked is None:
             raise DataError(f"keeper refused piece {piece.id}: its bytes do not match its checksum")
-        piece = piece.owned()  # a view (snapshot buffer, object store) is not the keeper's to keep
+        piece = checked
         version, size = piece.id.version, len(piece.data)
         with self._lock:
             if wait_s > 0:
