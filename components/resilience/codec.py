@@ -19,7 +19,7 @@ a scheme implements only ``_decode`` on exactly those ``k``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -56,11 +56,13 @@ class ErasureCodec(ABC):
         return f"{type(self).__name__}(k={self.k}, m={self.m})"
 
     @abstractmethod
-    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool | Collection[int] = True) -> list[Piece]:
         """``k`` data then ``m`` parity pieces of equal size, checksummed, ``payload_size = len(data)``.
 
         ``data`` is read in place (any buffer: bytes, memoryview, numpy array). With ``copy=False`` a
-        scheme may return data pieces that are views of ``data`` (no copy at all for them).
+        scheme may return data pieces that are views of ``data`` (no copy at all for them); with a
+        collection of indices, only those data pieces must own their bytes (the ones the caller keeps:
+        the copy is made in the encoding pass, not in a pass of its own afterwards).
         """
 
     def decode_into(self, pieces: Sequence[Piece], out: BytesLike) -> memoryview:
@@ -185,10 +187,11 @@ class XorCodec(ErasureCodec):
         """``payload_size / k`` rounded up to whole :data:`WORD`\\ s, so the XOR runs on ``uint64`` lanes."""
         return -(-payload_size // (self.k * WORD)) * WORD
 
-    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool | Collection[int] = True) -> list[Piece]:
         """Pieces as ``uint8`` arrays; with ``copy=False`` each whole data piece is a view of ``data``
         (only a padded tail piece and the parity are new memory), so the caller must keep ``data``
-        unchanged while it holds them (or :meth:`Piece.owned` them).
+        unchanged while it holds them (or :meth:`Piece.owned` them); with a collection of indices,
+        those data pieces are copies and the others views.
 
         One pass over the payload in cache-sized chunks: each chunk of each piece is copied (into a
         new piece), checksummed and XORed into the parity while it sits in cache, so memory sees one
@@ -198,7 +201,11 @@ class XorCodec(ErasureCodec):
         view = as_array(data)
         size = self.piece_size(view.size)
         sources = [view[i * size : (i + 1) * size] for i in range(self.k)]
-        blobs = [src if src.size == size and not copy else np.empty(size, dtype=np.uint8) for src in sources]
+        own = set(range(self.k)) if copy is True else set(copy or ())
+        blobs = [
+            src if src.size == size and i not in own else np.empty(size, dtype=np.uint8)
+            for i, src in enumerate(sources)
+        ]
         parity = np.empty(size, dtype=np.uint8)
         hashers = [checksummer() for _ in range(self.k + 1)]
         for lo in range(0, size, ENCODE_CHUNK):
@@ -311,7 +318,7 @@ class ReedSolomonCodec(ErasureCodec):
     def __reduce__(self):  # the pyeclib driver holds a C handle: rebuild it wherever the codec is unpickled
         return (type(self), (self.k, self.m, self.backends))
 
-    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool = True) -> list[Piece]:
+    def encode(self, version: int, group: int, data: BytesLike, *, copy: bool | Collection[int] = True) -> list[Piece]:
         """Fragments made by pyeclib straight from ``data`` (bytes, or a numpy view of any buffer:
         pyeclib reads it in place); they are new ``bytes`` whatever ``copy`` says."""
         payload = data if isinstance(data, bytes) else as_array(data)

@@ -15,6 +15,9 @@ enforce every rule once, under one lock, and a backend implements only the three
   readers see) and the one being written. Committing ``v`` drops the older one; a piece of a third
   version is refused until the one being written is committed or dropped, so an in-flight snapshot
   is never silently thrown away.
+- **Idempotent retries.** A hand-off refused part-way (``BusyError`` from one holder) is retried
+  whole, so a holder may get a piece again after the version was committed with it; the same piece
+  (same id and checksum) is then accepted as a no-op, any other piece of an old version refused.
 - **Memory budget.** ``resilience.keeper_memory_mb`` must fit two versions of the declared snapshot
   size (checked at construction with a ``ConfigError`` that names the fix) and is enforced on ``put``.
 - **Back-pressure.** A piece of a newer version than the one being written is refused with
@@ -132,15 +135,20 @@ class Keeper(ABC):
 
     # ------------------------------------------------------------------ public, guarded API
 
-    def put(self, piece: Piece, *, generation: int | None = None, wait_s: float = 0.0) -> None:
+    def put(self, piece: Piece, *, generation: int | None = None, wait_s: float = 0.0, made_here: bool = False) -> None:
         """Store a piece of the version being written (which becomes ``piece.id.version`` if none is).
 
         ``generation`` (when given) must not be older than the keeper's; ``wait_s`` is how long to
-        wait for another version being written to end before refusing this one.
+        wait for another version being written to end before refusing this one. ``made_here``: the
+        piece was encoded in this process from bytes it owns (``spread.py``), and its checksum was
+        computed from those very bytes, so it is not hashed again; pieces from elsewhere always are.
         """
-        if not piece.is_intact():  # hashed outside the lock: it is the slow part of a put
+        # A view (snapshot buffer, object store) is not the keeper's to keep: it is copied, and the
+        # checksum is verified on the copy in the same pass. Hashed outside the lock: the slow part.
+        checked = piece.owned() if made_here else piece.owned_checked()
+        if checked is None:
             raise DataError(f"keeper refused piece {piece.id}: its bytes do not match its checksum")
-        piece = piece.owned()  # a view (snapshot buffer, object store) is not the keeper's to keep
+        piece = checked
         version, size = piece.id.version, len(piece.data)
         with self._lock:
             if wait_s > 0:
@@ -152,6 +160,8 @@ class Keeper(ABC):
                     f"keeper refused piece {piece.id}: it comes from worker-group generation {generation}, "
                     f"the keeper serves generation {self._generation} (a writer from before a restart)"
                 )
+            if version == self._committed and self._holds_same_locked(piece):
+                return  # a retried hand-off re-sends a piece its first attempt stored: already committed
             if self._committed is not None and version <= self._committed:
                 raise RecoveryError(
                     f"keeper refused piece {piece.id}: version {version} is not newer than the committed "
@@ -320,6 +330,10 @@ class Keeper(ABC):
         if self._writing == version:
             self._writing = None
         self._changed.notify_all()
+
+    def _holds_same_locked(self, piece: Piece) -> bool:
+        held = piece.id in self._sizes.get(piece.id.version, {})
+        return held and self._read_piece(piece.id).checksum == piece.checksum
 
     def _fenced(self, generation: int | None) -> bool:
         return generation is not None and generation < self._generation

@@ -29,6 +29,24 @@ def checksummer() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
+#: bytes copied and hashed per step of :func:`copy_checksummed` (stays in L2 between the two)
+COPY_CHUNK = 256 << 10
+
+
+def copy_checksummed(data: PieceData) -> tuple[np.ndarray, str]:
+    """A copy of ``data`` that owns its bytes, and the :func:`checksum` of the copy, in one pass:
+    each chunk is hashed right after it is copied, while it is still in cache, so memory sees one
+    read of ``data`` (a keeper verifies and keeps a received piece at the cost of one memcpy)."""
+    src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+    out = np.empty(src.size, dtype=np.uint8)
+    hasher = checksummer()
+    for lo in range(0, src.size, COPY_CHUNK):
+        chunk = out[lo : lo + COPY_CHUNK]
+        np.copyto(chunk, src[lo : lo + COPY_CHUNK])
+        hasher.update(chunk)
+    return out, hasher.hexdigest()
+
+
 @dataclass(frozen=True)
 class PieceId:
     """Where a piece belongs: snapshot version, EC group, and index (0..k-1 data, k..k+m-1 parity)."""
@@ -59,6 +77,14 @@ class Piece:
         """True if ``data`` is a numpy view of memory this piece does not own (a snapshot buffer, or a
         Ray object-store buffer that comes back from a call as a zero-copy, read-only view)."""
         return isinstance(self.data, np.ndarray) and self.data.base is not None
+
+    def owned_checked(self) -> Piece | None:
+        """This piece with bytes of its own (:meth:`owned`) if it is intact, else None: for a view,
+        the copy and the checksum are one pass (:func:`copy_checksummed`), the hash of the copy."""
+        if not self.is_view():
+            return self if self.is_intact() else None
+        data, digest = copy_checksummed(self.data)
+        return replace(self, data=data) if digest == self.checksum else None
 
     def owned(self) -> Piece:
         """This piece with bytes of its own: a holder that keeps a piece must not keep a view (the

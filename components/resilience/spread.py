@@ -9,7 +9,11 @@ coordinator. The trainer's hand-off thread makes one same-node call, naming its 
 copy of the rank's share on the node besides the buffer. The call returns once the pieces are
 stored. A put that finds another version still being written is refused with ``BusyError``
 (back-pressure, ``keeper.py``); the whole hand-off then raises it, and the rank retries after a
-backoff (``sink.py``) instead of holding keeper threads while it waits.
+backoff (``sink.py``) instead of holding keeper threads while it waits. Retries cost no bytes twice:
+the home keeper refuses before encoding if it is busy itself, and keeps the pieces another holder
+refused, so the retry sends only those (without this, a rank one snapshot ahead of rank 0's
+commit re-encoded and re-sent its whole share at every retry: measured, one retry per snapshot
+on mini-sized payloads).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from ray.actor import ActorHandle
 
 from components.resilience.codec import ErasureCodec, make_codec
 from components.resilience.handoff import SharedBuffer, SharedBufferReader
-from components.resilience.piece import PieceId
-from components.resilience.remote import DATA_TIMEOUT_S, wait_for_all
+from components.resilience.keeper import BusyError
+from components.resilience.piece import Piece, PieceId
+from components.resilience.remote import DATA_TIMEOUT_S, wait_for
 
 
 class SnapshotSpreader:
@@ -43,11 +48,21 @@ class SnapshotSpreader:
 
         ``payload`` is the framed snapshot: a trainer's shared buffer on this node (read in place), or
         its bytes (a zero-copy view of Ray's object store when sent as a numpy array). Returns the
-        number of pieces stored; raises whatever a holder's ``put`` raised (``BusyError``: retry
+        number of pieces this call stored; raises whatever a holder's ``put`` raised (``BusyError``: retry
         later) and ``KeeperTimeoutError`` naming a holder that did not answer within
         :data:`~components.resilience.remote.DATA_TIMEOUT_S`. ``wait_s`` is passed to the puts
         (``sink.py`` passes 0: back-pressure is waited out by the rank, not here).
         """
+        key = (version, group, generation)
+        stash = self.__dict__.setdefault("_refused", {})
+        for other in [k for k in stash if k != key]:  # a hand-off that gave up, or an older generation's
+            del stash[other]
+        here = ray.get_runtime_context().get_node_id()
+        if key in stash:  # a retry: only the pieces refused last time, already encoded
+            return self._put_pieces(version, group, stash.pop(key), here, generation, wait_s)
+        busy = self.busy_with(version, generation)
+        if busy is not None:  # refused before encoding anything: a retry then costs one call
+            raise BusyError(f"keeper refused version {version} of group {group}: version {busy} is still being written")
         # What this hand-off holds beyond the stored pieces (for the memory check after the first
         # snapshot, budget.py): a payload sent as bytes sits in the object store; a shared buffer
         # is the trainer's own memory.
@@ -56,27 +71,53 @@ class SnapshotSpreader:
             payload = self._shared_buffers().view(payload, generation)
         else:
             in_transit = len(payload)
-        # Data pieces stay views of the payload until a holder takes them: the remote ones are copied
-        # once, into the object store, by `.remote()` itself (before it returns, so the trainer may
-        # reuse its buffer once this call ends); the local one by `put`, which owns what it keeps.
-        pieces = self._codec(*codec).encode(version, group, payload, copy=False)
+        # Data pieces bound for other nodes stay views of the payload: they are copied once, into the
+        # object store, by `.remote()` itself (before it returns, so the trainer may reuse its buffer
+        # once this call ends). The one kept here is copied inside the encoding pass (in cache,
+        # hashed on the copy), so storing it costs neither a second copy nor a second hash.
+        kept = {i for i, (node, _) in enumerate(holders) if node == here}
+        pieces = self._codec(*codec).encode(version, group, payload, copy=kept)
         del payload
-        here = ray.get_runtime_context().get_node_id()
         # the pieces bound for other nodes are copied once, into the object store
         in_transit += sum(len(p.data) for p, (node, _) in zip(pieces, holders, strict=True) if node != here)
         self._note_transient(version, in_transit)
-        local, remote = [], {}
-        for piece, (node, keeper) in zip(pieces, holders, strict=True):
-            if node == here:
-                local.append(piece)  # stored without a round trip through Ray
-            else:
-                remote[node] = keeper.put.remote(piece, generation=generation, wait_s=wait_s)
-        del pieces
-        for piece in local:
-            self.put(piece, generation=generation, wait_s=wait_s)
-        del local
-        wait_for_all(remote, call=f"put(version {version}, group {group})", timeout_s=DATA_TIMEOUT_S + wait_s)
-        return len(holders)
+        return self._put_pieces(version, group, list(zip(pieces, holders, strict=True)), here, generation, wait_s)
+
+    def _put_pieces(
+        self,
+        version: int,
+        group: int,
+        todo: list[tuple[Piece, tuple[str, ActorHandle]]],
+        here: str,
+        generation: int,
+        wait_s: float,
+    ) -> int:
+        """Put each piece on its holder; returns how many were stored. Pieces a holder refused as busy
+        are kept (as copies of their own) for the rank's retry, which then sends only them: a retry
+        neither encodes again nor sends a piece twice. Other errors propagate."""
+        remote = [(piece, holder, holder[1].put.remote(piece, generation=generation, wait_s=wait_s))
+                  for piece, holder in todo if holder[0] != here]  # fmt: skip
+        refused = []
+        for piece, holder in todo:
+            if holder[0] == here:  # stored without a round trip through Ray
+                try:
+                    self.put(piece, generation=generation, wait_s=wait_s, made_here=True)
+                except BusyError:
+                    refused.append((piece, holder))
+        if remote:
+            ray.wait([ref for _, _, ref in remote], num_returns=len(remote), timeout=DATA_TIMEOUT_S + wait_s)
+        for piece, holder, ref in remote:
+            try:
+                wait_for(ref, node=holder[0], call=f"put(version {version}, group {group})", timeout_s=0)
+            except BusyError:
+                refused.append((piece, holder))
+        if refused:
+            self.__dict__["_refused"][(version, group, generation)] = [(p.owned(), h) for p, h in refused]
+            raise BusyError(
+                f"version {version} of group {group}: {len(refused)} of its pieces were refused by busy holders "
+                f"({', '.join(h[0][:8] for _, h in refused)}); they are kept for the retry"
+            )
+        return len(todo)
 
     def prepare(self, version: int, expected: set[PieceId], timeout_s: float) -> list[PieceId]:
         """Phase 1 of the commit in one call: wait until the ``expected`` pieces are stored (or

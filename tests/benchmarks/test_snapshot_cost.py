@@ -37,6 +37,14 @@ PRESETS = {
     "tiny": (["pretrain.batch_size=8"], (1, 2, 4, 8), 4, 32),
     "mini": (["model.preset=mini", "model.seq_len=64", "pretrain.batch_size=2"], (1, 2, 4, 8), 3, 24),
 }
+#: LMFORGE_BENCH_QUICK=1: fewer intervals and steps (each preset well under 5 minutes on 2 shared
+#: cores), no Reed-Solomon run: for checking a change to the hot path, not for the closing figures
+QUICK = os.environ.get("LMFORGE_BENCH_QUICK") == "1"
+if QUICK:
+    PRESETS = {
+        "tiny": (PRESETS["tiny"][0], (1, 4), 2, 16),
+        "mini": (PRESETS["mini"][0], (2, 4, 8), 2, 16),
+    }
 METHODS = ("memory", "dcp_async", "torch_save")
 #: background CPU per snapshot and bytes per rank, per preset, for the fit over tiny and mini
 CPU_PER_SNAPSHOT: dict[str, tuple[int, float]] = {}
@@ -97,7 +105,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
                                       f"resilience.snapshot_every={every}") for every in intervals}  # fmt: skip
     plan = [("none", 1, None)]
     plan += [(method, every, by_interval[every]) for method in METHODS for every in intervals]
-    if preset == "tiny":  # Reed-Solomon k=2, m=2: the keeper-memory ratio for two parity pieces
+    if preset == "tiny" and not QUICK:  # Reed-Solomon k=2, m=2: the keeper-memory ratio for two parity pieces
         rs = make_config(*base, "resilience.scheme=rs", "resilience.k=2", "resilience.m=2",
                          "resilience.keeper_memory_mb=2048", "resilience.persist_every=1000")  # fmt: skip
         plan.append(("memory", 4, rs))
@@ -106,7 +114,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
 
     baseline = sum(r["steps_per_second"] for r in results if r["method"] == "none") / 2
     base_cpu = sum(r["cpu_seconds"] for r in results if r["method"] == "none") / 2
-    print(f"\n[bench] snapshot cost, preset {preset}, 2 workers, {steps} timed steps; "
+    print(f"\n[bench] snapshot cost{' (quick mode)' if QUICK else ''}, preset {preset}, 2 workers, {steps} timed steps; "
           f"baseline {baseline:.2f} steps/s (no saving)")  # fmt: skip
     stall, cheapest = {}, {}
     for method in METHODS:

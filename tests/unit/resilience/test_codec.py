@@ -188,6 +188,14 @@ def test_xor_encode_without_copy_hands_whole_data_pieces_on_as_views_of_the_buff
     assert codec.decode(copied[1:]) == buffer.tobytes()
 
 
+def test_xor_encode_copies_only_the_data_pieces_it_is_told_to():
+    codec = XorCodec(3)
+    buffer = np.frombuffer(random_bytes(48), dtype=np.uint8).copy()  # three whole pieces of 16 bytes
+    pieces = codec.encode(1, 0, buffer, copy={1})
+    assert [np.shares_memory(p.data, buffer) for p in pieces] == [True, False, True, False]
+    assert all(p.is_intact() for p in pieces) and codec.decode(pieces[1:]) == buffer.tobytes()
+
+
 def test_reed_solomon_encodes_a_numpy_view_like_the_same_bytes():
     codec = make_codec("rs", 4, 2)
     data = random_bytes(100_003)

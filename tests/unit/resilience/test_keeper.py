@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,18 @@ def test_put_refuses_a_piece_whose_bytes_do_not_match_its_checksum():
     with pytest.raises(DataError, match="checksum"):
         keeper.put(damaged(piece(1)))
     assert keeper.memory_used() == 0
+
+
+def test_put_keeps_its_own_copy_of_a_view_and_refuses_a_damaged_one():
+    keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
+    buffer = np.frombuffer(piece(1).data, dtype=np.uint8).copy()
+    view = Piece.make(PieceId(1, 0, 0), buffer[:])  # as a piece arrives from Ray's object store
+    keeper.put(view)
+    buffer[0] ^= 0xFF  # the sender reuses its buffer: the keeper's copy must not change
+    keeper.commit(1, {view.id})
+    assert keeper.get(view.id).is_intact() and not np.shares_memory(keeper.get(view.id).data, buffer)
+    with pytest.raises(DataError, match="do not match its checksum"):
+        keeper.put(Piece(PieceId(2, 0, 0), buffer[:], view.checksum, len(buffer)))
 
 
 def test_commit_makes_a_version_readable_only_once_every_expected_piece_is_stored():
@@ -89,6 +102,16 @@ def test_piece_not_newer_than_the_committed_version_is_refused():
     keeper.commit(5, write_version(keeper, 5))
     with pytest.raises(RecoveryError, match="not newer than the committed version 5"):
         keeper.put(piece(4))
+
+
+def test_the_same_piece_again_after_its_version_was_committed_is_accepted_as_a_retry():
+    keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
+    keeper.commit(5, write_version(keeper, 5))
+    used = keeper.memory_used()
+    keeper.put(piece(5, 0, 1))  # a hand-off retried after one holder answered busy
+    assert keeper.memory_used() == used and keeper.newest_committed() == 5
+    with pytest.raises(RecoveryError, match="not newer than the committed version 5"):
+        keeper.put(piece(5, 0, 1, size=512))  # other bytes under the same id: not a retry
 
 
 def test_corrupted_piece_is_reported_missing_on_get_and_left_out_of_pieces():
@@ -382,6 +405,32 @@ def test_eight_ranks_under_back_pressure_retry_and_hand_off_once_the_commit_free
         for t in ranks:
             t.join(timeout=120)
         ray.get([k.drop.remote(v) for k in involved.values() for v in (40, 41)], timeout=30)
+
+
+def test_a_hand_off_refused_by_one_busy_holder_retries_only_that_piece(keepers):
+    import ray
+
+    from components.resilience.codec import make_codec
+    from components.resilience.keeper import BusyError
+
+    nodes = sorted(keepers)[:3]
+    holders = [(n, keepers[n]) for n in nodes]
+    home, busy = keepers[nodes[0]], keepers[nodes[2]]  # the parity's holder is still writing version 70
+    payload = np.frombuffer(_payload(71, 0), dtype=np.uint8)
+    ray.get(busy.put.remote(piece(70, group=5)), timeout=30)
+    try:
+        with pytest.raises(BusyError, match="1 of its pieces were refused"):
+            ray.get(home.store_snapshot.remote(71, 0, payload, holders, ("xor", 2, 1), 0, 0.0), timeout=60)
+        ray.get(busy.drop.remote(70), timeout=30)
+        # the retry sends the kept parity piece alone: nothing encoded or sent twice
+        assert ray.get(home.store_snapshot.remote(71, 0, payload, holders, ("xor", 2, 1), 0, 0.0), timeout=60) == 1
+        ids = [PieceId(71, 0, i) for i in range(3)]
+        for (_, keeper), pid in zip(holders, ids, strict=True):
+            ray.get(keeper.commit.remote(71, {pid}), timeout=30)
+        parity_and_one = [ray.get(holders[i][1].get.remote(ids[i]), timeout=30) for i in (1, 2)]
+        assert make_codec("xor", 2, 1).decode(parity_and_one) == payload.tobytes()
+    finally:
+        ray.get([k.drop.remote(v) for _, k in holders for v in (70, 71)], timeout=30)
 
 
 def test_commit_and_status_are_answered_while_every_data_thread_is_busy(keepers):
