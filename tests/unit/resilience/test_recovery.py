@@ -209,6 +209,24 @@ def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(
         release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain")
 
 
+def test_a_restarted_group_plans_its_recovery_without_an_up_front_budget_estimate(cluster, make_config, tmp_path):
+    """A restart is checked on the measured layout after its first commit (``Coordinator.check_memory``),
+    not refused by an estimate before recovering: on fewer hosts each keeper holds more pieces, yet
+    memory and decode need no new snapshot. A budget no snapshot of this model fits: the plan is made."""
+    from components.resilience.callback import ResilienceCallback, ResilienceTarget
+    from components.resilience.keeper_actor import stop_keepers
+    from components.resilience.placement import cluster_nodes
+
+    cfg = _config(make_config, "resilience.keeper_memory_mb=1")
+    target = ResilienceTarget("plan-budget", (tmp_path / "snapshots").as_uri(), (tmp_path / "faults").as_uri())
+    state = make_state()  # 0.6 MiB of parameters, 1.9 MiB with AdamW: two versions of a piece exceed 1 MiB
+    try:
+        plan = ResilienceCallback(cfg, target)._plan(state, [next(iter(cluster_nodes()))])
+    finally:
+        stop_keepers("plan-budget")
+    assert plan["version"] is None and plan["generation"] == 1  # nothing held: a fresh group on fresh keepers
+
+
 def test_keeper_budget_below_the_snapshot_fails_before_training(cluster, make_config, tiny_dataset, tmp_path):
     cfg = _config(make_config, "resilience.keeper_memory_mb=1")
     with pytest.raises(ConfigError, match="resilience.keeper_memory_mb=1 is too small"):
