@@ -193,11 +193,12 @@ class ResilienceCallback(SnapshotCallback):
                 "nodes to restore full protection",
                 placement.hosts, self.r.k + self.r.m, self.r.persist_every,
             )  # fmt: skip
-        state_bytes = sum(p.numel() * p.element_size() for p in state.module.parameters()) * 3  # + AdamW moments
-        per_piece = -(-state_bytes // (state.world_size * self.r.k))
-        keepers = start_keepers(
-            self.target.run_name, self.cfg, expected_version_bytes=placement.pieces_per_node() * per_piece
-        )
+        # No budget check here: the driver checked the real layout before the fit, and the coordinator
+        # checks what the keepers measure after this group's first commit (sink.py). An estimate here
+        # would refuse a restart on fewer hosts (more pieces per node) before recovering anything,
+        # though memory and decode need no new snapshot at all. Keepers that run keep their budget;
+        # one started on a replacement node gets the same resilience.keeper_memory_mb.
+        keepers = start_keepers(self.target.run_name, self.cfg, expected_version_bytes=0)
         missing = [n[:8] for n in placement.ring if n not in keepers]
         if missing:
             raise RecoveryError(f"nodes {missing} of the placement ring have no snapshot keeper")

@@ -11,7 +11,9 @@ Printed per tier and size: recovery time (the failed group's last progress repor
 after resume) split into where it went: Ray Train noticing the failure and starting the new worker
 processes, the new worker up to the training loop (imports, Ray Train's set-up, the torch process
 group), building the state, the callbacks' restore (plan, fetch, decode, load), the first step;
-steps lost next to what a persistent checkpoint every 100 steps would lose. Targets: recovery on
+steps lost next to what a persistent checkpoint every 100 steps would lose; and, as the baseline measured
+in the same run, the floor under any restart here: as many new worker processes as training nodes,
+started at once and importing what a worker imports (``cold_workers_seconds``). Targets: recovery on
 tiny <= 10 s, and no growth from 2 to 4 training nodes (within 20 %: the box has 2 cores, so 4
 workers also share them). No timed assertion.
 """
@@ -39,7 +41,39 @@ RESULTS: dict[tuple[str, int], float] = {}
 def cluster(request):
     workers = request.param
     with training_cluster(worker_cpus=(1,) * workers + (0,)) as started:
+        COLD_START[workers] = cold_workers_seconds(workers)
         yield workers, started
+
+
+#: training nodes -> seconds for that many new worker processes to start and import what a worker needs
+COLD_START: dict[int, float] = {}
+
+
+def cold_workers_seconds(workers: int) -> float:
+    """The floor under a restart, measured on this cluster in this run: ``workers`` new Ray actor processes,
+    one per training node at once, started and made to import what a training worker imports before its
+    first step (Ray Train, torch, transformers' Llama). A restarted worker group pays at least this: Ray
+    never starts an actor in a process that ran something else, so no warmed process can be reused."""
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Cold:
+        def imports(self) -> float:
+            import ray.train.torch  # noqa: F401
+            from transformers import LlamaForCausalLM  # noqa: F401
+
+            return time.time()
+
+    began = time.time()
+    # an env var of its own, as Ray Train's workers have: a new process, not one Ray keeps idle
+    env = {"env_vars": {"LMFORGE_COLD_PROBE": str(time.time_ns())}}
+    actors = [Cold.options(runtime_env=env).remote() for _ in range(workers)]
+    done = ray.get([actor.imports.remote() for actor in actors])
+    for actor in actors:
+        ray.kill(actor)
+    return max(done) - began
 
 
 def split(summary: dict, recovery: dict) -> str:
@@ -89,6 +123,9 @@ def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset
         f"the first step after resume (target <= {TARGET_SECONDS:.0f} s on tiny) "
         f"{'PASS' if seconds <= TARGET_SECONDS else 'MISS'}",
         f"  where it went: {split(summary, recovery)}",
+        f"  floor on this cluster, measured in this run: {workers} new worker processes starting and importing "
+        f"Ray Train, torch and transformers at once take {COLD_START[workers]:.1f} s; recovery is "
+        f"{seconds / COLD_START[workers]:.1f}x that",
         f"  restore inside the workers {recovery['restore_seconds']:.2f} s; resumed at step {recovery['version']} "
         f"after a failure at step {failed_at}: {recovery['steps_lost']} step(s) lost vs "
         f"{failed_at % CHECKPOINT_EVERY} with a persistent checkpoint every {CHECKPOINT_EVERY} steps "

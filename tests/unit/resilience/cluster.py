@@ -113,6 +113,28 @@ RESILIENT_TRAINING = (
 )
 
 
+#: steps of the faulted DDP runs of test_recovery and test_fault_variety: one length, so one clean run serves both
+FAULTED_STEPS = 12
+
+
+def clean_run_once(cache: dict, cfg: Any, dataset: Any, out: Any) -> dict:
+    """The uninterrupted run of ``cfg``, trained at most once per session (``cache``: the ``clean_runs`` fixture).
+
+    Keyed by the settings that change the loss curve (the config's versioned fields, the world size and
+    the parallelism); snapshot, checkpoint, persist and fault settings do not, so modules that differ only
+    in those share it. The summary of the first run is returned, with ``home`` its output directory.
+    """
+    import json
+
+    from components.common.config import versioned_dict
+
+    p = cfg.pretrain
+    key = json.dumps([versioned_dict(cfg), p.num_workers, p.parallelism], sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = train_on_cluster(cfg, dataset, out) | {"home": str(out)}
+    return cache[key]
+
+
 def train_on_cluster(cfg: Any, dataset: Any, out: Any) -> dict:
     """Run the training engine on ``dataset`` as ``pretrain`` would (:func:`train_spec`); its summary."""
     from components.training.driver import run_training

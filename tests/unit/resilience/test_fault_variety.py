@@ -2,7 +2,8 @@
 with the uninterrupted loss curve (bitwise), every fault really fires, and every recovery is reported.
 
 Real Ray Train on the multi-node test cluster (``cluster.py``: a CPU-less head, two 1-CPU training
-nodes, a keeper-only node). One clean run is the reference for every faulted run of the module.
+nodes, a keeper-only node). One clean run is the reference for every faulted run of the module, and of
+``test_recovery.py``, whose runs have the same length (``clean_runs``: trained once per session).
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from pathlib import Path
 import pytest
 
 from components.resilience.faults import draw_faults, fired_faults
-from tests.unit.resilience.cluster import RESILIENT_TRAINING, train_on_cluster, training_cluster
+from tests.unit.resilience.cluster import (
+    FAULTED_STEPS,
+    RESILIENT_TRAINING,
+    clean_run_once,
+    train_on_cluster,
+    training_cluster,
+)
 
-STEPS = 12
+STEPS = FAULTED_STEPS
 WORKERS = 2
 #: the seeds ``make test`` draws fault plans from, one fault each: a restart costs ~15 s on 2 cores, and
 #: several faults in one run are the four-kinds test's (more seeds, 3 faults each: tests/benchmarks/test_fault_draws.py)
@@ -65,11 +72,12 @@ def worker_logs() -> str:
 
 
 @pytest.fixture(scope="module")
-def clean_run(cluster, tiny_dataset, tmp_path_factory) -> dict:
+def clean_run(cluster, clean_runs, tiny_dataset, tmp_path_factory) -> dict:
     from components.common.config import load_config
 
     home = tmp_path_factory.mktemp("clean")
-    return train_on_cluster(config(lambda *o: load_config("tiny", [f"run.home={home}", *o])), tiny_dataset, home)
+    cfg = config(lambda *o: load_config("tiny", [f"run.home={home}", *o]))
+    return clean_run_once(clean_runs, cfg, tiny_dataset, home)
 
 
 def test_four_kinds_of_fault_in_one_run_each_recovered_and_reported(
@@ -88,6 +96,10 @@ def test_four_kinds_of_fault_in_one_run_each_recovered_and_reported(
     assert len(tiers) == 4, tiers
     crash, cut, keeper, hang = tiers
     assert crash[0] == "memory" and crash[1] in (1, 2)  # rank 1's snapshot 2 may not have been handed off
+    first = recoveries(summary)[0]
+    assert first["pieces_fetched"] == [2, 2]  # each rank: the k = 2 data pieces of its own group
+    assert first["steps_lost"] == first["failed_at_step"] - first["version"]
+    assert first["hosts"] == 3 and not first["less_protected"]  # the head holds no pieces
     assert cut == ("memory", 4)  # half-committed by the dying coordinator, settled on recovery
     assert keeper == ("decode", 6)  # the lost keeper's pieces decoded from the others
     assert hang == ("memory", 9)  # the hung rank never finished step 10

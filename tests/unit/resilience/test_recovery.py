@@ -4,7 +4,9 @@ multi-node Ray cluster (``ray.cluster_utils.Cluster`` on 127.0.0.1), faults inje
 The cluster (``cluster.py``): a CPU-less head (role ``head``: no pieces), two 1-CPU training nodes and
 a keeper-only node, each its own host; a lost node is replaced by adding one, as KubeRay restarts a
 pod. Each faulted run must end with exactly the loss curve of the uninterrupted run (bitwise: two
-gloo ranks sum in a fixed order on CPU).
+gloo ranks sum in a fixed order on CPU); that run is shared with ``test_fault_variety.py`` (same length,
+``clean_runs``), whose run of four faults also covers a plain worker crash resumed from memory (pieces
+fetched per rank, steps lost, hosts).
 
 Group-local recovery without Ray first: each rank fetches its own group from persisted pieces (its
 ``k`` pieces whatever the world size), and the owners' broadcast over a gloo group makes every
@@ -24,7 +26,9 @@ from components.resilience.codec import make_codec
 from components.resilience.persist import VersionShape, write_manifest, write_pieces
 from components.resilience.recovery import check_group, group_from_store
 from tests.unit.resilience.cluster import (
+    FAULTED_STEPS,
     RESILIENT_TRAINING,
+    clean_run_once,
     train_on_cluster,
     train_replacing_lost_nodes,
     training_cluster,
@@ -32,7 +36,7 @@ from tests.unit.resilience.cluster import (
 from tests.unit.resilience.replicas import full_state, persist_snapshot, restore_rank, small_state, train
 from tests.unit.resilience.tiny_training import make_state, run_steps
 
-STEPS = 10
+STEPS = FAULTED_STEPS
 VERSION = 3  # the snapshot step of the group-local tests
 
 
@@ -118,12 +122,12 @@ def _recoveries(summary: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def clean_run(cluster, tiny_dataset, tmp_path_factory) -> dict:
+def clean_run(cluster, clean_runs, tiny_dataset, tmp_path_factory) -> dict:
     from components.common.config import load_config
 
     home = tmp_path_factory.mktemp("clean")
     cfg = _config(lambda *o: load_config("tiny", [f"run.home={home}", *o]))
-    return train_on_cluster(cfg, tiny_dataset, home)
+    return clean_run_once(clean_runs, cfg, tiny_dataset, home)
 
 
 def test_uninterrupted_run_commits_a_snapshot_every_step_and_recovers_nothing(clean_run):
@@ -132,21 +136,6 @@ def test_uninterrupted_run_commits_a_snapshot_every_step_and_recovers_nothing(cl
     assert resilience["snapshots"]["snapshots"] == STEPS
     # the summary is written at the last step, while that step's snapshot may still be in flight
     assert resilience["commits"]["committed"] >= STEPS - 1 and resilience["commits"]["aborted"] == 0
-
-
-def test_worker_crash_resumes_from_memory_with_the_same_loss_trajectory(
-    cluster, clean_run, make_config, tiny_dataset, tmp_path
-):
-    cfg = _config(make_config, "resilience.faults=worker_crash@step=6")
-    summary = train_on_cluster(cfg, tiny_dataset, tmp_path)
-    (recovery,) = _recoveries(summary)
-    assert recovery["tier"] == "memory"
-    # the crash strikes right after step 6: its snapshot, or its progress report, may not have landed
-    assert recovery["version"] in (5, 6) and recovery["failed_at_step"] in (5, 6)
-    assert recovery["steps_lost"] == recovery["failed_at_step"] - recovery["version"]
-    assert recovery["pieces_fetched"] == [2, 2]  # each rank: the k = 2 data pieces of its own group
-    assert recovery["hosts"] == 3 and not recovery["less_protected"]  # the head holds no pieces
-    assert summary["loss_curve"] == clean_run["loss_curve"]
 
 
 def test_corrupted_piece_is_caught_by_its_checksum_and_decoded_around(
@@ -207,6 +196,24 @@ def test_a_retried_step_with_snapshots_left_starts_on_fewer_hosts_than_k_plus_m(
         assert callback.target.snapshots_uri == root
     finally:
         release_keepers(cfg, checkpoint_uri=checkpoint_uri, stage="pretrain")
+
+
+def test_a_restarted_group_plans_its_recovery_without_an_up_front_budget_estimate(cluster, make_config, tmp_path):
+    """A restart is checked on the measured layout after its first commit (``Coordinator.check_memory``),
+    not refused by an estimate before recovering: on fewer hosts each keeper holds more pieces, yet
+    memory and decode need no new snapshot. A budget no snapshot of this model fits: the plan is made."""
+    from components.resilience.callback import ResilienceCallback, ResilienceTarget
+    from components.resilience.keeper_actor import stop_keepers
+    from components.resilience.placement import cluster_nodes
+
+    cfg = _config(make_config, "resilience.keeper_memory_mb=1")
+    target = ResilienceTarget("plan-budget", (tmp_path / "snapshots").as_uri(), (tmp_path / "faults").as_uri())
+    state = make_state()  # 0.6 MiB of parameters, 1.9 MiB with AdamW: two versions of a piece exceed 1 MiB
+    try:
+        plan = ResilienceCallback(cfg, target)._plan(state, [next(iter(cluster_nodes()))])
+    finally:
+        stop_keepers("plan-budget")
+    assert plan["version"] is None and plan["generation"] == 1  # nothing held: a fresh group on fresh keepers
 
 
 def test_keeper_budget_below_the_snapshot_fails_before_training(cluster, make_config, tiny_dataset, tmp_path):
