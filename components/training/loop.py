@@ -262,6 +262,8 @@ def build_state(
         replays=spec.replays,
         store_options=options,
         cache_dir=cache,
+        order=spec.order,
+        order_key=f"{spec.stage.split('-')[0]}.order",  # a decay branch's stage is continual-branch-<S>
     )
     state = TrainState(
         spec=spec,

@@ -68,6 +68,7 @@ class TrainSpec:
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
     replays: tuple[tuple[str, float], ...] = ()  # (old corpus, fraction of each batch): every ancestor
+    order: str = "random"  # components/training/data.py: random | quality (curriculum, best windows last)
     probes: tuple[Probe, ...] = ()
     mlflow_run_id: str = ""  # rank 0 logs the loss and LR curves to this run ('' = none)
     plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
@@ -122,6 +123,7 @@ class TrainSpec:
             "average": [self.average, self.average_every, self.average_last_k, self.ema_decay],
             "replay_fraction": self.replay_fraction,
             "replays": [list(r) for r in self.replays],
+            "order": self.order,
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
         }
