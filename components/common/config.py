@@ -143,6 +143,11 @@ class CurateConfig:
     heldout_fraction: float = knob(0.05, "Fraction of records kept apart as held-out evaluation data.")
     shard_tokens: int = knob(1_000_000, "Maximum tokens per packed shard file.")
     expectations: bool = knob(True, "Validate the curated records with the great-expectations suite.")
+    quality_scores: bool = knob(
+        True,
+        "Record each train document's quality score, the mean margin by which it clears the enabled quality "
+        "rules (train/quality.npz, components/curate/score.py), for continual.order=quality / pretrain.order=quality.",
+    )
     select_fraction: float = knob(
         1.0,
         "Keep this fraction of the training documents, an informative subset (1 = all; held-out data is never "

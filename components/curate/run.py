@@ -205,10 +205,10 @@ def curate(
     }
     synthetic["tokens"] = sum(p.pop("synthetic_tokens") for p in packed.values())
     doc_tokens = {split: p.pop("doc_tokens") for split, p in packed.items()}
-    # Each train document's quality score, in packing order, for curriculum ordering (continual.order).
-    packed[TRAIN]["quality"] = write_quality(
-        out_dir, TRAIN, doc_tokens[TRAIN], quality_scores(by_split[TRAIN], c, tokenizer), RULE
-    )
+    if c.quality_scores:  # each train document's score, in packing order, for curriculum ordering
+        packed[TRAIN]["quality"] = write_quality(
+            out_dir, TRAIN, doc_tokens[TRAIN], quality_scores(by_split[TRAIN], c, tokenizer), RULE
+        )
     save_index(out_dir, params, previous, [d.id for d in originals])
 
     # 5. Report, manifest (with lineage), data card.
@@ -222,7 +222,7 @@ def curate(
         "dedup_clusters": decisions.cluster_sizes(),
         "synthetic": synthetic,
         "selection": selection,
-        "quality": packed[TRAIN]["quality"],
+        "quality": packed[TRAIN].get("quality"),
         "tokens": {split: p["tokens"] for split, p in packed.items()},
         "quarantined": sum(n for r, n in quarantine_counts.items() if r != CORRUPT_FILE),
         "quarantine_counts": quarantine_counts,
@@ -250,7 +250,7 @@ def curate(
             "report": REPORT,
             "synthetic": synthetic,
             "selection": selection,
-            "quality": {"rule": RULE, "file": packed[TRAIN]["quality"]["path"]},
+            "quality": {"rule": RULE, "file": packed[TRAIN]["quality"]["path"]} if c.quality_scores else None,
         },
     )
     shutil.rmtree(work, ignore_errors=True)  # intermediate documents; the kept ones are in documents.jsonl.gz

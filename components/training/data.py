@@ -76,8 +76,9 @@ def check_order(dataset: str | Path, order: str, key: str, *, store_options: dic
     """Refuse ``order=quality`` on a dataset curated without quality scores, before anything trains."""
     if order == "quality" and not read_manifest(dataset, store_options=store_options)["splits"]["train"].get("quality"):
         raise DataError(
-            f"{key}=quality: {dataset} has no per-document quality scores (train/quality.npz; it was "
-            f"curated before curation recorded them): re-curate it, or set {key}=random"
+            f"{key}=quality: {dataset} has no per-document quality scores (train/quality.npz): it was curated "
+            f"before curation recorded them or with curate.quality_scores=false; re-curate it with "
+            f"curate.quality_scores=true, or set {key}=random"
         )
 
 
