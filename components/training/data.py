@@ -23,7 +23,10 @@ Curriculum (``order="quality"``): the training corpus' stream is sorted by quali
 shuffled. Curation records each train document's quality score (:mod:`components.curate.score`,
 ``<dataset>/train/quality.npz``); a window's score is the token-weighted mean of the scores of the
 documents it overlaps. Every epoch runs from the lowest-scoring window to the highest, so the best
-data comes last, ties broken by the epoch's seeded permutation. Ascending because the point of the
+data comes last, ties broken by the epoch's seeded permutation. Given the run's ``steps`` (and world
+size), the epoch the run ends inside sorts only the windows the run reads from it, the same ones the
+random order would read: a run shorter than an epoch (the usual continual step) sees the same data in
+either order, best last, rather than only the corpus' worst windows. Ascending because the point of the
 curriculum is to *see* the best data at the end of the run, where its effect on the final model is
 largest; "How learning-rate decay wastes your best data in curriculum-based pretraining" shows that a
 decaying LR spends those last steps at a tiny step size, so the ordering should be paired with a
@@ -99,10 +102,13 @@ class ResumableBatches:
         cache_dir: str | Path = "",
         order: str = "random",
         order_key: str = "order",
+        steps: int = 0,
+        world_size: int = 1,
     ) -> None:
         """``replays``: ``(dataset, fraction)`` of every old corpus; ``replay``/``replay_fraction``: one.
         ``order``: ``random`` or ``quality`` (the training corpus, best windows last); ``order_key`` is the
-        config key named in errors (``continual.order``)."""
+        config key named in errors (``continual.order``). ``steps``/``world_size``: the whole run's, so the
+        quality order spans the windows the run reads (0 = sort whole epochs)."""
         if order not in ORDERS:
             raise ConfigError(f"{order_key}={order!r}: expected one of {', '.join(ORDERS)}")
         if replay_fraction > 0 and not replay:
@@ -128,6 +134,8 @@ class ResumableBatches:
                     f"{self.sources[NEW].tokens}: the file does not belong to these shards; re-curate the dataset"
                 )
             self._scores = window_scores(doc_tokens, scores, seq_len + 1, len(self.sources[NEW]))
+        # windows of the training corpus the whole run reads, over all ranks (0 = unknown: whole epochs)
+        self.span = world_size * self._consumed(steps, NEW) if steps else 0
         self._perms: dict[tuple[int, int], np.ndarray] = {}
         self._perms_lock = threading.Lock()  # the prefetch thread plans too
         # Remote windows: one ranged GET per row, so a batch's rows are fetched concurrently.
@@ -197,6 +205,9 @@ class ResumableBatches:
                 rng = np.random.default_rng([self.seed, source, epoch])
                 perm = rng.permutation(len(self.sources[source]))
                 if source == NEW and self._scores is not None:  # curriculum: ascending score, ties in perm order
-                    perm = perm[np.argsort(self._scores[perm], kind="stable")]
+                    n = len(perm)  # sort the windows of this epoch the run reads (all of them but in its last)
+                    read = min(n, max(0, self.span - epoch * n)) if self.span else n
+                    head = perm[:read]
+                    perm = np.concatenate([head[np.argsort(self._scores[head], kind="stable")], perm[read:]])
                 self._perms[key] = perm
             return self._perms[key]

@@ -112,8 +112,8 @@ def test_a_window_scores_the_token_weighted_mean_of_its_documents():
     assert window_scores([3, 5, 4], [0.0, 1.0, 0.5], 4, 3).tolist() == [0.25, 1.0, 0.5]
 
 
-def _quality_mixture(scored, old) -> ResumableBatches:
-    return ResumableBatches(scored, seq_len=SEQ, batch_size=8, seed=5, replays=[(old, 0.25)], order="quality")
+def _quality_mixture(scored, old, **run) -> ResumableBatches:
+    return ResumableBatches(scored, seq_len=SEQ, batch_size=8, seed=5, replays=[(old, 0.25)], order="quality", **run)
 
 
 def test_quality_order_runs_each_epoch_from_the_worst_window_to_the_best(scored_wikitext_dataset, tiny_dataset):
@@ -129,10 +129,26 @@ def test_quality_order_runs_each_epoch_from_the_worst_window_to_the_best(scored_
     assert windows[new_rows[epoch]] == windows.min()  # the next epoch starts over from the worst
 
 
+def test_a_run_shorter_than_an_epoch_reads_the_random_orders_windows_best_last(scored_wikitext_dataset, tiny_dataset):
+    def rows(order: str) -> list[int]:
+        batches = ResumableBatches(
+            scored_wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, order=order, steps=20, world_size=2
+        )
+        return [i for step in range(20) for rank in range(2) for s, i in batches.plan(step, rank, 2) if s == NEW]
+
+    quality, random_order = rows("quality"), rows("random")
+    epoch = len(TokenWindows(scored_wikitext_dataset, "train", SEQ + 1))
+    windows = window_scores(*read_quality(scored_wikitext_dataset, "train"), SEQ + 1, epoch)
+    assert len(quality) < epoch // 2, "the run must read under half an epoch"
+    assert sorted(quality) == sorted(random_order) and quality != random_order  # the same windows, reordered
+    assert np.all(np.diff(windows[quality]) >= 0)
+
+
 def test_resuming_mid_mixture_in_quality_order_reproduces_it_bitwise(scored_wikitext_dataset, tiny_dataset):
-    uninterrupted = _quality_mixture(scored_wikitext_dataset, tiny_dataset)
+    uninterrupted = _quality_mixture(scored_wikitext_dataset, tiny_dataset, steps=30, world_size=2)
     seen = [uninterrupted.batch(step, rank, 2).numpy() for step in range(30) for rank in range(2)]
-    restarted = _quality_mixture(scored_wikitext_dataset, tiny_dataset)  # a new process resuming at step 13
+    # a new process resuming at step 13
+    restarted = _quality_mixture(scored_wikitext_dataset, tiny_dataset, steps=30, world_size=2)
     resumed = [restarted.batch(step, rank, 2).numpy() for step in range(13, 30) for rank in range(2)]
     assert all(np.array_equal(x, y) for x, y in zip(seen[26:], resumed, strict=True))
     random_order = ResumableBatches(
