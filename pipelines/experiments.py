@@ -14,7 +14,12 @@ Arms (the seeds' claims they test, in ``CLAIMS``):
 - ``wsd`` vs ``rewarm`` (cosine) at the same token budget: Hägele et al. 2024;
 - ``constant_ema`` (constant LR, EMA weights) vs ``rewarm`` (decay): Sanyal et al. 2023;
 - ``subset_fl_25`` / ``subset_random_25`` (a quarter of the new corpus, facility location vs random)
-  vs ``rewarm`` (all of it): INGENIOUS 2023.
+  vs ``rewarm`` (all of it): INGENIOUS 2023;
+- ``quality_decay`` (``continual.order=quality``: the new corpus from its lowest to its highest quality
+  score, warmup + cosine) vs ``rewarm`` (random order, same schedule), and ``quality_constant_ema``
+  (quality order, constant LR, EMA weights) vs ``constant_ema`` (random order, same): "How learning-rate
+  decay wastes your best data in curriculum-based pretraining" (2025): with a decay the best data
+  arrives at a tiny LR and the curriculum gains little; without one (and with averaging) it should.
 
 Writes ``<home>/experiments/continual/``: ``results.json``, ``table.md`` (final train loss,
 held-out loss on each corpus after, forgetting, stability gap, steps to recover, adaptation) and
@@ -42,6 +47,8 @@ ARMS: dict[str, tuple[list[str], list[str]]] = {
     "constant_ema": (["continual.schedule=constant", "continual.average=ema"], []),
     "subset_fl_25": ([], ["curate.select_fraction=0.25", "curate.select_method=facility_location"]),
     "subset_random_25": ([], ["curate.select_fraction=0.25", "curate.select_method=random"]),
+    "quality_decay": (["continual.order=quality"], []),
+    "quality_constant_ema": (["continual.order=quality", "continual.schedule=constant", "continual.average=ema"], []),
 }
 
 CLAIMS = [
@@ -51,6 +58,8 @@ CLAIMS = [
     ("WSD matches cosine at the same token budget", "wsd", "rewarm"),
     ("weight averaging at a constant LR matches the final decay", "constant_ema", "rewarm"),
     ("a facility-location 25% subset beats a random 25% subset", "subset_fl_25", "subset_random_25"),
+    ("under a final decay, quality order (best last) gains little over random", "quality_decay", "rewarm"),
+    ("at a constant LR with averaging, quality order beats random", "quality_constant_ema", "constant_ema"),
 ]
 
 

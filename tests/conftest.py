@@ -197,3 +197,39 @@ def wikitext_dataset(tmp_path_factory, tiny_dataset) -> Path:
     digest = read_manifest(tiny_dataset)["tokenizer_digest"]
     write_manifest(root, dtype=dtype, tokenizer_digest=digest, splits=splits)
     return root
+
+
+@pytest.fixture(scope="session")
+def scored_wikitext_dataset(tmp_path_factory, wikitext_dataset) -> Path:
+    """``wikitext_dataset`` with the per-document quality scores curation records (train/quality.npz),
+    scored by curation's own rule margins (components/curate/score.py) on its decoded train documents."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from components.common.config import load_config
+    from components.common.shards import MANIFEST, read_manifest, write_quality
+    from components.common.tokenizer import load_tokenizer
+    from components.curate.document import Document
+    from components.curate.score import RULE, quality_scores
+    from components.curate.words import RegexWordTokenizer
+
+    root = tmp_path_factory.mktemp("scored_wikitext") / "dataset"
+    shutil.copytree(wikitext_dataset, root)
+    manifest = read_manifest(root)
+    tok = load_tokenizer(root / "tokenizer")
+    stream = np.concatenate(
+        [np.fromfile(root / s["path"], dtype=manifest["dtype"]) for s in manifest["splits"]["train"]["shards"]]
+    )
+    ends = np.flatnonzero(stream == tok.eos_token_id) + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    docs = [
+        Document(tok.decode(stream[a : b - 1].tolist()), "wikitext", i)
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+    ]
+    curate_cfg = load_config("tiny", [f"run.home={root.parent / 'home'}"]).curate
+    scores = quality_scores(docs, curate_cfg, RegexWordTokenizer())
+    manifest["splits"]["train"]["quality"] = write_quality(root, "train", (ends - starts).tolist(), scores, RULE)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return root

@@ -143,6 +143,11 @@ class CurateConfig:
     heldout_fraction: float = knob(0.05, "Fraction of records kept apart as held-out evaluation data.")
     shard_tokens: int = knob(1_000_000, "Maximum tokens per packed shard file.")
     expectations: bool = knob(True, "Validate the curated records with the great-expectations suite.")
+    quality_scores: bool = knob(
+        True,
+        "Record each train document's quality score, the mean margin by which it clears the enabled quality "
+        "rules (train/quality.npz, components/curate/score.py), for continual.order=quality / pretrain.order=quality.",
+    )
     select_fraction: float = knob(
         1.0,
         "Keep this fraction of the training documents, an informative subset (1 = all; held-out data is never "
@@ -306,6 +311,12 @@ class PretrainConfig:
     lr: float = knob(3e-3, "Peak learning rate after warmup.")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak (cosine decay floor).")
     warmup_steps: int = knob(20, "Linear warmup steps from 0 to the peak LR.")
+    order: str = knob(
+        "random",
+        "Order of the training corpus' windows: 'random' (a seeded shuffle per epoch) or 'quality' (ascending "
+        "per-document quality score recorded by curation, best data last; pair with a constant LR and "
+        "average=ema, docs/continual.md). 'quality' needs a dataset curated with scores (train/quality.npz).",
+    )
     schedule: str = knob(
         "cosine",
         "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
@@ -386,6 +397,12 @@ class ContinualConfig:
     lr: float = knob(1.5e-3, "Peak LR after re-warming (continual runs re-warm, then decay again).")
     min_lr_ratio: float = knob(0.1, "Final LR as a fraction of the peak.")
     warmup_steps: int = knob(10, "Re-warming steps from 0 to the peak LR.")
+    order: str = knob(
+        "random",
+        "Order of the training corpus' windows: 'random' (a seeded shuffle per epoch) or 'quality' (ascending "
+        "per-document quality score recorded by curation, best data last; pair with a constant LR and "
+        "average=ema, docs/continual.md). 'quality' needs a dataset curated with scores (train/quality.npz).",
+    )
     schedule: str = knob(
         "cosine",
         "LR schedule after warmup: 'cosine' (decay to min_lr_ratio), 'wsd' (stable at the peak, then decay over "
@@ -851,6 +868,9 @@ def _validate(cfg: LifecycleConfig) -> None:
         "continual.replay_ratios",
         f"fractions must be >= 0 and sum to less than 1 (the rest of each batch is the new corpus), got {ratios}",
     )
+    for stage in ("pretrain", "continual"):
+        order = getattr(cfg, stage).order
+        need(order in {"random", "quality"}, f"{stage}.order", f"must be 'random' or 'quality', got {order!r}")
     need(cfg.continual.probe_every >= 0, "continual.probe_every", "must be >= 0 (0 = use continual.probes)")
     need(cfg.continual.probes >= 1, "continual.probes", f"must be >= 1, got {cfg.continual.probes}")
     need(cfg.continual.probe_density >= 1, "continual.probe_density", "must be >= 1 (1 = uniform)")

@@ -5,6 +5,8 @@ A curated dataset directory holds::
     manifest.json            dtype, tokenizer digest, per split: shards with token counts and sha256
     tokenizer/               the HF tokenizer the tokens were made with
     <split>/shard-00000.bin  flat little-endian token ids, documents separated by EOS
+    <split>/quality.npz      optional: each document's token count and quality score, in packing order
+                             (components/curate/score.py; listed as the split's "quality" entry)
 
 Shards are raw arrays rather than Arrow or Parquet because training reads random windows from them:
 from local disk with ``np.memmap`` (no decoding, no copy, constant memory however large the corpus),
@@ -24,6 +26,7 @@ from components.common.artifacts import file_digest
 from components.common.errors import DataError
 
 MANIFEST = "manifest.json"
+QUALITY = "quality.npz"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -38,12 +41,14 @@ class ShardWriter:
         (self.root / split).mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self.documents = 0
+        self.doc_tokens: list[int] = []  # tokens (EOS included) of each document, in order
         self._buf: list[np.ndarray] = []
         self._buffered = 0
 
     def add(self, ids: Iterable[int]) -> None:
         arr = np.asarray(list(ids), dtype=self.dtype)
         self.documents += 1
+        self.doc_tokens.append(len(arr))
         self._buf.append(arr)
         self._buffered += len(arr)
         while self._buffered >= self.shard_tokens:
@@ -80,6 +85,46 @@ def read_manifest(root: str | Path, *, store_options: dict | None = None) -> dic
         return json.loads(path.read_text())
     except FileNotFoundError as e:
         raise DataError(f"{path}: not a curated dataset (no {MANIFEST})") from e
+
+
+def write_quality(root: Path, split: str, doc_tokens: list[int], scores: list[float], rule: str) -> dict:
+    """Write ``<split>/quality.npz`` (``tokens``: int64 per document, ``score``: float32); its manifest entry.
+
+    The documents are in packing order, so document ``i`` covers tokens ``[sum(tokens[:i]), sum(tokens[:i+1]))``
+    of the split's stream: a window's score follows from its token range alone.
+    """
+    if len(doc_tokens) != len(scores):
+        raise ValueError(f"{len(doc_tokens)} documents but {len(scores)} scores")
+    path = Path(root) / split / QUALITY
+    with path.open("wb") as fh:
+        np.savez(fh, tokens=np.asarray(doc_tokens, np.int64), score=np.asarray(scores, np.float32))
+    values = np.asarray(scores, np.float64)
+    return {
+        "path": f"{split}/{QUALITY}",
+        "sha256": file_digest(path),
+        "documents": len(scores),
+        "rule": rule,
+        "mean": round(float(values.mean()), 4) if len(values) else 0.0,
+        "quantiles": [round(float(q), 4) for q in np.quantile(values, [0.1, 0.5, 0.9])] if len(values) else [],
+    }
+
+
+def read_quality(source: str | Path, split: str, *, store_options: dict | None = None) -> tuple | None:
+    """``(token count, score)`` arrays of a split's documents in packing order; ``None`` if it has none."""
+    entry = read_manifest(source, store_options=store_options)["splits"].get(split, {}).get("quality")
+    if not entry:
+        return None
+    if is_uri(source) and not str(source).startswith("file://"):
+        import io
+
+        from components.common.storage import join, open_store
+
+        uri = join(str(source), entry["path"])
+        data = io.BytesIO(open_store(uri, **(store_options or {})).read_bytes(uri))
+    else:
+        data = Path(str(source).removeprefix("file://")) / entry["path"]
+    with np.load(data) as npz:
+        return npz["tokens"], npz["score"]
 
 
 def is_uri(source: str | Path) -> bool:

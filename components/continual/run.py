@@ -32,6 +32,7 @@ from components.common.storage import join, open_store
 from components.continual.forgetting import corpus_label, corpus_metrics, probe_steps, unique_labels
 from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
+from components.training.data import check_order
 from components.training.driver import training_metrics
 from components.training.launch import train
 from components.training.schedule import schedule_fields
@@ -146,6 +147,7 @@ def continual_spec(
         check_same_tokenizer(cfg, dataset_uri, uri)
     check_model_tokenizer(cfg, model_uri, dataset_uri)
     c, e = cfg.continual, cfg.evaluate
+    check_order(dataset_uri, c.order, "continual.order", store_options=store_options(cfg))
     *old_labels, new_label = unique_labels([_label(cfg, uri) for uri in [*old_uris, dataset_uri]])
     replays = replay_mixture(c.replay_fraction, c.replay_ratios, dict(zip(old_labels, old_uris, strict=True)))
     points = probe_steps(
@@ -166,6 +168,7 @@ def continual_spec(
         **schedule_fields(c),
         **averaging_fields(c),
         branch_steps=tuple(c.branch_at),
+        order=c.order,
         probes=(
             *(Probe(label, uri, **heldout) for label, uri in zip(old_labels, old_uris, strict=True)),
             Probe(new_label, dataset_uri, **heldout),

@@ -112,6 +112,15 @@ def _summary(report: dict) -> str:
                 f"({sel['fraction']:.0%}, {sel['method']}{coverage})",
             )
         )
+    if q := report.get("quality"):
+        low, mid, high = q["quantiles"] or ("–", "–", "–")
+        rows.append(
+            (
+                "quality score",
+                f"{q['documents']:,} training documents scored, mean {q['mean']}, "
+                f"p10 / p50 / p90 {low} / {mid} / {high} ({q['rule']})",
+            )
+        )
     return "<h2>Summary</h2>" + _table(("", ""), rows)
 
 

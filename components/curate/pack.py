@@ -82,4 +82,5 @@ def pack_split(
         for k, shard in enumerate(summary["shards"]):
             shard["inputs"] = sorted(shard_inputs.get(k, ()))
     summary["synthetic_tokens"] = synthetic_tokens
+    summary["doc_tokens"] = writer.doc_tokens  # for the quality file (components/curate/score.py); popped
     return summary

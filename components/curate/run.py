@@ -11,7 +11,8 @@ and writes into ``out_dir``: ``manifest.json`` + ``tokenizer/`` + ``<split>/shar
 contract in :mod:`components.common.shards`; each shard lists its input files), ``documents.jsonl.gz``
 (lineage, in packing order), ``quarantine/records.jsonl``, ``validation.json`` + ``validation_docs/``
 (GX data docs), ``curation_report.json`` and ``data_card.html``,
-``dedup/`` (the index the next incremental run compares against) and ``datatrove/`` (task logs and
+``train/quality.npz`` (each train document's quality score, :mod:`components.curate.score`, for
+curriculum ordering), ``dedup/`` (the index the next incremental run compares against) and ``datatrove/`` (task logs and
 stats). Every step is counted per rule; the counts go into the report and, flattened, into the
 returned metrics (``dropped_too_short`` …) for MLflow.
 """
@@ -30,7 +31,7 @@ from components.common.artifacts import file_digest
 from components.common.config import LifecycleConfig, to_dict
 from components.common.errors import DataError
 from components.common.log import get_logger, report_progress
-from components.common.shards import token_dtype, write_manifest
+from components.common.shards import token_dtype, write_manifest, write_quality
 from components.common.sources import resolve_source
 from components.common.storage import ObjectStore
 from components.curate import report as rpt
@@ -59,6 +60,7 @@ from components.curate.pipeline import (
 )
 from components.curate.quarantine import CORRUPT_FILE, merge_quarantine
 from components.curate.rephrase import check_rephrase_config
+from components.curate.score import RULE, quality_scores
 from components.curate.select import select_subset
 from components.curate.split import HELDOUT, TRAIN, assign_splits
 from components.curate.validate import validate_documents
@@ -202,6 +204,11 @@ def curate(
         for split, split_docs in by_split.items()
     }
     synthetic["tokens"] = sum(p.pop("synthetic_tokens") for p in packed.values())
+    doc_tokens = {split: p.pop("doc_tokens") for split, p in packed.items()}
+    if c.quality_scores:  # each train document's score, in packing order, for curriculum ordering
+        packed[TRAIN]["quality"] = write_quality(
+            out_dir, TRAIN, doc_tokens[TRAIN], quality_scores(by_split[TRAIN], c, tokenizer), RULE
+        )
     save_index(out_dir, params, previous, [d.id for d in originals])
 
     # 5. Report, manifest (with lineage), data card.
@@ -215,6 +222,7 @@ def curate(
         "dedup_clusters": decisions.cluster_sizes(),
         "synthetic": synthetic,
         "selection": selection,
+        "quality": packed[TRAIN].get("quality"),
         "tokens": {split: p["tokens"] for split, p in packed.items()},
         "quarantined": sum(n for r, n in quarantine_counts.items() if r != CORRUPT_FILE),
         "quarantine_counts": quarantine_counts,
@@ -237,7 +245,13 @@ def curate(
         source=source,
         files=files,
         counts=step_list,
-        curation={"config": report["config"], "report": REPORT, "synthetic": synthetic, "selection": selection},
+        curation={
+            "config": report["config"],
+            "report": REPORT,
+            "synthetic": synthetic,
+            "selection": selection,
+            "quality": {"rule": RULE, "file": packed[TRAIN]["quality"]["path"]} if c.quality_scores else None,
+        },
     )
     shutil.rmtree(work, ignore_errors=True)  # intermediate documents; the kept ones are in documents.jsonl.gz
     card = _data_card(report, out_dir)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from components import resilience
+from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
 from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
+from components.training.data import check_order
 from components.training.driver import training_metrics
 from components.training.launch import train
 from components.training.schedule import schedule_fields
@@ -56,6 +58,7 @@ def pretrain(
         ``{"metrics": {...}, "loss_curve": [[step, loss], ...], "lr_curve": [[step, lr], ...]}``.
     """
     p, e = cfg.pretrain, cfg.evaluate
+    check_order(dataset_uri, p.order, "pretrain.order", store_options=store_options(cfg))
     spec = TrainSpec(
         cfg=cfg,
         stage="pretrain",
@@ -69,6 +72,7 @@ def pretrain(
         **schedule_fields(p),
         **averaging_fields(p),
         branch_steps=tuple(p.branch_at),
+        order=p.order,
         probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
         mlflow_run_id=mlflow_run_id,
         plugins=(resilience.PLUGIN,),

@@ -19,6 +19,21 @@ between the cumulative counts ``floor(s·B·F_{i-1})`` and ``floor(s·B·F_i)``,
 each corpus' share is exact over a run, the mixture of one step still a pure function of the step
 (so resuming mid-mixture reproduces it bitwise), and one corpus reduces to the rule above.
 
+Curriculum (``order="quality"``): the training corpus' stream is sorted by quality instead of
+shuffled. Curation records each train document's quality score (:mod:`components.curate.score`,
+``<dataset>/train/quality.npz``); a window's score is the token-weighted mean of the scores of the
+documents it overlaps. Every epoch runs from the lowest-scoring window to the highest, so the best
+data comes last, ties broken by the epoch's seeded permutation. Given the run's ``steps`` (and world
+size), the epoch the run ends inside sorts only the windows the run reads from it, the same ones the
+random order would read: a run shorter than an epoch (the usual continual step) sees the same data in
+either order, best last, rather than only the corpus' worst windows. Ascending because the point of the
+curriculum is to *see* the best data at the end of the run, where its effect on the final model is
+largest; "How learning-rate decay wastes your best data in curriculum-based pretraining" shows that a
+decaying LR spends those last steps at a tiny step size, so the ordering should be paired with a
+constant LR and weight averaging (``average=ema``) rather than a final decay. The order is a pure
+function of the seed and the epoch, like the random one, so resuming mid-mixture stays bitwise exact.
+Replayed corpora keep their random order.
+
 Where the data lives: the corpora are store URIs (``file://`` or ``s3://``), read by
 :class:`~components.common.shards.TokenWindows` on whichever host the worker runs. When windows come
 over the network, the rows of a batch are fetched concurrently and the next step's batch is fetched
@@ -37,10 +52,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.common.errors import ConfigError
-from components.common.shards import TokenWindows
+from components.common.errors import ConfigError, DataError
+from components.common.shards import TokenWindows, read_manifest, read_quality
 
 NEW, REPLAY = 0, 1
+ORDERS = ("random", "quality")
+
+
+def window_scores(doc_tokens: np.ndarray, scores: np.ndarray, length: int, windows: int) -> np.ndarray:
+    """The token-weighted mean document score of each window ``[i*length, (i+1)*length)`` of the stream."""
+    doc_tokens = np.asarray(doc_tokens, np.int64)
+    scores = np.asarray(scores, np.float64)
+    ends = np.cumsum(doc_tokens)
+    starts = ends - doc_tokens
+    mass = np.concatenate([[0.0], np.cumsum(doc_tokens * scores)])  # score summed over the tokens before doc i
+
+    def prefix(t: np.ndarray) -> np.ndarray:  # score summed over tokens [0, t)
+        i = np.minimum(np.searchsorted(ends, t, side="right"), len(ends) - 1)
+        return mass[i] + (t - starts[i]) * scores[i]
+
+    edges = np.arange(windows + 1, dtype=np.int64) * length
+    return np.diff(prefix(edges)) / length
+
+
+def check_order(dataset: str | Path, order: str, key: str, *, store_options: dict | None = None) -> None:
+    """Refuse ``order=quality`` on a dataset curated without quality scores, before anything trains."""
+    if order == "quality" and not read_manifest(dataset, store_options=store_options)["splits"]["train"].get("quality"):
+        raise DataError(
+            f"{key}=quality: {dataset} has no per-document quality scores (train/quality.npz): it was curated "
+            f"before curation recorded them or with curate.quality_scores=false; re-curate it with "
+            f"curate.quality_scores=true, or set {key}=random"
+        )
 
 
 class ResumableBatches:
@@ -58,8 +100,17 @@ class ResumableBatches:
         replays: Sequence[tuple[str | Path, float]] = (),
         store_options: dict | None = None,
         cache_dir: str | Path = "",
+        order: str = "random",
+        order_key: str = "order",
+        steps: int = 0,
+        world_size: int = 1,
     ) -> None:
-        """``replays``: ``(dataset, fraction)`` of every old corpus; ``replay``/``replay_fraction``: one."""
+        """``replays``: ``(dataset, fraction)`` of every old corpus; ``replay``/``replay_fraction``: one.
+        ``order``: ``random`` or ``quality`` (the training corpus, best windows last); ``order_key`` is the
+        config key named in errors (``continual.order``). ``steps``/``world_size``: the whole run's, so the
+        quality order spans the windows the run reads (0 = sort whole epochs)."""
+        if order not in ORDERS:
+            raise ConfigError(f"{order_key}={order!r}: expected one of {', '.join(ORDERS)}")
         if replay_fraction > 0 and not replay:
             raise ConfigError(f"replay_fraction={replay_fraction} needs a replay dataset; none was given")
         replays = [(d, f) for d, f in ([(replay, replay_fraction)] if replay_fraction > 0 else []) + list(replays)]
@@ -72,6 +123,19 @@ class ResumableBatches:
         opened = {"store_options": store_options, "cache_dir": cache_dir}
         self.sources = [TokenWindows(dataset, "train", seq_len + 1, **opened)]
         self.sources += [TokenWindows(d, "train", seq_len + 1, **opened) for d, f in replays]
+        self.order = order
+        self._scores = None
+        if order == "quality":
+            check_order(dataset, order, order_key, store_options=store_options)
+            doc_tokens, scores = read_quality(dataset, "train", store_options=store_options)
+            if int(np.sum(doc_tokens)) != self.sources[NEW].tokens:
+                raise DataError(
+                    f"{dataset}/train/quality.npz covers {int(np.sum(doc_tokens))} tokens but the train split has "
+                    f"{self.sources[NEW].tokens}: the file does not belong to these shards; re-curate the dataset"
+                )
+            self._scores = window_scores(doc_tokens, scores, seq_len + 1, len(self.sources[NEW]))
+        # windows of the training corpus the whole run reads, over all ranks (0 = unknown: whole epochs)
+        self.span = world_size * self._consumed(steps, NEW) if steps else 0
         self._perms: dict[tuple[int, int], np.ndarray] = {}
         self._perms_lock = threading.Lock()  # the prefetch thread plans too
         # Remote windows: one ranged GET per row, so a batch's rows are fetched concurrently.
@@ -139,5 +203,11 @@ class ResumableBatches:
                 # A step spans at most two epochs of a source, so older ones can go.
                 self._perms = {k: v for k, v in self._perms.items() if k[0] != source or k[1] >= epoch - 1}
                 rng = np.random.default_rng([self.seed, source, epoch])
-                self._perms[key] = rng.permutation(len(self.sources[source]))
+                perm = rng.permutation(len(self.sources[source]))
+                if source == NEW and self._scores is not None:  # curriculum: ascending score, ties in perm order
+                    n = len(perm)  # sort the windows of this epoch the run reads (all of them but in its last)
+                    read = min(n, max(0, self.span - epoch * n)) if self.span else n
+                    head = perm[:read]
+                    perm = np.concatenate([head[np.argsort(self._scores[head], kind="stable")], perm[read:]])
+                self._perms[key] = perm
             return self._perms[key]

@@ -262,6 +262,10 @@ def build_state(
         replays=spec.replays,
         store_options=options,
         cache_dir=cache,
+        order=spec.order,
+        order_key=f"{spec.stage.split('-')[0]}.order",  # a decay branch's stage is continual-branch-<S>
+        steps=spec.curriculum_steps or spec.steps,  # a decay branch keeps its stable run's data order
+        world_size=world_size,
     )
     state = TrainState(
         spec=spec,

@@ -68,6 +68,8 @@ class TrainSpec:
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
     replay_fraction: float = 0.0
     replays: tuple[tuple[str, float], ...] = ()  # (old corpus, fraction of each batch): every ancestor
+    order: str = "random"  # components/training/data.py: random | quality (curriculum, best windows last)
+    curriculum_steps: int = 0  # order=quality spans the windows of this many steps (0 = steps; a branch: its run's)
     probes: tuple[Probe, ...] = ()
     mlflow_run_id: str = ""  # rank 0 logs the loss and LR curves to this run ('' = none)
     plugins: tuple[str, ...] = ()  # "module:function" callback factories run on the Ray driver (driver.py)
@@ -100,6 +102,7 @@ class TrainSpec:
             steps=step + self.decay_steps,
             output_uri=join(self.output_uri, "branches", f"step-{step:08d}"),
             branch_from_uri=self.branch_point_uri(step),
+            curriculum_steps=self.curriculum_steps or self.steps,
             branch_steps=(),
             average="none",
             mlflow_run_id="",
@@ -122,6 +125,7 @@ class TrainSpec:
             "average": [self.average, self.average_every, self.average_last_k, self.ema_decay],
             "replay_fraction": self.replay_fraction,
             "replays": [list(r) for r in self.replays],
+            "order": [self.order, self.curriculum_steps or self.steps],
             "weight_decay": p.weight_decay,
             "grad_clip": p.grad_clip,
         }

@@ -138,6 +138,11 @@ def test_unknown_schedule_is_refused_with_the_choices():
         load_config("tiny", ["pretrain.schedule=step"])
 
 
+def test_unknown_training_order_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="continual.order: must be 'random' or 'quality', got 'best'"):
+        load_config("tiny", ["continual.order=best"])
+
+
 def test_list_field_accepts_comma_separated_override():
     assert load_config("tiny", ["evaluate.tasks=a,b"]).evaluate.tasks == ["a", "b"]
 

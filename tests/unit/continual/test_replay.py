@@ -121,3 +121,8 @@ def test_a_lineage_naming_a_deleted_corpus_is_refused_naming_it(lineage):
 def test_replay_ratios_summing_to_one_or_more_are_refused():
     with pytest.raises(ConfigError, match="continual.replay_ratios: fractions must be >= 0 and sum to less than 1"):
         load_config("tiny", ["continual.replay_ratios={a: 0.6, b: 0.5}"])
+
+
+def test_quality_order_on_a_corpus_curated_without_scores_is_refused_before_training(lineage):
+    with pytest.raises(DataError, match=f"continual.order=quality: {lineage['new']} has no per-document quality"):
+        _spec(lineage, "continual.order=quality")

@@ -8,7 +8,7 @@ import pytest
 from components.common.artifacts import file_digest
 from components.common.config import load_config
 from components.common.errors import DataError
-from components.common.shards import TokenWindows, read_manifest
+from components.common.shards import TokenWindows, read_manifest, read_quality
 from components.common.tokenizer import load_tokenizer
 from components.curate.run import curate
 
@@ -93,6 +93,18 @@ def test_train_shards_decode_to_the_kept_train_documents(curated):
     assert len(ends) == len(train) == summary["metrics"]["train_documents"]
     starts = np.concatenate([[0], ends[:-1] + 1])
     assert [tok.decode(stream[a:b].tolist()) for a, b in zip(starts[:20], ends[:20], strict=True)] == train[:20]
+
+
+def test_quality_scores_cover_every_train_document_in_packing_order(curated):
+    _, out, summary = curated
+    manifest = read_manifest(out)
+    doc_tokens, scores = read_quality(out, "train")
+    assert len(scores) == summary["metrics"]["train_documents"] == manifest["splits"]["train"]["quality"]["documents"]
+    assert int(doc_tokens.sum()) == manifest["splits"]["train"]["tokens"]
+    assert ((scores >= 0) & (scores <= 1)).all() and scores.std() > 0
+    assert manifest["curation"]["quality"]["file"] == "train/quality.npz"
+    assert file_digest(out / "train" / "quality.npz") == manifest["splits"]["train"]["quality"]["sha256"]
+    assert "quality score" in (out / "data_card.html").read_text()
 
 
 def test_every_record_read_is_kept_dropped_or_quarantined(curated):

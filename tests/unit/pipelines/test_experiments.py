@@ -30,3 +30,13 @@ def test_table_lists_every_arm_and_the_claims_both_of_whose_arms_ran(tmp_path):
 def test_unknown_arm_is_refused_with_the_known_ones(tmp_path):
     with pytest.raises(ConfigError, match="experiment arms warp unknown; choose from " + ", ".join(ARMS)):
         run_experiment("tiny", [], tmp_path, ["warp"])
+
+
+def test_each_quality_arm_differs_from_its_random_baseline_only_in_the_order():
+    from pipelines.experiments import CLAIMS
+
+    pairs = {(a, b) for _, a, b in CLAIMS}
+    assert {("quality_decay", "rewarm"), ("quality_constant_ema", "constant_ema")} <= pairs
+    for quality, baseline in (("quality_decay", "rewarm"), ("quality_constant_ema", "constant_ema")):
+        assert sorted(ARMS[quality][0]) == sorted([*ARMS[baseline][0], "continual.order=quality"])
+        assert ARMS[quality][1] == ARMS[baseline][1]

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from components.common.errors import ConfigError
-from components.common.shards import TokenWindows
-from components.training.data import NEW, REPLAY, ResumableBatches
+from components.common.errors import ConfigError, DataError
+from components.common.shards import TokenWindows, read_quality
+from components.training.data import NEW, REPLAY, ResumableBatches, window_scores
 
 SEQ = 32
 
@@ -105,3 +105,67 @@ def test_replay_fractions_beyond_one_are_refused(tiny_dataset, wikitext_dataset)
         ResumableBatches(
             wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, replays=[(tiny_dataset, 0.6), (tiny_dataset, 0.5)]
         )
+
+
+def test_a_window_scores_the_token_weighted_mean_of_its_documents():
+    # documents of 3, 5 and 4 tokens scoring 0, 1, 0.5; windows of 4 tokens: [0 0 0 1] [1 1 1 1] [.5 .5 .5 .5]
+    assert window_scores([3, 5, 4], [0.0, 1.0, 0.5], 4, 3).tolist() == [0.25, 1.0, 0.5]
+
+
+def _quality_mixture(scored, old, **run) -> ResumableBatches:
+    return ResumableBatches(scored, seq_len=SEQ, batch_size=8, seed=5, replays=[(old, 0.25)], order="quality", **run)
+
+
+def test_quality_order_runs_each_epoch_from_the_worst_window_to_the_best(scored_wikitext_dataset, tiny_dataset):
+    batches = _quality_mixture(scored_wikitext_dataset, tiny_dataset)
+    doc_tokens, scores = read_quality(scored_wikitext_dataset, "train")
+    windows = window_scores(doc_tokens, scores, SEQ + 1, len(batches.sources[NEW]))
+    new_rows = [i for step in range(140) for rank in range(2) for s, i in batches.plan(step, rank, 2) if s == NEW]
+    epoch = len(windows)
+    assert windows.std() > 0, "the scores must tell windows apart for the order to be tested"
+    assert len(new_rows) > epoch, "the test must cross an epoch boundary"
+    assert sorted(new_rows[:epoch]) == list(range(epoch))  # every window once per epoch
+    assert np.all(np.diff(windows[new_rows[:epoch]]) >= 0)  # ascending: the best data last
+    assert windows[new_rows[epoch]] == windows.min()  # the next epoch starts over from the worst
+
+
+def test_a_run_shorter_than_an_epoch_reads_the_random_orders_windows_best_last(scored_wikitext_dataset, tiny_dataset):
+    def rows(order: str) -> list[int]:
+        batches = ResumableBatches(
+            scored_wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, order=order, steps=20, world_size=2
+        )
+        return [i for step in range(20) for rank in range(2) for s, i in batches.plan(step, rank, 2) if s == NEW]
+
+    quality, random_order = rows("quality"), rows("random")
+    epoch = len(TokenWindows(scored_wikitext_dataset, "train", SEQ + 1))
+    windows = window_scores(*read_quality(scored_wikitext_dataset, "train"), SEQ + 1, epoch)
+    assert len(quality) < epoch // 2, "the run must read under half an epoch"
+    assert sorted(quality) == sorted(random_order) and quality != random_order  # the same windows, reordered
+    assert np.all(np.diff(windows[quality]) >= 0)
+
+
+def test_resuming_mid_mixture_in_quality_order_reproduces_it_bitwise(scored_wikitext_dataset, tiny_dataset):
+    uninterrupted = _quality_mixture(scored_wikitext_dataset, tiny_dataset, steps=30, world_size=2)
+    seen = [uninterrupted.batch(step, rank, 2).numpy() for step in range(30) for rank in range(2)]
+    # a new process resuming at step 13
+    restarted = _quality_mixture(scored_wikitext_dataset, tiny_dataset, steps=30, world_size=2)
+    resumed = [restarted.batch(step, rank, 2).numpy() for step in range(13, 30) for rank in range(2)]
+    assert all(np.array_equal(x, y) for x, y in zip(seen[26:], resumed, strict=True))
+    random_order = ResumableBatches(
+        scored_wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, replays=[(tiny_dataset, 0.25)]
+    )
+    assert any(not np.array_equal(x, random_order.batch(s // 2, s % 2, 2).numpy()) for s, x in enumerate(seen))
+
+
+def test_quality_order_on_a_dataset_without_scores_names_the_key_and_the_dataset(wikitext_dataset):
+    with pytest.raises(
+        DataError, match=rf"continual.order=quality: {wikitext_dataset} has no per-document quality.*re-curate"
+    ):
+        ResumableBatches(
+            wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, order="quality", order_key="continual.order"
+        )
+
+
+def test_an_unknown_order_is_refused_by_name(wikitext_dataset):
+    with pytest.raises(ConfigError, match="pretrain.order='best'"):
+        ResumableBatches(wikitext_dataset, seq_len=SEQ, batch_size=8, seed=5, order="best", order_key="pretrain.order")

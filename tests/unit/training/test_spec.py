@@ -50,3 +50,7 @@ def test_probe_measures_every_n_steps_and_always_at_the_last():
     probe = Probe("p", "file:///d", every=4)
     assert [s for s in range(1, 11) if probe_points(probe, s, 10)] == [4, 8, 10]
     assert [s for s in range(1, 11) if probe_points(Probe("q", "file:///d"), s, 10)] == [10]
+
+
+def test_a_checkpoint_in_random_order_does_not_resume_a_quality_ordered_run(make_config):
+    assert _spec(make_config).resume_key(2) != _spec(make_config, order="quality").resume_key(2)
