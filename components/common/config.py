@@ -591,7 +591,10 @@ class EvaluateConfig:
         "held-out side gives preference_acc; '' = not measured.",
     )
     preference_heldout_fraction: float = knob(
-        0.2, "Held-out share of the preference pairs: must equal alignment's, so no scored pair was trained on."
+        0.1,
+        "Held-out share of the preference pairs scored for preference_acc; at most align.pref_heldout_fraction. "
+        "The split is by content and nested (components/common/splits.py): every pair held out here is then held "
+        "out of alignment too, so no scored pair was trained on.",
     )
     preference_max_pairs: int = knob(200, "Score at most this many held-out pairs (0 = all).")
     gate: GateConfig = section(GateConfig, "The promotion gate: primary metric, guards and noise margin.")
@@ -908,9 +911,10 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.register.lease_wait_seconds >= 0, "register.lease_wait_seconds", "must be >= 0")
     need(cfg.cluster.step_retry_window_hours >= 1, "cluster.step_retry_window_hours", "must be >= 1")
     need(
-        0.0 < cfg.evaluate.preference_heldout_fraction < 1.0,
+        0.0 < cfg.evaluate.preference_heldout_fraction <= cfg.align.pref_heldout_fraction,
         "evaluate.preference_heldout_fraction",
-        "must be in (0, 1) and equal to alignment's held-out fraction",
+        f"must be in (0, align.pref_heldout_fraction={cfg.align.pref_heldout_fraction}]: a larger share would score "
+        f"pairs alignment trains on; got {cfg.evaluate.preference_heldout_fraction}",
     )
     gate = cfg.evaluate.gate
     need(gate.z >= 0, "evaluate.gate.z", f"must be >= 0 (0 = no noise margin), got {gate.z}")

@@ -247,18 +247,25 @@ def task_files_digest(task: str) -> tuple[str, str]:
 
 
 def log_evaluation_inputs(cfg: LifecycleConfig, pairs: list | None) -> None:
-    """Each task definition (with its data) and the scored preference pairs as MLflow inputs with digests."""
+    """Each task definition (with its data) and the scored preference pairs as MLflow inputs with digests.
+
+    They enter from outside the platform (shipped files, a preference data set), so they are raw inputs:
+    the lineage walker lists them as the files an evaluation read rather than looking for a run that
+    produced them."""
     import mlflow
 
     if mlflow.active_run() is None:
         return  # a library call outside a stage run (tests): nothing to attach the inputs to
     for task in cfg.evaluate.tasks:
         digest, source = task_files_digest(task)
-        lineage.log_input(name=f"eval_tasks/{task}", digest=digest, source_uri=source)
+        lineage.log_input(name=f"eval_tasks/{task}", digest=digest, source_uri=source, context=lineage.RAW_CONTEXT)
     if pairs:
         h = hashlib.sha256("".join(p.identity for p in pairs).encode())
         lineage.log_input(
-            name="eval_preferences/heldout", digest="sha256:" + h.hexdigest(), source_uri=cfg.evaluate.preference_source
+            name="eval_preferences/heldout",
+            digest="sha256:" + h.hexdigest(),
+            source_uri=cfg.evaluate.preference_source,
+            context=lineage.RAW_CONTEXT,
         )
 
 

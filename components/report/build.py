@@ -53,8 +53,9 @@ def _md(v: Any) -> str:
 
 def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("metric", "value")) -> tuple[str, str]:
     h = "<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-    h += "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows) + "</table>"
-    md = f"| {head[0]} | {head[1]} |\n|---|---|\n" + "".join(f"| {k} | {_fmt(v)} |\n" for k, v in rows)
+    # number_text, as `lmforge show` prints them: a whole float (262500.0) reads 262500, not 2.625e+05
+    h += "".join(f"<tr><td>{html.escape(k)}</td><td>{number_text(v)}</td></tr>" for k, v in rows) + "</table>"
+    md = f"| {head[0]} | {head[1]} |\n|---|---|\n" + "".join(f"| {k} | {number_text(v)} |\n" for k, v in rows)
     return h, md
 
 

@@ -214,3 +214,10 @@ def test_unknown_align_method_is_refused_naming_the_key_and_the_choices():
 def test_dpo_without_preference_pairs_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"align\.preferences: align\.method=dpo needs preference pairs"):
         load_config("tiny", ["align.method=dpo"])
+
+
+def test_evaluation_may_not_score_preference_pairs_alignment_trains_on():
+    with pytest.raises(
+        ConfigError, match=r"evaluate\.preference_heldout_fraction: must be in \(0, align\.pref_heldout"
+    ):
+        load_config("tiny", ["align.pref_heldout_fraction=0.1", "evaluate.preference_heldout_fraction=0.2"])
