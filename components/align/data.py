@@ -20,15 +20,13 @@ out the same examples (and so "held-out answer loss" compares like with like acr
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.common.errors import DataError
-from components.common.sources import resolve_source
+from components.common.sources import read_lines, resolve_source
 
 ROLES = ("system", "user", "assistant")
 
@@ -61,20 +59,6 @@ class Quarantined:
     line: int
     reason: str
     excerpt: str
-
-
-def _lines(uri: str, store) -> Iterator[str]:
-    if uri.startswith("s3://"):
-        data = store.read_bytes(uri)
-        text = (
-            gzip.decompress(data).decode("utf-8", "replace") if uri.endswith(".gz") else data.decode("utf-8", "replace")
-        )
-        yield from text.splitlines()
-        return
-    opener = gzip.open if uri.endswith(".gz") else open
-    with opener(uri, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            yield line.rstrip("\n")
 
 
 def parse_messages(messages) -> tuple[tuple[str, str], ...] | str:
@@ -134,7 +118,7 @@ def read_pairs(
     pairs: list[SftPair] = []
     bad: list[Quarantined] = []
     for uri in files:
-        for number, text in enumerate(_lines(uri, store), start=1):
+        for number, text in enumerate(read_lines(uri, store), start=1):
             if not text.strip():
                 continue  # blank lines separate nothing in JSONL but are common at file ends
             parsed = parse_line(text, prompt_field, response_field)

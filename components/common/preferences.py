@@ -18,13 +18,11 @@ A line that is neither is quarantined with its file, line and reason (``invalid_
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from components.common.errors import DataError
-from components.common.sources import resolve_source
+from components.common.sources import read_lines, resolve_source
 from components.common.splits import is_heldout
 
 ASSISTANT = "\n\nAssistant:"
@@ -97,19 +95,6 @@ def parse_record(text: str) -> tuple[str, str, str] | str:
     return prompt, chosen, rejected
 
 
-def _lines(uri: str, store) -> Iterator[str]:
-    if uri.startswith("s3://"):
-        data = store.read_bytes(uri)
-        if uri.endswith(".gz"):
-            data = gzip.decompress(data)
-        yield from data.decode("utf-8", "replace").splitlines()
-        return
-    opener = gzip.open if uri.endswith(".gz") else open
-    with opener(uri, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            yield line.rstrip("\n")
-
-
 def read_preferences(source: str, *, store=None) -> tuple[list[PreferencePair], list[QuarantinedPair]]:
     """Every usable pair of ``source`` (a file, directory or s3:// prefix) in file order, and the
     quarantined lines. Raises :class:`DataError` naming the source when no pair is usable."""
@@ -117,7 +102,7 @@ def read_preferences(source: str, *, store=None) -> tuple[list[PreferencePair], 
     pairs: list[PreferencePair] = []
     bad: list[QuarantinedPair] = []
     for uri in files:
-        for number, text in enumerate(_lines(uri, store), start=1):
+        for number, text in enumerate(read_lines(uri, store), start=1):
             if not text.strip():
                 continue
             parsed = parse_record(text)

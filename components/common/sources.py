@@ -7,6 +7,8 @@ prefix (same suffixes). Errors name the source and what was expected.
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.errors import DataError
@@ -70,3 +72,19 @@ def source_fingerprint(files: list[str], store=None) -> str:
         digest = store.digest(f) if f.startswith("s3://") else local.digest("file://" + f)
         h.update(f"{f}\t{digest}\n".encode())
     return h.hexdigest()
+
+
+def read_lines(uri: str, store=None) -> Iterator[str]:
+    """The text lines of one file that :func:`resolve_source` named (a local path or an ``s3://`` URI read
+    through ``store``), gunzipped when it ends in ``.gz``, newline stripped; bad UTF-8 is replaced, not
+    fatal, so a broken byte quarantines one record instead of failing the whole read."""
+    if uri.startswith("s3://"):
+        data = store.read_bytes(uri)
+        if uri.endswith(".gz"):
+            data = gzip.decompress(data)
+        yield from data.decode("utf-8", "replace").splitlines()
+        return
+    opener = gzip.open if uri.endswith(".gz") else open
+    with opener(uri, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            yield line.rstrip("\n")
