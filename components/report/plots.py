@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import io
+from components.common.plots import new_axes, png_bytes
 
 
 def curve_png(curves: dict[str, list], title: str, ylabel: str = "loss") -> bytes:
     """One PNG with a line per named curve; each curve is ``[[step, value], ...]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    fig, ax = new_axes()
     for name, points in curves.items():
         if points:
             steps, values = zip(*points, strict=True)
@@ -23,8 +18,4 @@ def curve_png(curves: dict[str, list], title: str, ylabel: str = "loss") -> byte
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
