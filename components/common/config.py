@@ -355,6 +355,13 @@ class PretrainConfig:
         "(Ray's default 2 s; a poll is one tiny actor call per worker).",
         versioned=False,
     )
+    preemption_watcher: bool = knob(
+        False,
+        "Run Ray Train's preemption watcher: one more actor process per worker-group start (each restart too) "
+        "that only logs node drains and answers ray.train.get_preemption_info, which lmforge never calls; off, "
+        "a restart starts one process fewer (its imports take ~2.4 s of CPU).",
+        versioned=False,
+    )
     launcher: str = knob(
         "ray",
         "How a training step runs its Ray Train job: 'ray' drives it from the step itself on pretrain.ray_address; "

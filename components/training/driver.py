@@ -108,9 +108,14 @@ def ray_train_env(cfg: LifecycleConfig) -> Iterator[None]:
     actor when ``fit()`` starts (``ray.train.v2`` ``ENV_VARS_TO_PROPAGATE``); they are restored after
     the fit so that nothing else in this process sees them. ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``: the
     controller polls its workers this often, so a crash is noticed within one interval
-    (``pretrain.health_check_interval_s``). Measured with ``tests/benchmarks/test_recovery_time.py``.
+    (``pretrain.health_check_interval_s``). ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``: Ray Train starts
+    a watcher actor with every worker group, a new process competing for the CPU with the new workers
+    during a restart (``pretrain.preemption_watcher``). Measured with ``tests/benchmarks/test_recovery_time.py``.
     """
-    settings = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.pretrain.health_check_interval_s)}
+    settings = {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.pretrain.health_check_interval_s),
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1" if cfg.pretrain.preemption_watcher else "0",
+    }
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:

@@ -8,6 +8,7 @@ from components.common.config import load_config
 from components.training.driver import ray_train_env
 
 INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def test_health_check_interval_reaches_ray_train_during_the_fit_only(monkeypatch):
@@ -23,3 +24,12 @@ def test_a_preexisting_setting_is_restored_after_the_fit(monkeypatch):
     with ray_train_env(load_config("tiny")):
         assert os.environ[INTERVAL] == "0.5"
     assert os.environ[INTERVAL] == "7"
+
+
+def test_ray_trains_preemption_watcher_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.delenv(WATCHER, raising=False)
+    with ray_train_env(load_config("tiny")):
+        assert os.environ[WATCHER] == "0"
+    with ray_train_env(load_config("tiny", ["pretrain.preemption_watcher=true"])):
+        assert os.environ[WATCHER] == "1"
+    assert WATCHER not in os.environ
