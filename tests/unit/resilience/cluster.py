@@ -70,9 +70,45 @@ def training_cluster(
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict], host: str | None = None) -> dict:
+def restore_shape(cluster: Any) -> None:
+    """Bring a cluster started by :func:`training_cluster` (default shape) back to that shape.
+
+    Tests that lose nodes leave their replacements behind, maybe on a host already in use (fewer
+    failure domains, where a fresh start is rightly refused). Dead nodes are dropped from the cluster's
+    books, a 1-CPU node on a host another node already has is removed, and fresh 1-CPU nodes on new
+    hosts are added until two train; the head and the keeper-only node are never touched.
+    """
+    import ray
+
+    handles = {node.node_id: node for node in cluster.worker_nodes}
+    alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    for node_id, node in handles.items():
+        if node_id not in alive:
+            with contextlib.suppress(Exception):  # its raylet was killed: only the bookkeeping is left
+                cluster.remove_node(node, allow_graceful=False)
+    hosts: dict[str, int] = {}
+    for n in sorted(alive.values(), key=lambda n: n["Resources"].get("CPU", 0)):  # CPU-less nodes keep their host
+        host = n["Labels"].get(HOST_LABEL, n["NodeID"])
+        hosts[host] = hosts.get(host, 0) + 1
+        if hosts[host] > 1 and n["NodeID"] in handles:
+            cluster.remove_node(handles[n["NodeID"]])
+            del alive[n["NodeID"]]
+    training = sum(1 for n in alive.values() if n["Resources"].get("CPU", 0) >= 1)
+    for _ in range(2 - training):
+        _RESTORED[0] += 1
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: f"host-restored-{_RESTORED[0]}"})
+
+
+#: how many nodes :func:`restore_shape` added in this process (their host labels stay unique)
+_RESTORED = [0]
+
+
+def train_replacing_lost_nodes(
+    cluster: Any, train: Callable[[], dict], host: str | None = None, hosts: tuple[str | None, ...] = ()
+) -> dict:
     """Run ``train()`` while every node that dies is replaced by a fresh 1-CPU node, on a new host, or
-    on ``host`` (a pod rescheduled onto a machine that already runs one: fewer failure domains).
+    on ``host`` (a pod rescheduled onto a machine that already runs one: fewer failure domains);
+    ``hosts`` names the host of each replacement in turn (None: a new one), ``host`` those beyond it.
 
     Training runs on a thread and the watcher on the main thread, because ``Cluster.add_node``
     installs signal handlers, which Python allows only there. Returns the summary plus
@@ -96,7 +132,8 @@ def train_replacing_lost_nodes(cluster: Any, train: Callable[[], dict], host: st
         for node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen:
             seen.add(node)
             joined += 1
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: host or f"host-new-{joined}"})
+            on = hosts[joined - 1] if joined <= len(hosts) else host
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: on or f"host-new-{joined}"})
         trainer.join(timeout=0.2)
     if "error" in result:
         raise result["error"]

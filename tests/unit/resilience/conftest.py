@@ -1,9 +1,12 @@
-"""A real multi-node Ray cluster on 127.0.0.1 for the keeper and commit-protocol tests.
+"""One real multi-node Ray cluster for the whole resilience package, and the session's clean runs.
 
 ``ray.cluster_utils.Cluster`` starts a raylet per "node" as separate processes on this machine: each
 gets its own node id, so node affinity, detached actors and node removal behave as on a real cluster.
-Module-scoped (a 4-node start costs ~20 s on 2 cores), torn down at the end of the module so other
-modules can start their own Ray.
+Starting one costs ~20 s on 2 cores, so it is started once for the package (``shared_cluster``:
+``cluster.training_cluster``'s shape, a CPU-less head, two 1-CPU training nodes and a keeper-only node)
+and torn down after its last module, so other packages can start their own Ray. Keeper, commit and
+training-under-faults modules all use it: every module starts from that shape (``cluster``,
+``ray_cluster``: tests that lose nodes leave replacements behind, possibly on a host already in use).
 
 ``clean_runs`` is session-wide: the uninterrupted run every faulted run is compared with depends only on
 the settings that shape the loss curve, not on the cluster, so modules with the same settings train it
@@ -16,16 +19,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.resilience.cluster import training_cluster
+from tests.unit.resilience.cluster import restore_shape, training_cluster
 
-CLUSTER_NODES = 4
+
+@pytest.fixture(scope="package")
+def shared_cluster() -> Iterator:
+    """The package's cluster: a CPU-less head, two 1-CPU training nodes, one keeper-only node (4 nodes)."""
+    with training_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator:
-    """Four 1-CPU nodes (the head included), for keeper and commit-protocol tests."""
-    with training_cluster(worker_cpus=(1,) * (CLUSTER_NODES - 1), head_cpus=1) as cluster:
-        yield cluster
+def cluster(shared_cluster):
+    """The shared cluster in its initial shape for this module (nodes lost earlier replaced)."""
+    restore_shape(shared_cluster)
+    return shared_cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(cluster):
+    """The same cluster, for keeper and commit-protocol tests: four nodes, one keeper each."""
+    return cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Several kinds of faults in one run, and faults drawn at random from a seed: every faulted run ends
 with the uninterrupted loss curve (bitwise), every fault really fires, and every recovery is reported.
 
-Real Ray Train on the multi-node test cluster (``cluster.py``: a CPU-less head, two 1-CPU training
-nodes, a keeper-only node). One clean run is the reference for every faulted run of the module, and of
+Real Ray Train on the package's multi-node test cluster (``conftest.py``, ``cluster.py``: a CPU-less
+head, two 1-CPU training nodes, a keeper-only node). One clean run is the reference for every faulted run of the module, and of
 ``test_recovery.py``, whose runs have the same length (``clean_runs``: trained once per session).
 """
 
@@ -21,7 +21,6 @@ from tests.unit.resilience.cluster import (
     RESILIENT_TRAINING,
     clean_run_once,
     train_on_cluster,
-    training_cluster,
 )
 
 STEPS = FAULTED_STEPS
@@ -30,12 +29,6 @@ WORKERS = 2
 #: several faults in one run are the four-kinds test's (more seeds, 3 faults each: tests/benchmarks/test_fault_draws.py)
 SEEDS = (1, 2, 3)
 FAULTS_PER_SEED = 1
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with training_cluster() as started:
-        yield started
 
 
 def config(make_config, *overrides: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.training.callbacks import Callback
-from tests.unit.resilience.cluster import RESILIENT_TRAINING, train_on_cluster, training_cluster
+from tests.unit.resilience.cluster import RESILIENT_TRAINING, train_on_cluster
 from tests.unit.resilience.tiny_training import make_state, run_steps
 from tests.unit.training.gloo import free_port, init_group, run_ranks
 
@@ -107,12 +107,6 @@ def test_a_sharded_snapshot_refuses_ddp_replicas_naming_the_key(ranks):
 # ---------------------------------------------------------------------- Ray Train, real faults
 
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with training_cluster() as started:
-        yield started
 
 
 def _config(make_config, *overrides: str):

@@ -6,7 +6,8 @@ a keeper-only node, each its own host; a lost node is replaced by adding one, as
 pod. Each faulted run must end with exactly the loss curve of the uninterrupted run (bitwise: two
 gloo ranks sum in a fixed order on CPU); that run is shared with ``test_fault_variety.py`` (same length,
 ``clean_runs``), whose run of four faults also covers a plain worker crash resumed from memory (pieces
-fetched per rank, steps lost, hosts).
+fetched per rank, steps lost, hosts). The cluster is the package's (``conftest.py``); a worker group
+start costs ~15 s on 2 cores, so the decode, persistent and fewer-hosts recoveries share one run.
 
 Group-local recovery without Ray first: each rank fetches its own group from persisted pieces (its
 ``k`` pieces whatever the world size), and the owners' broadcast over a gloo group makes every
@@ -14,8 +15,6 @@ replica bitwise the snapshotted state.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +30,6 @@ from tests.unit.resilience.cluster import (
     clean_run_once,
     train_on_cluster,
     train_replacing_lost_nodes,
-    training_cluster,
 )
 from tests.unit.resilience.replicas import full_state, persist_snapshot, restore_rank, small_state, train
 from tests.unit.resilience.tiny_training import make_state, run_steps
@@ -96,12 +94,6 @@ def test_owners_broadcast_makes_every_replica_bitwise_the_snapshotted_state(tmp_
 # ---------------------------------------------------------------------- pretraining under faults (Ray)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with training_cluster() as started:
-        yield started
-
-
 def _config(make_config, *overrides: str):
     return make_config(
         *RESILIENT_TRAINING,
@@ -111,10 +103,6 @@ def _config(make_config, *overrides: str):
         "resilience.persist_every=2",
         *overrides,
     )
-
-
-def _train_replacing_lost_nodes(cluster, cfg, dataset: Path, out: Path, host: str | None = None) -> dict:
-    return train_replacing_lost_nodes(cluster, lambda: train_on_cluster(cfg, dataset, out), host=host)
 
 
 def _recoveries(summary: dict) -> list[dict]:
@@ -138,17 +126,6 @@ def test_uninterrupted_run_commits_a_snapshot_every_step_and_recovers_nothing(cl
     assert resilience["commits"]["committed"] >= STEPS - 1 and resilience["commits"]["aborted"] == 0
 
 
-def test_corrupted_piece_is_caught_by_its_checksum_and_decoded_around(
-    cluster, clean_run, make_config, tiny_dataset, tmp_path
-):
-    cfg = _config(make_config, "resilience.faults=corrupt_piece@step=5;worker_crash@step=5")
-    summary = train_on_cluster(cfg, tiny_dataset, tmp_path)
-    (recovery,) = _recoveries(summary)
-    assert recovery["tier"] == "decode" and recovery["version"] == 5
-    assert recovery["pieces_fetched"] == [2, 2]  # rank 0: piece 1 and the parity for its damaged piece 0
-    assert summary["loss_curve"] == clean_run["loss_curve"]
-
-
 def test_cluster_nodes_carry_host_labels_and_the_head_holds_no_pieces(cluster):
     import ray
 
@@ -158,17 +135,6 @@ def test_cluster_nodes_carry_host_labels_and_the_head_holds_no_pieces(cluster):
     head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("lmforge.io/role") == "head")
     assert head not in hosts and len(hosts) >= 3
     assert all(host.startswith("host-") for host in hosts.values())
-
-
-def test_losing_more_nodes_than_parity_falls_back_to_the_persisted_snapshot(
-    cluster, clean_run, make_config, tiny_dataset, tmp_path
-):
-    cfg = _config(make_config, "resilience.faults=node_loss@step=7,node=0;node_loss@step=7,node=1")
-    summary = _train_replacing_lost_nodes(cluster, cfg, tiny_dataset, tmp_path)
-    (recovery,) = _recoveries(summary)
-    assert recovery["tier"] == "persistent"
-    assert recovery["version"] == 6  # persisted every 2 snapshots: 2, 4, 6
-    assert summary["loss_curve"] == clean_run["loss_curve"]
 
 
 def test_more_parity_than_nodes_fails_before_training_naming_the_keys(cluster, make_config, tiny_dataset, tmp_path):
@@ -222,27 +188,41 @@ def test_keeper_budget_below_the_snapshot_fails_before_training(cluster, make_co
         train_on_cluster(cfg, tiny_dataset, tmp_path)
 
 
-def test_node_loss_replaced_on_a_host_already_in_use_decodes_and_trains_on_less_protected(
+def test_corrupted_piece_then_more_node_losses_than_parity_then_a_node_on_a_host_in_use_each_recovered(
     cluster, clean_run, make_config, tiny_dataset, tmp_path
 ):
-    """Last in the module on purpose: it leaves the shared cluster with two hosts, where a fresh start
-    (the tests above) would rightly be refused."""
+    """One run, three recoveries, each asserted (one run instead of three: a worker group start costs
+    ~15 s on 2 cores). A worker crash at step 2 finds a piece of snapshot 2 corrupted (its checksum
+    catches it) and decodes around it; losing both training nodes at step 5, more than parity, falls
+    back to the persisted snapshot; a node lost at step 8 is replaced on the keeper-only node's machine,
+    so the group decodes and trains on two hosts, less protected.
+
+    Last in the module on purpose: it leaves the shared cluster with two hosts, where a fresh start
+    (the tests above) would rightly be refused (the next module's ``cluster`` restores the shape)."""
     import ray
 
-    cfg = _config(make_config, "resilience.faults=node_loss@step=6,node=1")
+    faults = "corrupt_piece@step=2;worker_crash@step=2;node_loss@step=5,node=0;node_loss@step=5,node=1"
+    cfg = _config(make_config, f"resilience.faults={faults};node_loss@step=8,node=1", "pretrain.max_failures=4")
     keeper_only = next(
         n
         for n in ray.nodes()
         if n["Alive"] and n["Resources"].get("CPU", 0) == 0 and "lmforge.io/role" not in n["Labels"]
     )
-    # the replacement pod lands on the keeper-only node's machine: two hosts left for k + m = 3 pieces
-    summary = _train_replacing_lost_nodes(
-        cluster, cfg, tiny_dataset, tmp_path, host=keeper_only["Labels"]["lmforge.io/host"]
+    # the two nodes lost together come back on new hosts; the third replacement pod lands on the
+    # keeper-only node's machine: two hosts left for k + m = 3 pieces
+    summary = train_replacing_lost_nodes(
+        cluster,
+        lambda: train_on_cluster(cfg, tiny_dataset, tmp_path),
+        hosts=(None, None, keeper_only["Labels"]["lmforge.io/host"]),
     )
-    (recovery,) = _recoveries(summary)
-    assert recovery["tier"] == "decode"
-    assert recovery["hosts"] == 2 and recovery["less_protected"]
-    assert summary["replacement_nodes"] == 1  # the restarted group needed the new node's CPU
+    corrupted, persisted, lost = _recoveries(summary)
+    assert corrupted["tier"] == "decode" and corrupted["version"] == 2
+    assert corrupted["pieces_fetched"] == [2, 2]  # rank 0: piece 1 and the parity for its damaged piece 0
+    assert corrupted["hosts"] == 3 and not corrupted["less_protected"]
+    assert persisted["tier"] == "persistent" and persisted["version"] == 4  # persisted every 2 snapshots: 2, 4
+    assert lost["tier"] == "decode"
+    assert lost["hosts"] == 2 and lost["less_protected"]
+    assert summary["replacement_nodes"] == 3  # each restarted group needed the new nodes' CPUs
     resilience = summary["callbacks"]["ResilienceCallback"]
-    assert resilience["commits"]["committed"] >= STEPS - 7  # snapshots go on after the recovery at step 6
+    assert resilience["commits"]["committed"] >= STEPS - 9  # snapshots go on after the recovery at step 8
     assert summary["loss_curve"] == clean_run["loss_curve"]
