@@ -77,8 +77,10 @@ class Coordinator:
         self.codec: tuple[str, int, int] | None = None
         #: fault injection (``commit_cut``): called with (version, expected) once every piece is stored
         self.cut: Callable[[int, dict], None] | None = None
+        self._previous: int | None = None  # the version settled before this one (committed or not)
 
     def settle(self, version: int) -> CommitOutcome:
+        previous, self._previous = self._previous, version
         expected = self.placement.expected(version)
         # Phase 1 in one round: each keeper waits for its last expected piece (a put wakes it: no
         # polling, which on a CPU box would steal the cores training runs on), then lists what it
@@ -103,7 +105,7 @@ class Coordinator:
         self.committed += 1
         if self.committed == 1:
             self.check_memory(version)
-        if self.persist and version % self.persist.every == 0:
+        if self.persist and self._persist_due(previous, version):
             groups = self.placement.groups
             shape = VersionShape(len(groups), len(groups[0]), self.codec[1] if self.codec else None)
             for keeper in self.keepers.values():
@@ -112,6 +114,17 @@ class Coordinator:
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
+
+    def _persist_due(self, previous: int | None, version: int) -> bool:
+        """Persist ``version`` if it is the first settled at or past a multiple of ``persist.every``.
+
+        Without skipped snapshots that is exactly ``version % every == 0``; with ``resilience.coalesce``
+        the multiple itself may have been skipped, and the next version taken stands in for it.
+        """
+        every = self.persist.every
+        if previous is None or previous >= version:
+            return version % every == 0
+        return version // every > previous // every
 
     def check_memory(self, version: int) -> None:
         """Check every keeper's measured need for committed ``version`` against its budget (``budget.py``).
