@@ -61,7 +61,8 @@ Put = Callable[..., None]  # Keeper.put(piece, *, generation, wait_s)
 
 def _recv_exact(sock: socket.socket, view: memoryview) -> None:
     while view:
-        got = sock.recv_into(view)
+        # MSG_WAITALL: one call (and one wake-up) per piece on a blocking socket, not one per segment
+        got = sock.recv_into(view, len(view), socket.MSG_WAITALL)
         if not got:
             raise ConnectionError("peer closed the connection")
         view = view[got:]
