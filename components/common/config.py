@@ -647,6 +647,12 @@ class ResilienceConfig:
     persist_every: int = knob(10, "Keepers write every Nth committed snapshot to the object store.", versioned=False)
     keeper_memory_mb: int = knob(1024, "Memory budget of one snapshot keeper (checked at start-up).", versioned=False)
     max_in_flight: int = knob(1, "Snapshots being copied at once per rank before the trainer waits.", versioned=False)
+    coalesce: bool = knob(
+        False,
+        "Skip a due snapshot while any rank's previous one is still being handed off, instead of waiting for it "
+        "(snapshot_every becomes 'at most this often'; the log and summary report the snapshots skipped).",
+        versioned=False,
+    )
     faults: list = knob(
         [],
         "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R]', fired once "

@@ -155,7 +155,9 @@ class ResilienceCallback(SnapshotCallback):
             coordinator=self.coordinator,
         )
         # No whole-buffer checksum: the keeper checksums every piece it makes.
-        self.engine = SnapshotEngine(self.r.max_in_flight, sink, curve_tail=self.curve_tail, whole_checksum=False)
+        self.engine = SnapshotEngine(
+            self.r.max_in_flight, sink, curve_tail=self.curve_tail, whole_checksum=False, coalesce=self.r.coalesce
+        )
 
     def post_step(self, state: TrainState) -> None:
         if state.rank == 0 and self._pending is not None:

@@ -64,7 +64,7 @@ CALL_GROUPS = {
     "control": (
         "commit", "pieces", "status", "newest_committed", "busy_with", "start_generation", "drop",
         "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",
-        "inject_blob_corruption", "kill_node", "release_buffers",
+        "inject_blob_corruption", "kill_node", "release_buffers", "data_address",
     ),
     "waits": ("wait_for_pieces", "wait_persisted", "prepare"),
 }  # fmt: skip

@@ -15,10 +15,9 @@ until every piece is stored).
 Back-pressure: a keeper holds the committed version and one being written, so a rank that is a
 snapshot ahead of the commit must wait. It waits on its own hand-off thread, never in a keeper
 thread: a put that finds another version still being written is refused at once with ``BusyError``;
-the rank then asks its group's keepers (``busy_with``, a control call) with a growing backoff
-(:data:`RETRY_FIRST_S` to :data:`RETRY_MAX_S`) until they would take the version, and hands off
-again. The first attempt goes straight to the hand-off, so a rank that is not ahead pays one call.
-After :data:`PUT_WAIT_S` it gives up with an error that says which version blocks it.
+the rank then tries the hand-off again after a growing backoff (:data:`RETRY_FIRST_S` to
+:data:`RETRY_MAX_S`), one call each time (a refused retry costs the keeper no encoding and no bytes).
+After :data:`PUT_WAIT_S` it gives up with an error that says which version blocks it (``busy_with``).
 """
 
 from __future__ import annotations
@@ -77,8 +76,10 @@ class Coordinator:
         self.codec: tuple[str, int, int] | None = None
         #: fault injection (``commit_cut``): called with (version, expected) once every piece is stored
         self.cut: Callable[[int, dict], None] | None = None
+        self._previous: int | None = None  # the version settled before this one (committed or not)
 
     def settle(self, version: int) -> CommitOutcome:
+        previous, self._previous = self._previous, version
         expected = self.placement.expected(version)
         # Phase 1 in one round: each keeper waits for its last expected piece (a put wakes it: no
         # polling, which on a CPU box would steal the cores training runs on), then lists what it
@@ -103,7 +104,7 @@ class Coordinator:
         self.committed += 1
         if self.committed == 1:
             self.check_memory(version)
-        if self.persist and version % self.persist.every == 0:
+        if self.persist and self._persist_due(previous, version):
             groups = self.placement.groups
             shape = VersionShape(len(groups), len(groups[0]), self.codec[1] if self.codec else None)
             for keeper in self.keepers.values():
@@ -112,6 +113,17 @@ class Coordinator:
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
+
+    def _persist_due(self, previous: int | None, version: int) -> bool:
+        """Persist ``version`` if it is the first settled at or past a multiple of ``persist.every``.
+
+        Without skipped snapshots that is exactly ``version % every == 0``; with ``resilience.coalesce``
+        the multiple itself may have been skipped, and the next version taken stands in for it.
+        """
+        every = self.persist.every
+        if previous is None or previous >= version:
+            return version % every == 0
+        return version // every > previous // every
 
     def check_memory(self, version: int) -> None:
         """Check every keeper's measured need for committed ``version`` against its budget (``budget.py``).
@@ -185,28 +197,31 @@ class KeeperSink:
         """Hand ``payload`` to the home keeper; under back-pressure, back off and retry until ``deadline``.
 
         Back-pressure never holds a keeper thread: a busy keeper answers ``BusyError`` at once, and
-        this (the rank's hand-off thread) sleeps between ``busy_with`` checks. Past ``deadline``
-        (``time.monotonic()``) it raises.
+        this (the rank's hand-off thread) sleeps and tries the hand-off again. A retry is one call: the
+        home keeper refuses before encoding while it is busy itself, and re-sends only the pieces
+        another holder refused (``spread.py``); asking every holder whether it is still busy would cost
+        one call per holder each time. Past ``deadline`` (``time.monotonic()``) it raises, naming the
+        version that blocks it.
         """
-        delay, started, busy = RETRY_FIRST_S, time.monotonic(), None
+        delay, started = RETRY_FIRST_S, time.monotonic()
         while True:
-            if busy is None:
-                try:
-                    self._store(version, payload)
-                    return
-                except BusyError:  # a holder is still writing the previous version
-                    busy = "another version"
+            try:
+                self._store(version, payload)
+                return
+            except BusyError:  # a holder is still writing the previous version
+                pass
             self.retries += 1
             if time.monotonic() + delay > deadline:
+                busy = self._busy_with(version)
                 raise RecoveryError(
-                    f"snapshot version {version}: rank {self.rank}'s keepers were still writing {busy} when its "
-                    f"hand-off gave up after {time.monotonic() - started:.0f} s of back-pressure. The previous version was "
+                    f"snapshot version {version}: rank {self.rank}'s keepers were still writing "
+                    f"{busy if busy is not None else 'another version'} when its hand-off gave up after "
+                    f"{time.monotonic() - started:.0f} s of back-pressure. The previous version was "
                     "neither committed nor aborted: a rank stopped handing off, or rank 0's commit is stuck "
                     f"(see the logs of rank 0 and of the keepers). Ranks wait up to sink.PUT_WAIT_S={PUT_WAIT_S:.0f} s"
                 )
             time.sleep(delay)
             delay = min(2 * delay, RETRY_MAX_S)
-            busy = self._busy_with(version)
 
     def _store(self, version: int, payload: SharedBuffer | np.ndarray) -> None:
         self.calls += 1  # (the keeper makes one put call per piece held on another node)

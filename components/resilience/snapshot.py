@@ -19,6 +19,16 @@ to a keeper) has returned; ``begin`` blocks while ``max_in_flight`` snapshots ar
 bounds both memory and how far the hand-off may fall behind. Two single-thread executors keep the
 order: copies in step order, hand-offs in step order, a copy of S+1 may run during the hand-off of S.
 
+Coalescing (``coalesce=True``, ``resilience.coalesce``): instead of making the trainer wait for a
+free buffer, ``begin`` skips the snapshot when any rank's previous one is still in flight, so the
+snapshots actually taken follow the hand-off's pace ("every step, or as often as the hand-off keeps
+up") and training never queues behind it. Every rank must take the same versions (rank 0 commits a
+version only once every rank's pieces of it are stored), so the ranks agree: one all-reduce (MIN of
+"my buffer is free") of one integer on a gloo group of the engine's own, at each due snapshot.
+A skipped snapshot costs that call and no copy; ``stats.skipped`` counts them, and
+``newest_done`` (the newest version whose hand-off returned; on rank 0 that is the commit) lets a
+caller measure how far the protected state lags behind training.
+
 Errors of the background threads are never lost: they surface from the next ``fence``, ``begin``,
 ``wait`` or ``close`` on the trainer thread.
 
@@ -68,6 +78,7 @@ class SnapshotStats:
     fence_seconds: float = 0.0  # trainer thread waiting for a copy before the optimizer step
     copy_seconds: float = 0.0  # copier thread: tensors into the buffer
     handoff_seconds: float = 0.0  # hand-off thread: checksum and sink
+    skipped: int = 0  # due snapshots not taken because a rank's previous one was still in flight (coalesce)
 
     def summary(self) -> dict[str, float]:
         """Totals plus per-snapshot means in milliseconds; stall = begin + fence (the critical path)."""
@@ -81,7 +92,12 @@ class SnapshotStats:
 
 class SnapshotEngine:
     def __init__(
-        self, max_in_flight: int = 1, sink: Sink | None = None, curve_tail: int = 0, whole_checksum: bool = True
+        self,
+        max_in_flight: int = 1,
+        sink: Sink | None = None,
+        curve_tail: int = 0,
+        whole_checksum: bool = True,
+        coalesce: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
@@ -89,6 +105,10 @@ class SnapshotEngine:
         self.curve_tail = curve_tail  # loss/LR curve points carried in each snapshot's meta
         # A checksum of the whole buffer; off when the sink checksums pieces itself (one hash pass less).
         self.whole_checksum = whole_checksum
+        # Skip a due snapshot while any rank's previous one is in flight, instead of waiting (see above).
+        self.coalesce = coalesce
+        self._group: Any = None  # gloo group the ranks agree on a skip in (coalesce, world size > 1)
+        self.newest_done: int | None = None  # newest version whose hand-off (sink) returned
         self.layout: SnapshotLayout | None = None
         self.stats = SnapshotStats()
         self._buffers: list[torch.Tensor] = []
@@ -115,6 +135,10 @@ class SnapshotEngine:
             t1 = time.perf_counter()
             self.stats.setup_seconds += t1 - t0
             t0 = t1
+        elif self.coalesce and not self._every_rank_free():
+            self.stats.skipped += 1
+            self.stats.begin_seconds += time.perf_counter() - t0
+            return
         tensors = self.layout.live_tensors(state.module, state.optimizer)
         slot = self._free.get()  # blocks while max_in_flight snapshots are in flight
         write_meta(self._buffers[slot], self.layout, capture_meta(state, self.curve_tail))
@@ -155,6 +179,17 @@ class SnapshotEngine:
             if hasattr(self.sink, "close"):  # e.g. KeeperSink: release its shared buffers
                 self.sink.close()
 
+    def _every_rank_free(self) -> bool:
+        """True if every rank has a buffer free now (this rank's answer alone without a process group)."""
+        free = int(self._free.qsize() > 0)
+        if self._group is None:
+            return bool(free)
+        import torch.distributed as dist
+
+        agreed = torch.tensor([free], dtype=torch.int32)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self._group)
+        return bool(agreed.item())
+
     def _allocate(self, state: Any) -> None:
         # DDP: this rank's share of the replicated parameters; FSDP: all names (its own local shards)
         owned = snapshot_names(state.module, state.rank, state.world_size)
@@ -181,6 +216,11 @@ class SnapshotEngine:
         if cuda and any(t.is_cuda for t in tensors):
             self._stream = torch.cuda.Stream()
         self.stats.bytes_per_snapshot = self.layout.total_bytes
+        if self.coalesce and state.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # every rank is here, at its first snapshot: new_group is collective
+                self._group = dist.new_group(backend="gloo")
 
     def _copy(self, views: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
         t0 = time.perf_counter()
@@ -209,6 +249,7 @@ class SnapshotEngine:
             snapshot = Snapshot(version, data, self.layout, checksum(data) if self.whole_checksum else "")
             if self.sink is not None:
                 self.sink(version, data, self.layout)
+            self.newest_done = version
             self.stats.handoff_seconds += time.perf_counter() - t0
             self.stats.completed += 1
             return snapshot

@@ -49,22 +49,30 @@ class KeepLastSnapshot:
 class SnapshotCallback(Callback):
     """Snapshot each rank's part of the training state every ``every`` steps, asynchronously."""
 
-    def __init__(self, every: int = 1, max_in_flight: int = 1, sink: Sink | None = None) -> None:
+    def __init__(
+        self, every: int = 1, max_in_flight: int = 1, sink: Sink | None = None, coalesce: bool = False
+    ) -> None:
         # Plain values only: the callback is pickled to the Ray workers; the engine starts in pre_train.
         self.every, self.max_in_flight, self.sink = max(1, every), max_in_flight, sink
+        self.coalesce = coalesce
         self.engine: SnapshotEngine | None = None
         self.kept: KeepLastSnapshot | None = None
         self._failed = False
 
     @classmethod
     def from_config(cls, resilience: Any, sink: Sink | None = None) -> SnapshotCallback:
-        """From ``cfg.resilience`` (``snapshot_every``, ``max_in_flight``)."""
-        return cls(every=resilience.snapshot_every, max_in_flight=resilience.max_in_flight, sink=sink)
+        """From ``cfg.resilience`` (``snapshot_every``, ``max_in_flight``, ``coalesce``)."""
+        return cls(
+            every=resilience.snapshot_every,
+            max_in_flight=resilience.max_in_flight,
+            sink=sink,
+            coalesce=resilience.coalesce,
+        )
 
     def pre_train(self, state: TrainState) -> None:
         if self.sink is None:
             self.kept = KeepLastSnapshot()
-        self.engine = SnapshotEngine(self.max_in_flight, self.sink or self.kept)
+        self.engine = SnapshotEngine(self.max_in_flight, self.sink or self.kept, coalesce=self.coalesce)
 
     def pre_optimizer_step(self, state: TrainState) -> None:
         self.engine.fence()

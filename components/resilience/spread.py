@@ -24,11 +24,15 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
+from components.common.log import get_logger
 from components.resilience.codec import ErasureCodec, make_codec
+from components.resilience.dataplane import PieceLinks, PieceServer
 from components.resilience.handoff import SharedBuffer, SharedBufferReader
 from components.resilience.keeper import BusyError
 from components.resilience.piece import Piece, PieceId
-from components.resilience.remote import DATA_TIMEOUT_S, wait_for
+from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for
+
+log = get_logger(__name__)
 
 
 class SnapshotSpreader:
@@ -94,23 +98,39 @@ class SnapshotSpreader:
     ) -> int:
         """Put each piece on its holder; returns how many were stored. Pieces a holder refused as busy
         are kept (as copies of their own) for the rank's retry, which then sends only them: a retry
-        neither encodes again nor sends a piece twice. Other errors propagate."""
-        remote = [(piece, holder, holder[1].put.remote(piece, generation=generation, wait_s=wait_s))
-                  for piece, holder in todo if holder[0] != here]  # fmt: skip
-        refused = []
+        neither encodes again nor sends a piece twice. Other errors propagate.
+
+        Pieces for other nodes go over the direct data plane (``dataplane.py``); a piece whose
+        connection fails (its keeper died or restarted) goes as a Ray call instead, so a lost keeper
+        raises ``RayActorError`` as it always did. Every outcome is collected before any is raised:
+        a call left unread would log its error as unhandled (the ``BusyError`` noise of old).
+        """
+        refused, failures = [], []
         for piece, holder in todo:
-            if holder[0] == here:  # stored without a round trip through Ray
+            if holder[0] == here:  # stored without a round trip
                 try:
                     self.put(piece, generation=generation, wait_s=wait_s, made_here=True)
                 except BusyError:
                     refused.append((piece, holder))
-        if remote:
-            ray.wait([ref for _, _, ref in remote], num_returns=len(remote), timeout=DATA_TIMEOUT_S + wait_s)
-        for piece, holder, ref in remote:
-            try:
-                wait_for(ref, node=holder[0], call=f"put(version {version}, group {group})", timeout_s=0)
-            except BusyError:
+        remote = [(piece, holder) for piece, holder in todo if holder[0] != here]
+        direct, via_ray = self._send_direct(remote, generation, wait_s)
+        outcomes = list(direct)
+        if via_ray:
+            calls = [(p, h, h[1].put.remote(p, generation=generation, wait_s=wait_s)) for p, h in via_ray]
+            ray.wait([ref for _, _, ref in calls], num_returns=len(calls), timeout=DATA_TIMEOUT_S + wait_s)
+            for piece, holder, ref in calls:
+                try:
+                    wait_for(ref, node=holder[0], call=f"put(version {version}, group {group})", timeout_s=0)
+                    outcomes.append((piece, holder, None))
+                except Exception as e:  # collected: raised below, once every call is read
+                    outcomes.append((piece, holder, e))
+        for piece, holder, error in outcomes:
+            if isinstance(error, BusyError):
                 refused.append((piece, holder))
+            elif error is not None:
+                failures.append(error)
+        if failures:
+            raise failures[0]
         if refused:
             self.__dict__["_refused"][(version, group, generation)] = [(p.owned(), h) for p, h in refused]
             raise BusyError(
@@ -118,6 +138,46 @@ class SnapshotSpreader:
                 f"({', '.join(h[0][:8] for _, h in refused)}); they are kept for the retry"
             )
         return len(todo)
+
+    def data_address(self) -> tuple[str, int, bytes]:
+        """``(host, port, token)`` of this keeper's piece server (``dataplane.py``), started on first use."""
+        with self._lock:
+            server = self.__dict__.get("_server")
+            if server is None:
+                server = self.__dict__["_server"] = PieceServer(self.put, ray.util.get_node_ip_address())
+        return server.address
+
+    def _send_direct(
+        self, todo: list[tuple[Piece, tuple[str, ActorHandle]]], generation: int, wait_s: float
+    ) -> tuple[list[tuple[Piece, tuple[str, ActorHandle], Exception | None]], list[tuple[Piece, tuple]]]:
+        """Send ``todo`` over the data plane: ``(outcomes, pieces to send as Ray calls instead)``."""
+        if not todo:
+            return [], []
+        links: PieceLinks = self.__dict__.setdefault("_links", PieceLinks(DATA_TIMEOUT_S))
+        addresses: dict[str, tuple[str, int, bytes]] = self.__dict__.setdefault("_addresses", {})
+        missing = {h[0]: h[1].data_address.remote() for _, h in todo if h[0] not in addresses}
+        for node, ref in missing.items():
+            try:
+                addresses[node] = wait_for(ref, node=node, call="data_address", timeout_s=CONTROL_TIMEOUT_S)
+            except Exception as e:  # a keeper gone already: its pieces take the Ray path, which reports it
+                log.warning(
+                    "keeper on node %s: no data-plane address (%s); sending its pieces through Ray", node[:8], e
+                )
+        direct = [(p, h) for p, h in todo if h[0] in addresses]
+        via_ray = [(p, h) for p, h in todo if h[0] not in addresses]
+        try:
+            errors = links.send([(addresses[h[0]], p, generation, wait_s) for p, h in direct])
+        except OSError as e:
+            # A keeper died or restarted (new port): ask again next time; now send these through Ray
+            # (a repeated piece replaces itself: puts are idempotent within the version being written).
+            nodes = sorted({h[0] for _, h in direct})
+            log.warning(
+                "data plane to nodes %s failed (%s); sending these pieces through Ray", [n[:8] for n in nodes], e
+            )
+            for node in nodes:
+                links.forget(addresses.pop(node))
+            return [], via_ray + direct
+        return [(p, h, err) for (p, h), err in zip(direct, errors, strict=True)], via_ray
 
     def prepare(self, version: int, expected: set[PieceId], timeout_s: float) -> list[PieceId]:
         """Phase 1 of the commit in one call: wait until the ``expected`` pieces are stored (or

@@ -8,7 +8,11 @@ and a Ray Train worker loop that measures each one in turn on the same workers.
 - ``dcp_async``: ``torch.distributed.checkpoint.async_save`` to local disk (its FileSystemWriter
   fsyncs every file: ``sync_files=True``), on its own gloo group, at most one save in flight (the
   trainer waits for the previous one before starting the next);
-- ``memory``: lmforge's in-memory, erasure-coded snapshots (``components/resilience``).
+- ``memory``: lmforge's in-memory, erasure-coded snapshots (``components/resilience``);
+- ``coalesce``: the same with ``resilience.coalesce=true``: a due snapshot is skipped while a rank's
+  previous one is still being handed off, so besides throughput the run reports how often snapshots
+  were really taken and how many steps the newest committed version lagged behind training (rank 0's
+  hand-off returns once its version is committed), averaged over the timed steps.
 
 Stall = time the trainer thread spends in the method per save, on the critical path, the first save's
 set-up included (the timed steps begin before a method's first save: the warm-up steps run without
@@ -84,6 +88,20 @@ class DcpAsyncSaveEvery(Callback):
             self._pending.result()
 
 
+class CommitLag(Callback):
+    """After each step, how many steps the newest version this rank handed off lags behind (on rank 0:
+    the newest committed version); before the first one, the steps since the timed run began."""
+
+    def __init__(self) -> None:
+        self.engine, self.lags, self.first_step = None, [], None
+
+    def post_step(self, state: Any) -> None:
+        if self.first_step is None:
+            self.first_step = state.step - 1
+        done = self.engine.newest_done if self.engine is not None else None
+        self.lags.append(state.step - (done if done is not None else self.first_step))
+
+
 def method_callbacks(method: str, every: int, cfg: Any, scratch: str, run: str) -> list[Callback]:
     """``cfg`` is the run config; for ``memory`` its ``resilience`` section (with ``snapshot_every = every``)."""
     if method == "none":
@@ -92,13 +110,13 @@ def method_callbacks(method: str, every: int, cfg: Any, scratch: str, run: str) 
         return [TorchSaveEvery(every, scratch)]
     if method == "dcp_async":
         return [DcpAsyncSaveEvery(every, scratch)]
-    if method == "memory":
+    if method in ("memory", "coalesce"):
         from components.resilience.callback import ResilienceCallback, ResilienceTarget
 
         target = ResilienceTarget(
             run_name=run, snapshots_uri=f"file://{scratch}/snapshots", markers_uri=f"file://{scratch}/faults"
         )
-        return [ResilienceCallback(cfg, target)]
+        return [ResilienceCallback(cfg, target), CommitLag()]
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -131,6 +149,9 @@ def bench_loop(config: dict) -> None:
             callbacks = method_callbacks(method, every, cfg, scratch, run)
             for cb in callbacks:
                 cb.pre_train(state)
+            memory = method in ("memory", "coalesce")
+            if memory:
+                callbacks[1].engine = callbacks[0].engine
             for _ in range(config["warmup"]):  # without the method: its first save falls in the timed steps
                 train_step(state, [], device=device, grad_clip=1.0)
             dist.barrier()
@@ -139,13 +160,14 @@ def bench_loop(config: dict) -> None:
                 train_step(state, callbacks, device=device, grad_clip=1.0)
             dist.barrier()
             elapsed = time.perf_counter() - t0
-            if method == "memory":
+            if memory:
+                lag = callbacks[1].lags
                 callbacks[0].engine.wait()  # the last snapshot's background work belongs to these steps
                 dist.barrier()
             cpu = _cluster_cpu_seconds(config["driver_pid"]) - cpu0
             saves, stall = _stall(callbacks)
-            extra = _keeper_memory(callbacks, world) if method == "memory" else {}
-            if method == "memory":  # where the stall goes: set-up, begin (meta, a free buffer), fence
+            extra = _keeper_memory(callbacks, world) if memory else {}
+            if memory:  # where the stall goes: set-up, begin (meta, a free buffer), fence
                 cb = callbacks[0]
                 s = cb.engine.stats
                 cross = _cross_node_bytes(cb)
@@ -159,11 +181,14 @@ def bench_loop(config: dict) -> None:
                     "handoff_calls_per_snapshot": cb.engine.sink.calls / max(s.completed, 1),
                     "keeper_puts_per_snapshot": cb.r.k + cb.r.m - 1,  # one per piece held on another node
                     "commit_calls_per_snapshot": cb.coordinator.calls / max(s.completed, 1) if cb.coordinator else 0,
+                    "taken": s.snapshots,
+                    "skipped": s.skipped,
+                    "mean_lag_steps": sum(lag) / max(len(lag), 1),
                 }
             for cb in callbacks:
                 cb.close()
             dist.barrier()
-            if method == "memory" and rank == 0:
+            if memory and rank == 0:
                 stop_keepers(run)
         results.append(
             {

@@ -87,6 +87,26 @@ def test_begin_blocks_while_max_in_flight_snapshots_are_in_flight():
     assert engine.stats.completed == 3 and engine.in_flight == 0
 
 
+def test_coalescing_skips_a_due_snapshot_while_the_previous_is_in_flight_and_takes_the_next_once_it_is_done():
+    state = make_state()
+    run_steps(state, 1)
+    release, handed = threading.Event(), []
+    engine = SnapshotEngine(
+        sink=lambda version, data, layout: (release.wait(30), handed.append(version)), coalesce=True
+    )
+    engine.begin(state)  # step 1: taken, its hand-off waits
+    for _ in range(3):
+        run_steps(state, 1)
+        engine.begin(state)  # returns at once: skipped, no copy, no wait
+    assert engine.stats.skipped == 3 and engine.stats.snapshots == 1 and engine.newest_done is None
+    release.set()
+    engine.wait()
+    run_steps(state, 1)
+    engine.begin(state)  # the buffer is free again: taken
+    engine.close()
+    assert handed == [1, 5] and engine.newest_done == 5 and engine.stats.skipped == 3
+
+
 def test_a_failing_sink_is_raised_on_the_trainer_thread():
     state = make_state()
     run_steps(state, 1)
