@@ -45,7 +45,7 @@ def write_report(
             lineage.ui_links(cfg, experiment_id=parent.info.experiment_id, run_id=parent_run_id, kfp_run_id=kfp_run_id)
         )
     context["pipeline"] = pipeline
-    page, markdown, images = build_report(summaries, context)
+    page, markdown, images = build_report(summaries, context, {stage: p["uri"] for stage, p in pointers.items()})
     report_uri = join(store_root(cfg), "reports", f"run-{kfp_run_id}")
     with tempfile.TemporaryDirectory(dir=resolve_home(cfg)) as tmp:
         tmp = Path(tmp)
