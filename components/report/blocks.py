@@ -74,7 +74,7 @@ class Text:
 class Table:
     head: tuple[str, ...]
     rows: list[tuple]
-    #: a class for the HTML table (``facts``: a two-column label/value table)
+    #: a class for the HTML table (``facts``: a two-column label/value table; ``text``: columns of prose)
     kind: str = ""
 
 
@@ -111,7 +111,13 @@ def facts(rows: list[tuple[str, Any]]) -> Table:
     return Table(("", ""), [(label, value) for label, value in rows if value is not None], kind="facts")
 
 
+#: A text cell that reads as a number (``440 (12.4%)``, ``+0.25%``, ``0.64 (×0.64)``): aligned like one.
+_NUMERIC_TEXT = re.compile(r"^[-+]?[\d,.]+%?( \([^)]*\))?$")
+
+
 def _is_number(v: Any) -> bool:
+    if isinstance(v, str):
+        return bool(_NUMERIC_TEXT.match(v))
     return isinstance(v, (int, float, Est)) and not isinstance(v, bool)
 
 

@@ -55,7 +55,8 @@ STYLE = (
     "#summary.pass{border-left-color:#2a7a2a}#summary.fail{border-left-color:#b03030}"
     "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;"
     "vertical-align:top}th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
-    "table.facts td:first-child{color:#555}code{font-size:90%;word-break:break-all}"
+    "table.facts td:first-child{color:#555}table.facts td.n{text-align:left}td{overflow-wrap:anywhere}"
+    "table.text{table-layout:fixed;width:100%}code{font-size:90%;word-break:break-all}"
     "figure{margin:.6em 0}img{max-width:100%}details{margin:.5em 0;color:#444}summary{cursor:pointer}"
     "pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}"
 )

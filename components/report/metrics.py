@@ -75,6 +75,27 @@ def seconds_text(seconds: float | None) -> str | None:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+#: lm-eval's metric names (and lmforge's blank scoring, components/evaluate/blank.py) for people.
+TASK_METRICS = {
+    "acc": "accuracy (log-likelihood)",
+    "acc_norm": "accuracy (log-likelihood per character)",
+    "blank_acc": "accuracy (blank perplexity)",
+    "blank_ppl": "perplexity per byte of the gold text (blank)",
+    "exact_match": "exact match",
+}
+
+
+def task_metric_label(name: str) -> str:
+    """``acc_norm`` → ``accuracy (log-likelihood per character)``; ``exact_match_first-integer`` →
+    ``exact match (first-integer)``: a filtered metric keeps its filter's name."""
+    if name in TASK_METRICS:
+        return TASK_METRICS[name]
+    base = max((b for b in TASK_METRICS if name.startswith(b + "_")), key=len, default=None)
+    if base is None:
+        return name.replace("_", " ")
+    return f"{TASK_METRICS[base]} ({name.removeprefix(base + '_')})"
+
+
 def task_label(task: str) -> str:
     """``lmforge_shakespeare_cloze`` → ``shakespeare cloze`` (the prefix only says it ships with lmforge)."""
     return task.removeprefix("lmforge_").replace("_", " ")

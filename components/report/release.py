@@ -18,7 +18,15 @@ from typing import Any
 
 from components.common.plots import sweep_plot
 from components.report.blocks import Est, Figure, Section, Table, Text, facts, number_text
-from components.report.metrics import CORPUS_LABELS, Metrics, metric_label, seconds_text, stderr_key, task_label
+from components.report.metrics import (
+    CORPUS_LABELS,
+    Metrics,
+    metric_label,
+    seconds_text,
+    stderr_key,
+    task_label,
+    task_metric_label,
+)
 
 GUARD = re.compile(r"^(?P<metric>\S+) (?P<op>drop<=|<=|>=) (?P<value>\S+)$")
 OUTCOME_TEXT = {
@@ -179,7 +187,7 @@ def _task_rows(s: dict, m: Metrics) -> list[tuple]:
             rows.append(
                 (
                     task_label(task),
-                    name.replace("_", " "),
+                    task_metric_label(name),
                     Est(value, scores[se] if se else None),
                     row.get("samples"),
                     "chat template" if row.get("chat_template") else "plain text",
@@ -188,7 +196,7 @@ def _task_rows(s: dict, m: Metrics) -> list[tuple]:
         m.matching(re.escape(task) + r"_.*")
     pref = m.est("preference_acc")
     if pref is not None:
-        rows.append(("preference (held-out pairs)", "prefers chosen", pref, None, "chat template"))
+        rows.append(("preference (held-out pairs)", "prefers the chosen response", pref, None, "chat template"))
     return rows
 
 

@@ -273,7 +273,7 @@ def _sft(s: dict) -> Section:
             for x in samples[:3]
         ]
         blocks.append(Text("Generations after SFT on training prompts (greedy):"))
-        blocks.append(Table(("prompt", "reference answer", "model's answer"), rows))
+        blocks.append(Table(("prompt", "reference answer", "model's answer"), rows, kind="text"))
     rest = m.rest()
     return Section("align-sft", "Supervised fine-tuning (SFT)", blocks + ([rest] if rest else []), 3)
 

@@ -79,9 +79,13 @@ def test_a_run_without_evaluation_or_registration_has_no_summary():
 
 def test_task_table_gives_every_score_with_its_standard_error(full_report):
     evaluation = section(full_report[0], "evaluate")
-    assert re.search(r"<td>shakespeare cloze</td><td>acc</td><td class=n>0\.22 ± 0\.059</td>", evaluation)
+    assert re.search(
+        r"<td>shakespeare cloze</td><td>accuracy \(log-likelihood\)</td><td class=n>0\.22 ± 0\.059</td>", evaluation
+    )
     # lm-eval names a filtered metric's stderr '<metric>_stderr_<filter>'
-    assert re.search(r"<td>arithmetic</td><td>exact match first-integer</td><td class=n>0\.3 ± 0\.065</td>", evaluation)
+    assert re.search(
+        r"<td>arithmetic</td><td>exact match \(first-integer\)</td><td class=n>0\.3 ± 0\.065</td>", evaluation
+    )
     assert "0.57 ± 0.05" in evaluation  # preference accuracy on held-out pairs
 
 
