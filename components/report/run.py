@@ -8,8 +8,11 @@ from pathlib import Path
 from components.common import lineage
 from components.common.artifacts import open_run_store, read_marker, read_pointer, store_root
 from components.common.config import LifecycleConfig, resolve_home
+from components.common.log import get_logger
 from components.common.storage import join
 from components.report.build import build_report
+
+log = get_logger("lmforge.report")
 
 
 def write_report(
@@ -23,6 +26,7 @@ def write_report(
     store = open_run_store(cfg)
     pointers = {stage: read_pointer(path) for stage, path in pointer_paths.items()}
     summaries = {stage: read_marker(store, p["uri"]) for stage, p in pointers.items()}
+    fetch_stability_plot(store, summaries, pointers)
     model_uri = pointers["quantize"]["uri"] + "/model" if "quantize" in pointers else ""
     reg = summaries.get("register", {})
     context = {
@@ -70,6 +74,19 @@ def write_report(
         cfg, kfp_run_id, {**context, "report_uri": join(report_uri, "report.html"), "parent_run_id": parent_run_id}
     )
     return page, markdown
+
+
+def fetch_stability_plot(store, summaries: dict[str, dict], pointers: dict[str, dict]) -> None:
+    """Put the PNG the evaluate summary's ``stability.plot`` names (a file in the evaluate output) into
+    the summary as ``plot_png``, so the page embeds it (docs/report.md: the ``stability`` key)."""
+    stability = (summaries.get("evaluate") or {}).get("stability")
+    if not isinstance(stability, dict) or not stability.get("plot") or "evaluate" not in pointers:
+        return
+    uri = join(pointers["evaluate"]["uri"], stability["plot"])
+    if store.exists(uri):
+        stability["plot_png"] = store.read_bytes(uri)
+    else:  # the table still shows; say why the plot does not
+        log.warning("report: the evaluate summary names stability plot %s, which is not in the store", uri)
 
 
 def _record_run(cfg: LifecycleConfig, kfp_run_id: str, context: dict) -> None:

@@ -174,3 +174,18 @@ def test_stability_section_appears_only_when_the_evaluation_measured_it(full_rep
     page, _, _ = build_report(summaries(evaluate=evaluation), {}, URIS)
     part = section(page, "evaluate")
     assert "<h3>Stability across checkpoints</h3>" in part and "<td class=n>0.82</td>" in part
+
+
+def test_the_stability_plot_named_by_the_evaluation_is_fetched_from_its_output(tmp_path):
+    from components.common.storage import open_store
+    from components.report.run import fetch_stability_plot
+
+    store = open_store(f"file://{tmp_path}")
+    png = b"\x89PNG fake image bytes"
+    store.write_bytes(f"file://{tmp_path}/reports/abc/stability.png", png)
+    evaluation = {"stability": {"rows": [{"task": "order", "tau": 0.5}], "plot": "stability.png"}}
+    got = {"evaluate": evaluation}
+    fetch_stability_plot(store, got, {"evaluate": {"uri": f"file://{tmp_path}/reports/abc"}})
+    assert got["evaluate"]["stability"]["plot_png"] == png
+    _, md, images = build_report(got, {})
+    assert images["evaluate_stability.png"] == png and "](evaluate_stability.png)" in md
