@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 
-from components.report.blocks import Section, Text, number_text, to_html, to_markdown
+from components.report.blocks import Section, Text, inline_html, number_text, to_html, to_markdown
 from components.report.release import evaluate_section, quantize_section, register_section, run_section, summary_section
 from components.report.training import align_section, continual_section, curate_section, pretrain_section
 
@@ -112,7 +112,7 @@ def build_report(
             summary_html = summary_html.replace('<section id="summary">', f'<section id="summary" class="{state}">', 1)
         parts.append(summary_html)
         md.append(to_markdown(summary))
-    parts.append(f"<nav>{to_html(nav, images)[3:-4]}</nav>")
+    parts.append(f"<nav>{inline_html(nav.text)}</nav>")
     md.append(to_markdown(nav))
     for section in sections:
         parts.append(to_html(section, images))
