@@ -50,7 +50,7 @@ HEADLINE = {
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}"
     "h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"
-    "nav{color:#555;margin:.5em 0 1em}nav a{margin-right:.8em}"
+    "nav{color:#555;margin:.5em 0 1em}"
     "#summary{background:#f7f9fc;border-left:4px solid #888;padding:.2em 1em .6em}"
     "#summary.pass{border-left-color:#2a7a2a}#summary.fail{border-left-color:#b03030}"
     "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;"
