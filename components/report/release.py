@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from components.common.plots import sweep_plot
-from components.report.blocks import Est, Figure, Section, Table, Text, facts, number_text
+from components.report.blocks import Details, Est, Figure, Section, Table, Text, facts, number_text
 from components.report.metrics import (
     CORPUS_LABELS,
     Metrics,
@@ -200,26 +200,51 @@ def _task_rows(s: dict, m: Metrics) -> list[tuple]:
     return rows
 
 
-def stability_blocks(stability: dict) -> list:
-    """The evaluate summary's ``stability`` key: rank agreement across pretraining checkpoints.
+def _tau(r: dict | None) -> str | None:
+    """``0.67 (p 0.17)``; an undefined tau (a score constant over the checkpoints has no ranking)."""
+    if not r:
+        return None
+    if r.get("tau") is None:
+        return "undefined (constant score)"
+    p = r.get("p_value")
+    return f"{r['tau']:+.2f}" + (f" (p {p:.2g})" if p is not None else "")
 
-    Expected shape (documented in docs/report.md): ``{"checkpoints": [steps...], "rows": [{"task", "metric",
-    "tau", "p_value", ...}, ...], "plot": "<file in the evaluate output>"?}``; any other per-row keys
-    become columns. The plot arrives as PNG bytes under ``plot_png`` when the report builder fetched it.
-    """
+
+def stability_blocks(stability: dict, tasks: tuple[str, ...] = ()) -> list:
+    """The evaluate summary's ``stability`` key (components/evaluate/stability.py; docs/report.md):
+    Kendall's tau of each score's ranking of the pretraining checkpoints against held-out perplexity's
+    and against training order, between a task's two scorings, and every checkpoint's numbers."""
     blocks: list = []
-    steps = stability.get("checkpoints") or []
+    steps = stability.get("steps") or stability.get("checkpoints") or []
     if steps:
         blocks.append(
             Text(
-                f"{len(steps)} pretraining checkpoints (steps {', '.join(number_text(x) for x in steps)}) ranked by each "
-                "score; Kendall's τ against the held-out perplexity ranking (1: the same order, 0: unrelated)."
+                f"{len(steps)} pretraining checkpoints (steps {', '.join(number_text(x) for x in steps)}), each "
+                "measured as the release model is, then ranked by every score. Kendall's τ compares a score's "
+                "ranking with held-out perplexity's and with training order: +1 the same order, 0 unrelated."
             )
         )
+    vs_ppl, vs_step = stability.get("tau_vs_perplexity") or {}, stability.get("tau_vs_step") or {}
+    names = list(dict.fromkeys([*vs_ppl, *vs_step]))
+    if names:
+        rows = [(metric_label(n, tasks), _tau(vs_ppl.get(n)), _tau(vs_step.get(n))) for n in names]
+        blocks.append(Table(("score", "τ vs held-out perplexity", "τ vs training order"), rows))
+    methods = stability.get("tau_methods") or {}
+    if methods:
+        rows = [(task_label(t), _tau(r)) for t, r in methods.items()]
+        blocks.append(Table(("task", "τ between log-likelihood and blank-perplexity accuracy"), rows))
     rows = stability.get("rows") or []
     if rows:
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        blocks.append(Table(tuple(c.replace("_", " ") for c in cols), [tuple(r.get(c) for c in cols) for r in rows]))
+        cols = [c for c in dict.fromkeys(k for r in rows for k in r) if "_stderr" not in c]
+        table_rows = []
+        for r in rows:
+            cells = []
+            for c in cols:
+                se = stderr_key(c, r)
+                cells.append(Est(r[c], r[se]) if se and isinstance(r.get(c), (int, float)) else r.get(c))
+            table_rows.append(tuple(cells))
+        head = tuple(c if c == "step" else metric_label(c, tasks) for c in cols)
+        blocks.append(Details(f"Every checkpoint's numbers ({len(rows)})", [Table(head, table_rows)]))
     if stability.get("plot_png"):
         blocks.append(Figure("evaluate_stability.png", stability["plot_png"], "Kendall tau across checkpoints"))
     return blocks
@@ -238,9 +263,9 @@ def evaluate_section(s: dict) -> Section:
     if rows:
         blocks.append(Table(("task", "metric", "score ± standard error", "examples", "prompted as"), rows))
     if s.get("stability"):
-        blocks.append(
-            Section("evaluate-stability", "Stability across checkpoints", stability_blocks(s["stability"]), 3)
-        )
+        stability = stability_blocks(s["stability"], tuple(s.get("tasks") or ()))
+        blocks.append(Section("evaluate-stability", "Stability across checkpoints", stability, 3))
+        m.matching(r"stability_.*")  # the flat copies of the taus above
     detail = []
     if s.get("eval_digest"):
         detail.append(f"evaluation digest `{s['eval_digest']}`")

@@ -14,6 +14,9 @@ from components.report.build import build_report
 
 log = get_logger("lmforge.report")
 
+#: Where the evaluate stage writes its stability plot when its summary names none.
+STABILITY_PLOT = "stability.png"
+
 
 def write_report(
     cfg: LifecycleConfig, pointer_paths: dict[str, str], parent_run_id: str, kfp_run_id: str
@@ -77,12 +80,12 @@ def write_report(
 
 
 def fetch_stability_plot(store, summaries: dict[str, dict], pointers: dict[str, dict]) -> None:
-    """Put the PNG the evaluate summary's ``stability.plot`` names (a file in the evaluate output) into
-    the summary as ``plot_png``, so the page embeds it (docs/report.md: the ``stability`` key)."""
+    """Put the stability plot (the file ``stability.plot`` names in the evaluate output, default
+    ``stability.png``) into the summary as ``plot_png``, so the page embeds it (docs/report.md)."""
     stability = (summaries.get("evaluate") or {}).get("stability")
-    if not isinstance(stability, dict) or not stability.get("plot") or "evaluate" not in pointers:
+    if not isinstance(stability, dict) or "evaluate" not in pointers:
         return
-    uri = join(pointers["evaluate"]["uri"], stability["plot"])
+    uri = join(pointers["evaluate"]["uri"], stability.get("plot") or STABILITY_PLOT)
     if store.exists(uri):
         stability["plot_png"] = store.read_bytes(uri)
     else:  # the table still shows; say why the plot does not

@@ -3,6 +3,7 @@ readable names, every score with its standard error, and no section for a stage 
 
 from __future__ import annotations
 
+import copy
 import re
 
 from components.report.build import build_report
@@ -167,13 +168,30 @@ def test_images_are_inline_in_the_html_and_files_beside_the_markdown(full_report
 
 def test_stability_section_appears_only_when_the_evaluation_measured_it(full_report):
     assert "Stability across checkpoints" not in full_report[0]
-    evaluation = {
-        **SUMMARIES["evaluate"],
-        "stability": {"checkpoints": [50, 100, 150], "rows": [{"task": "shakespeare order", "tau": 0.82}]},
+    cloze = "lmforge_shakespeare_cloze_acc"
+    stability = {  # as components/evaluate/stability.summarize writes it
+        "steps": [50, 100, 150],
+        "reference": "heldout_perplexity",
+        "rows": [
+            {"step": s, "heldout_perplexity": 90.0 - s / 10, cloze: 0.2, f"{cloze}_stderr": 0.05}
+            for s in (50, 100, 150)
+        ],
+        "scores": {cloze: True},
+        "tau_vs_perplexity": {cloze: {"tau": None, "p_value": None}},
+        "tau_vs_step": {"heldout_perplexity": {"tau": 1.0, "p_value": 0.0117}, cloze: {"tau": None, "p_value": None}},
+        "tau_methods": {"lmforge_shakespeare_cloze": {"between": [cloze, "x"], "tau": 0.333, "p_value": 0.6}},
     }
-    page, _, _ = build_report(summaries(evaluate=evaluation), {}, URIS)
-    part = section(page, "evaluate")
-    assert "<h3>Stability across checkpoints</h3>" in part and "<td class=n>0.82</td>" in part
+    evaluation = copy.deepcopy(SUMMARIES["evaluate"])
+    evaluation["stability"] = stability
+    evaluation["metrics"]["stability_tau_step_heldout_perplexity"] = 1.0
+    _, md, _ = build_report(summaries(evaluate=evaluation), {}, URIS)
+    part = md.split("### Stability across checkpoints")[1]
+    assert "3 pretraining checkpoints (steps 50, 100, 150)" in part
+    assert "| held-out perplexity (pretraining corpus) | — | +1.00 (p 0.012) |" in part
+    assert "| shakespeare cloze: acc | undefined (constant score) | undefined (constant score) |" in part
+    assert "| shakespeare cloze | +0.33 (p 0.6) |" in part
+    assert "| 150 | 75 | 0.2 ± 0.05 |" in part
+    assert "stability_tau_step_heldout_perplexity" not in md  # the table shows it: not an "other number"
 
 
 def test_the_stability_plot_named_by_the_evaluation_is_fetched_from_its_output(tmp_path):
