@@ -357,7 +357,9 @@ def _prefer(s: dict) -> Section:
                         "judge score (first → last quarter)",
                         m.change("online_score_first_quarter", "online_score_last_quarter"),
                     ),
+                    ("judge", s.get("judge")),
                     ("held-out exact match", m.change("online_exact_match_before", "online_exact_match_after")),
+                    ("held-out judge score", m.change("online_heldout_score_before", "online_heldout_score_after")),
                     (
                         "generation",
                         f"{m.get('online_samples_per_second'):.1f} samples/s"

@@ -207,3 +207,10 @@ def test_the_stability_plot_named_by_the_evaluation_is_fetched_from_its_output(t
     assert got["evaluate"]["stability"]["plot_png"] == png
     _, md, images = build_report(got, {})
     assert images["evaluate_stability.png"] == png and "](evaluate_stability.png)" in md
+
+
+def test_online_dpo_names_its_judge_and_the_held_out_score():
+    metrics = {"online_updates": 8, "online_heldout_score_before": 0.1, "online_heldout_score_after": 0.3}
+    prefer = {"method": "online_dpo", "judge": "verifier", "metrics": metrics, "rounds": []}
+    _, md, _ = build_report(summaries(prefer=prefer), {})
+    assert "| judge | verifier |" in md and "| held-out judge score | 0.1 → 0.3 |" in md
