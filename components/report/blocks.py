@@ -116,8 +116,8 @@ _NUMERIC_TEXT = re.compile(r"^[-+]?[\d,.]+%?( \([^)]*\))?$")
 
 
 def _is_number(v: Any) -> bool:
-    if isinstance(v, str):
-        return bool(_NUMERIC_TEXT.match(v))
+    if isinstance(v, str):  # a short one: a long run of digits is generated text, which must wrap
+        return len(v) <= 24 and bool(_NUMERIC_TEXT.match(v))
     return isinstance(v, (int, float, Est)) and not isinstance(v, bool)
 
 
