@@ -224,6 +224,7 @@ def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_
         new_dataset=new_data,
         adapted=adapted.outputs["model"],
         aligned=chat.outputs["model"],
+        preferred=preferred.outputs["model"],
         quantized=small.outputs["model"],
         evaluation=scores.outputs["results"],
         registration=registered.outputs["registration"],

@@ -55,7 +55,9 @@ def pretrain(
         callbacks: extra loop callbacks (tests), pickled to every worker; only with ``pretrain.launcher=ray``.
 
     Returns:
-        ``{"metrics": {...}, "loss_curve": [[step, loss], ...], "lr_curve": [[step, lr], ...]}``.
+        ``{"metrics": {...}, "loss_curve": [[step, loss], ...], "lr_curve": [[step, lr], ...]}``, and with
+        ``resilience.enabled`` ``"recoveries"`` (one record per recovery, see
+        :class:`components.resilience.recovery.RecoveryRecord`) and the metric ``recoveries`` (their count).
     """
     p, e = cfg.pretrain, cfg.evaluate
     check_order(dataset_uri, p.order, "pretrain.order", store_options=store_options(cfg))
@@ -86,8 +88,15 @@ def pretrain(
     for step in p.branch_at:  # WSD decay branches: extra models under branches/step-<S>/ for evaluation
         branch = train(spec.decay_branch(step))
         metrics[f"branch_{step}/heldout_loss"] = branch["callbacks"]["probes"]["curves"]["heldout"][-1][1]
+    out = {"metrics": metrics, "loss_curve": summary["loss_curve"], "lr_curve": summary["lr_curve"]}
+    # With resilience on, every restart of the worker group (tier, step restored, steps lost, time)
+    # goes into the stage summary, so the run report can show what the run survived.
+    kept = summary["callbacks"].get("ResilienceCallback")
+    if kept is not None:
+        out["recoveries"] = kept.get("recoveries", [])
+        metrics["recoveries"] = len(out["recoveries"])
     log.info("pretrain done: %s", {k: round(v, 4) for k, v in metrics.items()})
-    return {"metrics": metrics, "loss_curve": summary["loss_curve"], "lr_curve": summary["lr_curve"]}
+    return out
 
 
 def init_model_uri(init_from: str) -> str:

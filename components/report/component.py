@@ -15,6 +15,7 @@ def report(
     new_dataset: dsl.Input[dsl.Dataset],
     adapted: dsl.Input[dsl.Model],
     aligned: dsl.Input[dsl.Model],
+    preferred: dsl.Input[dsl.Model],
     quantized: dsl.Input[dsl.Model],
     evaluation: dsl.Input[dsl.Artifact],
     registration: dsl.Input[dsl.Artifact],
@@ -29,8 +30,9 @@ def report(
         overrides: ``key=value`` config overrides.
         lineage_run_id: MLflow parent run id from ``start_lineage``.
         kfp_run_id: The KFP run id, shown in the report.
-        dataset, new_dataset, adapted, aligned, quantized, evaluation, registration:
-            The outputs of every stage, whose completion summaries fill the report.
+        dataset, new_dataset, adapted, aligned, preferred, quantized, evaluation, registration:
+            The outputs of every stage (``aligned``: SFT, ``preferred``: the preference step), whose
+            completion summaries fill the report.
         pretrained: The pretraining output (absent in the continual pipeline, which starts from a champion).
         page: The report as self-contained HTML (rendered by the KFP UI).
         summary: The report as Markdown.
@@ -43,6 +45,7 @@ def report(
         "curate_continual": new_dataset.path,
         "continual": adapted.path,
         "align": aligned.path,
+        "prefer": preferred.path,
         "quantize": quantized.path,
         "evaluate": evaluation.path,
         "register": registration.path,

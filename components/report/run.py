@@ -8,8 +8,14 @@ from pathlib import Path
 from components.common import lineage
 from components.common.artifacts import open_run_store, read_marker, read_pointer, store_root
 from components.common.config import LifecycleConfig, resolve_home
+from components.common.log import get_logger
 from components.common.storage import join
 from components.report.build import build_report
+
+log = get_logger("lmforge.report")
+
+#: Where the evaluate stage writes its stability plot when its summary names none.
+STABILITY_PLOT = "stability.png"
 
 
 def write_report(
@@ -23,6 +29,7 @@ def write_report(
     store = open_run_store(cfg)
     pointers = {stage: read_pointer(path) for stage, path in pointer_paths.items()}
     summaries = {stage: read_marker(store, p["uri"]) for stage, p in pointers.items()}
+    fetch_stability_plot(store, summaries, pointers)
     model_uri = pointers["quantize"]["uri"] + "/model" if "quantize" in pointers else ""
     reg = summaries.get("register", {})
     context = {
@@ -45,7 +52,7 @@ def write_report(
             lineage.ui_links(cfg, experiment_id=parent.info.experiment_id, run_id=parent_run_id, kfp_run_id=kfp_run_id)
         )
     context["pipeline"] = pipeline
-    page, markdown, images = build_report(summaries, context)
+    page, markdown, images = build_report(summaries, context, {stage: p["uri"] for stage, p in pointers.items()})
     report_uri = join(store_root(cfg), "reports", f"run-{kfp_run_id}")
     with tempfile.TemporaryDirectory(dir=resolve_home(cfg)) as tmp:
         tmp = Path(tmp)
@@ -70,6 +77,19 @@ def write_report(
         cfg, kfp_run_id, {**context, "report_uri": join(report_uri, "report.html"), "parent_run_id": parent_run_id}
     )
     return page, markdown
+
+
+def fetch_stability_plot(store, summaries: dict[str, dict], pointers: dict[str, dict]) -> None:
+    """Put the stability plot (the file ``stability.plot`` names in the evaluate output, default
+    ``stability.png``) into the summary as ``plot_png``, so the page embeds it (docs/report.md)."""
+    stability = (summaries.get("evaluate") or {}).get("stability")
+    if not isinstance(stability, dict) or "evaluate" not in pointers:
+        return
+    uri = join(pointers["evaluate"]["uri"], stability.get("plot") or STABILITY_PLOT)
+    if store.exists(uri):
+        stability["plot_png"] = store.read_bytes(uri)
+    else:  # the table still shows; say why the plot does not
+        log.warning("report: the evaluate summary names stability plot %s, which is not in the store", uri)
 
 
 def _record_run(cfg: LifecycleConfig, kfp_run_id: str, context: dict) -> None:

@@ -89,10 +89,14 @@ def test_registry_alias_champion_is_set(lifecycle_run):
     assert str(client.get_model_version_by_alias(name, "champion").version) in {"1", "2"}
 
 
-def test_report_embeds_loss_curves_and_eval_table(lifecycle_run):
+def test_report_opens_with_the_verdict_and_follows_the_pipeline(lifecycle_run):
     page = Path(lifecycle_run["record"]["report"]).read_text()
     assert page.count("data:image/png;base64,") >= 3
-    assert "Evaluation" in page and "heldout_perplexity" in page and "Quantization" in page
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Summary" and "Promotion gate: <b>PASS</b>" in page
+    order = ["Pretraining", "Continual pretraining", "Alignment", "Quantization", "Evaluation", "Registration"]
+    assert [h for h in headings if h in order] == order
+    assert re.search(r"<td>pretraining corpus</td><td class=n>[\d.]+ ± [\d.]+</td>", page)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
