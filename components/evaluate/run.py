@@ -194,6 +194,7 @@ def measure(
         limit=cfg.evaluate.limit,
         batch_size=cfg.evaluate.batch_size,
         seed=cfg.run.seed,
+        blank_tasks=list(cfg.evaluate.blank_tasks),
     )
     first = ppl[next(iter(datasets))]
     metrics = {"heldout_perplexity": first["perplexity"], "heldout_perplexity_stderr": first["perplexity_stderr"]}
@@ -298,6 +299,7 @@ def evaluate(
     upstream = {metric_name(k): float(v) for k, v in (upstream or {}).items()}
     # Fail before the slow part on a misspelt task or a gate rule naming a metric nobody produces.
     harness.check_tasks(list(cfg.evaluate.tasks))
+    harness.check_blank_tasks(list(cfg.evaluate.blank_tasks), list(cfg.evaluate.tasks))
     gate.check_rules(
         cfg.evaluate.gate,
         expected_metrics(cfg, datasets, upstream),
