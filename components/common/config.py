@@ -347,6 +347,13 @@ class PretrainConfig:
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
     keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run; older ones are deleted.", versioned=False)
+    eval_checkpoints: int = knob(
+        4,
+        "Models kept for evaluation (0 = none, else 2..pretrain.steps): K evenly spaced steps, the last the final "
+        "one, saved as <output>/eval_checkpoints/step-<S>/model (no optimizer state; apart from keep_checkpoints, "
+        "which is for resuming). The evaluate stage scores each one and reports Kendall's tau between the rankings "
+        "(components/evaluate/stability.py); each costs one full evaluation.",
+    )
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
     health_check_interval_s: float = knob(
@@ -865,6 +872,13 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
+    k, steps = cfg.pretrain.eval_checkpoints, cfg.pretrain.steps
+    need(
+        k == 0 or 2 <= k <= steps,
+        "pretrain.eval_checkpoints",
+        f"must be 0 (off) or between 2 (a ranking needs two checkpoints) and pretrain.steps={steps} "
+        f"(one checkpoint per step at most), got {k}",
+    )
     need(
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",

@@ -138,6 +138,9 @@ def run_tasks(
             derived = blank.blank_task(task, manager)
             again = evaluate_one(lm, derived, manager, limit=limit, use_chat=False, seed=seed)
             task_metrics.update(flatten_task_results(task, again["results"][derived.config.task]))
+            out.setdefault("higher_is_better", {}).setdefault(task, {}).update(
+                again.get("higher_is_better", {}).get(derived.config.task, {})
+            )
         n = out.get("n-samples", {}).get(task, {})
         table[task] = {
             "metrics": {k.split("/", 1)[1]: v for k, v in task_metrics.items()},
