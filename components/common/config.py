@@ -591,9 +591,9 @@ class EvaluateConfig:
     tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
     blank_tasks: list = knob(
         [],
-        "Multiple-choice tasks of evaluate.tasks also scored by BOSE's blank perplexity (each option filled into "
-        "the item's text, the text with the lowest per-byte perplexity wins): <task>_blank_acc and "
-        "<task>_blank_ppl beside the task's log-likelihood acc (components/evaluate/blank.py).",
+        "Multiple-choice tasks also scored by BOSE's blank perplexity (each option filled into the item's text, "
+        "the text with the lowest per-byte perplexity wins): <task>_blank_acc and <task>_blank_ppl beside the "
+        "task's log-likelihood acc when the task is in evaluate.tasks, alone otherwise (components/evaluate/blank.py).",
     )
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")

@@ -41,24 +41,24 @@ METRICS = ("blank_acc", "blank_ppl")
 
 
 def check_blank_tasks(blank_tasks: list[str], tasks: list[str], manager) -> None:
-    """Raise ``ConfigError`` naming ``evaluate.blank_tasks`` unless each is a multiple-choice task in ``evaluate.tasks``.
+    """Raise ``ConfigError`` naming ``evaluate.blank_tasks`` unless each is a known multiple-choice task.
 
     Only the task index is read (the YAML's ``output_type``): no model, no data set is loaded.
     """
-    not_run = [t for t in blank_tasks if t not in tasks]
-    if not_run:
+    known = sorted(manager.all_tasks)
+    unknown = [t for t in blank_tasks if t not in known]
+    if unknown:
         raise ConfigError(
-            f"evaluate.blank_tasks: {', '.join(map(repr, not_run))} not in evaluate.tasks ({', '.join(tasks)}); "
-            "blank perplexity is reported beside a task's log-likelihood score: add the task to evaluate.tasks "
-            "or remove it from evaluate.blank_tasks"
+            f"evaluate.blank_tasks: unknown task(s) {', '.join(map(repr, unknown))}; "
+            f"the shipped tasks are: {', '.join(known)}"
         )
     for task in blank_tasks:
         output_type = output_type_of(task, manager)
         if output_type != "multiple_choice":
-            mc = [t for t in tasks if output_type_of(t, manager) == "multiple_choice"]
+            mc = [t for t in known if output_type_of(t, manager) == "multiple_choice"]
             raise ConfigError(
                 f"evaluate.blank_tasks: {task!r} is a {output_type} task, not multiple_choice: there are no "
-                f"options to fill into a blank; multiple-choice tasks in evaluate.tasks: {', '.join(mc) or 'none'}"
+                f"options to fill into a blank; the multiple-choice tasks are: {', '.join(mc)}"
             )
 
 

@@ -45,14 +45,14 @@ def evaluate(
     from components.common.lineage import digest_files, log_raw_files
     from components.common.stage import export, metrics_markdown, run_stage
     from components.evaluate.gate import Verdict, verdict_markdown
-    from components.evaluate.run import eval_checkpoints_in, find_champion, upstream_metrics
+    from components.evaluate.run import eval_checkpoints_in, find_champion, scored_tasks, upstream_metrics
     from components.evaluate.run import evaluate as run_evaluate
     from components.evaluate.stability import markdown as stability_markdown
     from components.evaluate.tasks.datafiles import task_data_files
 
     def body(ctx):
         # The task data ships with lmforge; its digests still tie the scores to the exact questions.
-        files = [f for task in ctx.cfg.evaluate.tasks for f in task_data_files(task)]
+        files = [f for task in scored_tasks(ctx.cfg) for f in task_data_files(task)]
         log_raw_files(digest_files(files), role="eval")
         return run_evaluate(
             ctx.cfg,

@@ -49,7 +49,7 @@ def check_tasks(tasks: list[str], manager=None) -> None:
 
 
 def check_blank_tasks(blank_tasks: list[str], tasks: list[str], manager=None) -> None:
-    """Raise ``ConfigError`` naming ``evaluate.blank_tasks`` if one is not a multiple-choice task of ``tasks``."""
+    """Raise ``ConfigError`` naming ``evaluate.blank_tasks`` if one is unknown or not multiple-choice."""
     from components.evaluate.blank import check_blank_tasks as check
 
     check(blank_tasks, tasks, manager or task_manager())
@@ -114,8 +114,8 @@ def run_tasks(
         limit: at most this many examples per task (0 = all).
         batch_size: lm-eval batch size.
         seed: seeds Python, NumPy, torch and the few-shot sampler inside lm-eval.
-        blank_tasks: multiple-choice tasks among ``tasks`` also scored by blank perplexity
-            (:mod:`components.evaluate.blank`); their ``blank_acc``/``blank_ppl`` join the task's row.
+        blank_tasks: multiple-choice tasks also scored by blank perplexity (:mod:`components.evaluate.blank`);
+            their ``blank_acc``/``blank_ppl`` join the task's row (one not in ``tasks`` is scored that way only).
     """
     from lm_eval.models.huggingface import HFLM
 
@@ -129,18 +129,23 @@ def run_tasks(
 
     metrics: dict[str, float] = {}
     table: dict[str, dict[str, Any]] = {}
-    for task in tasks:
+    # a blank task left out of ``tasks`` is scored by blank perplexity only
+    for task in [*tasks, *(t for t in blank_tasks if t not in tasks)]:
         generative = manager.task_index[task].cfg.get("output_type") == "generate_until"
         use_chat = generative and has_chat_template
-        out = evaluate_one(lm, task, manager, limit=limit, use_chat=use_chat, seed=seed)
-        task_metrics = flatten_task_results(task, out["results"][task])
+        out: dict[str, Any] = {"higher_is_better": {task: {}}}
+        task_metrics: dict[str, float] = {}
+        if task in tasks:
+            out = evaluate_one(lm, task, manager, limit=limit, use_chat=use_chat, seed=seed)
+            task_metrics = flatten_task_results(task, out["results"][task])
         if task in blank_tasks:  # the same items once more, each option's filled-in text scored whole
             derived = blank.blank_task(task, manager)
             again = evaluate_one(lm, derived, manager, limit=limit, use_chat=False, seed=seed)
             task_metrics.update(flatten_task_results(task, again["results"][derived.config.task]))
-            out.setdefault("higher_is_better", {}).setdefault(task, {}).update(
+            out["higher_is_better"].setdefault(task, {}).update(
                 again.get("higher_is_better", {}).get(derived.config.task, {})
             )
+            out.setdefault("n-samples", {}).setdefault(task, again.get("n-samples", {}).get(derived.config.task, {}))
         n = out.get("n-samples", {}).get(task, {})
         table[task] = {
             "metrics": {k.split("/", 1)[1]: v for k, v in task_metrics.items()},

@@ -237,6 +237,12 @@ def expected_metrics(cfg: LifecycleConfig, datasets: dict[str, Path], upstream: 
     return names
 
 
+def scored_tasks(cfg: LifecycleConfig) -> list[str]:
+    """``evaluate.tasks`` and then the ``evaluate.blank_tasks`` not among them (scored by blank perplexity only)."""
+    tasks = list(cfg.evaluate.tasks)
+    return tasks + [t for t in cfg.evaluate.blank_tasks if t not in tasks]
+
+
 def task_files_digest(task: str) -> tuple[str, str]:
     """(sha256 over a shipped task's YAML and its data files, the YAML's path) for lineage."""
     yaml_path = TASKS_DIR / f"{task}.yaml"
@@ -258,7 +264,7 @@ def log_evaluation_inputs(cfg: LifecycleConfig, pairs: list | None) -> None:
 
     if mlflow.active_run() is None:
         return  # a library call outside a stage run (tests): nothing to attach the inputs to
-    for task in cfg.evaluate.tasks:
+    for task in scored_tasks(cfg):
         digest, source = task_files_digest(task)
         lineage.log_input(name=f"eval_tasks/{task}", digest=digest, source_uri=source, context=lineage.RAW_CONTEXT)
     if pairs:
@@ -308,7 +314,7 @@ def evaluate(
     gate.check_rules(
         cfg.evaluate.gate,
         expected_metrics(cfg, datasets, upstream),
-        prefixes=tuple(metric_name(f"{t}_") for t in cfg.evaluate.tasks),
+        prefixes=tuple(metric_name(f"{t}_") for t in scored_tasks(cfg)),
     )
     ec = cfg.evaluate
     pairs = (

@@ -52,6 +52,6 @@ def test_blank_scoring_of_a_generative_task_fails_naming_the_key_before_loading_
         evaluate(cfg, model_dir=tmp_path / "nowhere", datasets={"x": tmp_path}, out_dir=tmp_path / "out")
 
 
-def test_blank_scoring_of_a_task_not_evaluated_fails_naming_the_key():
-    with pytest.raises(ConfigError, match=r"evaluate\.blank_tasks: 'lmforge_shakespeare_cloze' not in evaluate\.tasks"):
-        run_tasks(None, None, ["lmforge_shakespeare_order"], blank_tasks=["lmforge_shakespeare_cloze"])
+def test_blank_scoring_of_an_unknown_task_fails_naming_the_key():
+    with pytest.raises(ConfigError, match=r"evaluate\.blank_tasks: unknown task\(s\) 'hellaswag'"):
+        run_tasks(None, None, ["lmforge_shakespeare_order"], blank_tasks=["hellaswag"])
