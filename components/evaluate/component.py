@@ -82,7 +82,8 @@ def evaluate(
             "model": model.path,
             "pretrain_corpus": dataset.path,
             "continual_corpus": new_dataset.path,
-            **({"pretrained": pretrained.path} if pretrained is not None else {}),
+            # fetched (the whole pretraining output) only when it holds checkpoints to rank
+            **({"pretrained": pretrained.path} if pretrained is not None and cfg.pretrain.eval_checkpoints else {}),
         },
         sections=("evaluate", "model"),
         # The verdict depends on who is champion: a new champion must not reuse an old verdict.
