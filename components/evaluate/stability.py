@@ -139,18 +139,21 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any]) -> bytes:
-    """Scores (left axis) and held-out perplexity (right axis, log) against the checkpoint step, PNG bytes."""
+    """Accuracy-like scores (left axis, 0-1) and held-out perplexity (right axis, log) against the checkpoint
+    step, PNG bytes; each score's tau vs perplexity in its legend entry."""
     from components.common.plots import new_axes, png_bytes
 
     fig, ax = new_axes()
     steps = summary["steps"]
     rows = {r["step"]: r for r in summary["rows"]}
-    for m in summary["scores"]:
+    # accuracies share one 0-1 axis; a score on another scale (blank_ppl) would flatten them: table only
+    shares_axis = [m for m in summary["scores"] if all(0.0 <= rows[s][m] <= 1.0 for s in steps)]
+    for m in shares_axis:
         tau = summary["tau_vs_perplexity"][m]["tau"]
         label = f"{m} (τ={tau:+.2f})" if tau is not None else f"{m} (τ undefined)"
         ax.plot(steps, [rows[s][m] for s in steps], marker="o", label=label)
     ax.set_xlabel("pretraining step (checkpoint)")
-    ax.set_ylabel("task score")
+    ax.set_ylabel("task score (accuracy)")
     ax.grid(alpha=0.3)
     ppl = ax.twinx()
     ppl.plot(steps, [rows[s][REFERENCE] for s in steps], color="black", linestyle="--", marker="s", label=REFERENCE)
