@@ -205,8 +205,14 @@ def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_
     chat = align(**run, base_model=adapted.outputs["model"]).set_display_name("sft")
     preferred = prefer(**run, sft_model=chat.outputs["model"]).set_display_name("preference")
     small = quantize(**run, base_model=preferred.outputs["model"], dataset=old_data)
+    optional = {"pretrained": pretrained} if pretrained is not None else {}  # KFP rejects an explicit None
     scores = evaluate(
-        **run, model=small.outputs["model"], adapted=adapted.outputs["model"], dataset=old_data, new_dataset=new_data
+        **run,
+        model=small.outputs["model"],
+        adapted=adapted.outputs["model"],
+        dataset=old_data,
+        new_dataset=new_data,
+        **optional,
     )
     registered = register(
         **run,
@@ -216,7 +222,6 @@ def adapt_and_release(run: dict, place: Placement, *, base_model, old_data, new_
         new_dataset=new_data,
         base_model=adapted.outputs["model"],
     )
-    optional = {"pretrained": pretrained} if pretrained is not None else {}  # KFP rejects an explicit None
     final = report(
         **run,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

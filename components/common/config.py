@@ -347,6 +347,13 @@ class PretrainConfig:
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
     keep_checkpoints: int = knob(2, "Persistent checkpoints kept per run; older ones are deleted.", versioned=False)
+    eval_checkpoints: int = knob(
+        4,
+        "Models kept for evaluation (0 = none, else 2..pretrain.steps): K evenly spaced steps, the last the final "
+        "one, saved as <output>/eval_checkpoints/step-<S>/model (no optimizer state; apart from keep_checkpoints, "
+        "which is for resuming). The evaluate stage scores each one and reports Kendall's tau between the rankings "
+        "(components/evaluate/stability.py); each costs one full evaluation.",
+    )
     log_every: int = knob(10, "Log loss and throughput every N steps.", versioned=False)
     max_failures: int = knob(2, "Worker-group restarts Ray Train may do before the stage fails.", versioned=False)
     health_check_interval_s: float = knob(
@@ -589,6 +596,12 @@ class GateConfig:
 @_frozen
 class EvaluateConfig:
     tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
+    blank_tasks: list = knob(
+        [],
+        "Multiple-choice tasks also scored by BOSE's blank perplexity (each option filled into the item's text, "
+        "the text with the lowest per-byte perplexity wins): <task>_blank_acc and <task>_blank_ppl beside the "
+        "task's log-likelihood acc when the task is in evaluate.tasks, alone otherwise (components/evaluate/blank.py).",
+    )
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
     batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
@@ -872,6 +885,13 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(cfg.pretrain.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
     need(cfg.pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints", "must be >= 1")
+    k, steps = cfg.pretrain.eval_checkpoints, cfg.pretrain.steps
+    need(
+        k == 0 or 2 <= k <= steps,
+        "pretrain.eval_checkpoints",
+        f"must be 0 (off) or between 2 (a ranking needs two checkpoints) and pretrain.steps={steps} "
+        f"(one checkpoint per step at most), got {k}",
+    )
     need(
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",

@@ -18,6 +18,8 @@ def evaluate(
     metrics: dsl.Output[dsl.Metrics],
     table: dsl.Output[dsl.Markdown],
     verdict: dsl.Output[dsl.Markdown],
+    stability: dsl.Output[dsl.Markdown],
+    pretrained: dsl.Input[dsl.Model] = None,
 ):
     """Evaluate a model (perplexity on both corpora's held-out splits plus ``evaluate.tasks``) and gate it.
 
@@ -33,19 +35,24 @@ def evaluate(
         metrics: Every evaluation number, for the KFP UI.
         table: The evaluation table, rendered by the KFP UI.
         verdict: The promotion gate's verdict: each rule, new and champion values, pass/fail.
+        stability: Kendall's tau across the pretraining checkpoints kept by ``pretrain.eval_checkpoints``
+            (each checkpoint's numbers and the rank correlations; the plot is ``stability.png`` in ``results``).
+        pretrained: The pretraining output, whose evaluation checkpoints are ranked (absent in the continual
+            pipeline, which starts from a champion).
     """
     from components.common.artifacts import open_run_store, read_pointer
     from components.common.config import load_config
     from components.common.lineage import digest_files, log_raw_files
     from components.common.stage import export, metrics_markdown, run_stage
     from components.evaluate.gate import Verdict, verdict_markdown
+    from components.evaluate.run import eval_checkpoints_in, find_champion, scored_tasks, upstream_metrics
     from components.evaluate.run import evaluate as run_evaluate
-    from components.evaluate.run import find_champion, upstream_metrics
+    from components.evaluate.stability import markdown as stability_markdown
     from components.evaluate.tasks.datafiles import task_data_files
 
     def body(ctx):
         # The task data ships with lmforge; its digests still tie the scores to the exact questions.
-        files = [f for task in ctx.cfg.evaluate.tasks for f in task_data_files(task)]
+        files = [f for task in scored_tasks(ctx.cfg) for f in task_data_files(task)]
         log_raw_files(digest_files(files), role="eval")
         return run_evaluate(
             ctx.cfg,
@@ -57,6 +64,7 @@ def evaluate(
             out_dir=ctx.out_dir,
             upstream=upstream,
             champion=champion,
+            checkpoints=eval_checkpoints_in(ctx.inputs.get("pretrained")),
         )
 
     cfg = load_config(profile, overrides)
@@ -74,6 +82,8 @@ def evaluate(
             "model": model.path,
             "pretrain_corpus": dataset.path,
             "continual_corpus": new_dataset.path,
+            # fetched (the whole pretraining output) only when it holds checkpoints to rank
+            **({"pretrained": pretrained.path} if pretrained is not None and cfg.pretrain.eval_checkpoints else {}),
         },
         sections=("evaluate", "model"),
         # The verdict depends on who is champion: a new champion must not reuse an old verdict.
@@ -85,3 +95,10 @@ def evaluate(
         f.write(metrics_markdown(summary, title="Evaluation"))
     with open(verdict.path, "w") as f:
         f.write(verdict_markdown(Verdict.from_dict(summary["verdict"])))
+    with open(stability.path, "w") as f:
+        f.write(
+            stability_markdown(summary["stability"])
+            if summary.get("stability")
+            else "## Stability across checkpoints\n\nNo pretraining checkpoints kept (pretrain.eval_checkpoints=0, "
+            "or a continual run).\n"
+        )

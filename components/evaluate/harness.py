@@ -48,6 +48,13 @@ def check_tasks(tasks: list[str], manager=None) -> None:
         )
 
 
+def check_blank_tasks(blank_tasks: list[str], tasks: list[str], manager=None) -> None:
+    """Raise ``ConfigError`` naming ``evaluate.blank_tasks`` if one is unknown or not multiple-choice."""
+    from components.evaluate.blank import check_blank_tasks as check
+
+    check(blank_tasks, tasks, manager or task_manager())
+
+
 def flatten_task_results(task: str, results: dict[str, Any]) -> dict[str, float]:
     """``{"acc,none": 0.3, "exact_match,strict-match": 0.0, ...}`` → ``{"<task>/acc": 0.3, "<task>/exact_match_strict-match": 0.0}``.
 
@@ -69,6 +76,25 @@ def flatten_task_results(task: str, results: dict[str, Any]) -> dict[str, float]
     return flat
 
 
+def evaluate_one(lm, task, manager, *, limit: int, use_chat: bool, seed: int) -> dict[str, Any]:
+    """One ``simple_evaluate`` call: ``task`` is a shipped task's name or a built lm-eval ``Task``."""
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task],
+        task_manager=manager,
+        limit=limit or None,
+        apply_chat_template=use_chat,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+
+
 def run_tasks(
     model,
     tokenizer,
@@ -77,6 +103,7 @@ def run_tasks(
     limit: int = 0,
     batch_size: int = 8,
     seed: int = 1234,
+    blank_tasks: list[str] = (),
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """Evaluate ``model`` on ``tasks``; returns (flat metrics, per-task table).
 
@@ -87,34 +114,38 @@ def run_tasks(
         limit: at most this many examples per task (0 = all).
         batch_size: lm-eval batch size.
         seed: seeds Python, NumPy, torch and the few-shot sampler inside lm-eval.
+        blank_tasks: multiple-choice tasks also scored by blank perplexity (:mod:`components.evaluate.blank`);
+            their ``blank_acc``/``blank_ppl`` join the task's row (one not in ``tasks`` is scored that way only).
     """
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
+
+    from components.evaluate import blank
 
     manager = task_manager()
     check_tasks(tasks, manager)
+    blank.check_blank_tasks(list(blank_tasks), tasks, manager)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     metrics: dict[str, float] = {}
     table: dict[str, dict[str, Any]] = {}
-    for task in tasks:
+    # a blank task left out of ``tasks`` is scored by blank perplexity only
+    for task in [*tasks, *(t for t in blank_tasks if t not in tasks)]:
         generative = manager.task_index[task].cfg.get("output_type") == "generate_until"
         use_chat = generative and has_chat_template
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[task],
-            task_manager=manager,
-            limit=limit or None,
-            apply_chat_template=use_chat,
-            bootstrap_iters=BOOTSTRAP_ITERS,
-            log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
-        task_metrics = flatten_task_results(task, out["results"][task])
+        out: dict[str, Any] = {"higher_is_better": {task: {}}}
+        task_metrics: dict[str, float] = {}
+        if task in tasks:
+            out = evaluate_one(lm, task, manager, limit=limit, use_chat=use_chat, seed=seed)
+            task_metrics = flatten_task_results(task, out["results"][task])
+        if task in blank_tasks:  # the same items once more, each option's filled-in text scored whole
+            derived = blank.blank_task(task, manager)
+            again = evaluate_one(lm, derived, manager, limit=limit, use_chat=False, seed=seed)
+            task_metrics.update(flatten_task_results(task, again["results"][derived.config.task]))
+            out["higher_is_better"].setdefault(task, {}).update(
+                again.get("higher_is_better", {}).get(derived.config.task, {})
+            )
+            out.setdefault("n-samples", {}).setdefault(task, again.get("n-samples", {}).get(derived.config.task, {}))
         n = out.get("n-samples", {}).get(task, {})
         table[task] = {
             "metrics": {k.split("/", 1)[1]: v for k, v in task_metrics.items()},

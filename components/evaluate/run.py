@@ -39,9 +39,10 @@ from components.common.errors import DataError
 from components.common.log import get_logger
 from components.common.shards import read_manifest
 from components.common.tokenizer import load_tokenizer
-from components.evaluate import gate, harness
+from components.evaluate import gate, harness, stability
 from components.evaluate.preferences import heldout_pairs, preference_accuracy
 from components.evaluate.tasks import TASKS_DIR
+from components.training.eval_checkpoints import COMPLETE, FOLDER
 from components.training.heldout import heldout_stats
 
 log = get_logger("lmforge.evaluate")
@@ -194,6 +195,7 @@ def measure(
         limit=cfg.evaluate.limit,
         batch_size=cfg.evaluate.batch_size,
         seed=cfg.run.seed,
+        blank_tasks=list(cfg.evaluate.blank_tasks),
     )
     first = ppl[next(iter(datasets))]
     metrics = {"heldout_perplexity": first["perplexity"], "heldout_perplexity_stderr": first["perplexity_stderr"]}
@@ -235,6 +237,12 @@ def expected_metrics(cfg: LifecycleConfig, datasets: dict[str, Path], upstream: 
     return names
 
 
+def scored_tasks(cfg: LifecycleConfig) -> list[str]:
+    """``evaluate.tasks`` and then the ``evaluate.blank_tasks`` not among them (scored by blank perplexity only)."""
+    tasks = list(cfg.evaluate.tasks)
+    return tasks + [t for t in cfg.evaluate.blank_tasks if t not in tasks]
+
+
 def task_files_digest(task: str) -> tuple[str, str]:
     """(sha256 over a shipped task's YAML and its data files, the YAML's path) for lineage."""
     yaml_path = TASKS_DIR / f"{task}.yaml"
@@ -256,7 +264,7 @@ def log_evaluation_inputs(cfg: LifecycleConfig, pairs: list | None) -> None:
 
     if mlflow.active_run() is None:
         return  # a library call outside a stage run (tests): nothing to attach the inputs to
-    for task in cfg.evaluate.tasks:
+    for task in scored_tasks(cfg):
         digest, source = task_files_digest(task)
         lineage.log_input(name=f"eval_tasks/{task}", digest=digest, source_uri=source, context=lineage.RAW_CONTEXT)
     if pairs:
@@ -277,6 +285,7 @@ def evaluate(
     out_dir: Path,
     upstream: dict[str, float] | None = None,
     champion: Champion | None = None,
+    checkpoints: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model in ``model_dir``, judge it against ``champion``; writes the results into ``out_dir``.
 
@@ -287,6 +296,9 @@ def evaluate(
         out_dir: where ``results.json``, ``eval_table.md``, ``verdict.json`` and ``verdict.md`` go.
         upstream: numbers of earlier stages, already named ``<stage>_<metric>``, for the gate's guards.
         champion: the current champion (None: there is none, the gate promotes if its bounds hold).
+        checkpoints: pretraining step → HF model directory of the checkpoints kept for evaluation
+            (:func:`eval_checkpoints_in`); with two or more, each is measured and ranked
+            (:mod:`components.evaluate.stability`): ``stability.{json,md,png}`` and ``stability_*`` metrics.
 
     Returns:
         ``{"metrics": {...}, "tasks": {...}, "verdict": {...}, "eval_digest": "sha256:..."}``; metrics
@@ -298,10 +310,11 @@ def evaluate(
     upstream = {metric_name(k): float(v) for k, v in (upstream or {}).items()}
     # Fail before the slow part on a misspelt task or a gate rule naming a metric nobody produces.
     harness.check_tasks(list(cfg.evaluate.tasks))
+    harness.check_blank_tasks(list(cfg.evaluate.blank_tasks), list(cfg.evaluate.tasks))
     gate.check_rules(
         cfg.evaluate.gate,
         expected_metrics(cfg, datasets, upstream),
-        prefixes=tuple(metric_name(f"{t}_") for t in cfg.evaluate.tasks),
+        prefixes=tuple(metric_name(f"{t}_") for t in scored_tasks(cfg)),
     )
     ec = cfg.evaluate
     pairs = (
@@ -335,12 +348,16 @@ def evaluate(
             champ_scores = gate.Scores(
                 {**champion.metrics, **again["metrics"]}, version=champion.version, source="re-evaluated"
             )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stable = None
+    if checkpoints and len(checkpoints) >= 2:
+        stable = checkpoint_stability(cfg, checkpoints, datasets, out_dir)
+        metrics.update(stability.flat_metrics(stable))
     verdict = gate.decide(cfg.evaluate.gate, gate.Scores(metrics, directions=new["directions"]), champ_scores)
     metrics["gate_promote"] = int(verdict.promote)
     log.info("gate: %s", verdict.reason)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "metrics": metrics,
         "heldout": new["heldout"],
@@ -352,6 +369,7 @@ def evaluate(
         "model_dir": str(model_dir),
         "limit": cfg.evaluate.limit,
         "seconds": round(time.time() - started, 2),
+        "stability": stable,
     }
     table = gate.verdict_markdown(verdict)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -360,4 +378,53 @@ def evaluate(
     (out_dir / "verdict.md").write_text(table)
     lineage.log_text(table, "gate/verdict.md")
     lineage.log_text(json.dumps(verdict.to_dict(), indent=2), "gate/verdict.json")
-    return {"metrics": metrics, "tasks": new["tasks"], "verdict": verdict.to_dict(), "eval_digest": digest}
+    return {
+        "metrics": metrics,
+        "tasks": new["tasks"],
+        "verdict": verdict.to_dict(),
+        "eval_digest": digest,
+        "stability": stable,
+    }
+
+
+def eval_checkpoints_in(output_dir: Path | None) -> dict[int, Path]:
+    """Step → model directory of the complete evaluation checkpoints in a fetched pretraining output."""
+    if output_dir is None:
+        return {}
+    found = {}
+    for marker in Path(output_dir).glob(f"{FOLDER}/step-*/{COMPLETE}"):
+        found[int(marker.parent.name.removeprefix("step-"))] = marker.parent / "model"
+    return dict(sorted(found.items()))
+
+
+def checkpoint_stability(
+    cfg: LifecycleConfig, checkpoints: dict[int, Path], datasets: dict[str, Path], out_dir: Path
+) -> dict[str, Any]:
+    """Measure every kept pretraining checkpoint as the release model is measured, then rank them.
+
+    Writes ``stability.json``, ``stability.md`` and ``stability.png`` into ``out_dir``; logs each
+    checkpoint's numbers as step-wise MLflow curves ``stability/<metric>`` and the plot and table as
+    artifacts of the evaluate run."""
+    import mlflow
+
+    by_step, directions = {}, {}
+    for step, model_dir in sorted(checkpoints.items()):
+        log.info("stability: measuring the step-%d checkpoint", step)
+        m = measure(cfg, model_dir, datasets)
+        by_step[step], directions = m["metrics"], {**directions, **m["directions"]}
+    blank = [metric_name(t) for t in cfg.evaluate.blank_tasks]
+    summary = stability.summarize(by_step, directions, blank)
+    table, png = stability.markdown(summary), stability.plot(summary)
+    (out_dir / "stability.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "stability.md").write_text(table)
+    (out_dir / "stability.png").write_bytes(png)
+    for name, r in summary["tau_vs_perplexity"].items():
+        log.info("stability: Kendall tau of %s vs held-out perplexity: %s", name, r["tau"])
+    if (run := mlflow.active_run()) is not None:
+        for metric in [stability.REFERENCE, *summary["scores"]]:
+            lineage.log_curve(
+                run.info.run_id, f"stability/{metric}", [(s, by_step[s][metric]) for s in summary["steps"]]
+            )
+        lineage.log_text(table, "stability/stability.md")
+        mlflow.log_artifact(str(out_dir / "stability.png"), "stability")
+    return summary

@@ -23,6 +23,7 @@ from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.data import check_order
 from components.training.driver import training_metrics
+from components.training.eval_checkpoints import eval_checkpoint_steps
 from components.training.launch import train
 from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
@@ -74,6 +75,7 @@ def pretrain(
         **schedule_fields(p),
         **averaging_fields(p),
         branch_steps=tuple(p.branch_at),
+        eval_checkpoint_steps=eval_checkpoint_steps(p.steps, p.eval_checkpoints),
         order=p.order,
         probes=(Probe("heldout", dataset_uri, max_tokens=e.heldout_max_tokens, batch_size=e.batch_size),),
         mlflow_run_id=mlflow_run_id,

@@ -46,6 +46,7 @@ from components.training.checkpoint import (
     write_checkpoint,
 )
 from components.training.data import ResumableBatches
+from components.training.eval_checkpoints import EvalCheckpoints
 from components.training.inputs import local_copy
 from components.training.parallel import (
     FSDP,
@@ -125,6 +126,8 @@ def engine_callbacks(spec: TrainSpec) -> list[Callback]:
     after the plugins' callbacks, which may restore newer weights in ``pre_train``.
     """
     callbacks = list(spec.callbacks)
+    if spec.eval_checkpoint_steps:  # before averaging: the weights as trained at each step
+        callbacks.append(EvalCheckpoints(spec.eval_checkpoint_steps, spec.output_uri, store_options(spec.cfg)))
     if spec.average != "none":
         callbacks.append(
             WeightAveraging(

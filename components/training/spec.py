@@ -63,6 +63,7 @@ class TrainSpec:
     average_last_k: int = 1  # uniform/weighted: average the last K snapshots
     ema_decay: float = 0.99  # ema: per-step decay
     branch_steps: tuple[int, ...] = ()  # wsd: leave a branch point (loop.branch_point_uri) after these steps
+    eval_checkpoint_steps: tuple[int, ...] = ()  # keep the model after these steps (training/eval_checkpoints.py)
     branch_from_uri: str = ""  # a decay branch: start from this branch point of the stable run
     init_model_uri: str = ""  # HF model in the store to start from ('' = random init from cfg.model.preset)
     replay_uri: str = ""  # old corpus mixed into every batch (continual pretraining)
@@ -104,6 +105,7 @@ class TrainSpec:
             branch_from_uri=self.branch_point_uri(step),
             curriculum_steps=self.curriculum_steps or self.steps,
             branch_steps=(),
+            eval_checkpoint_steps=(),
             average="none",
             mlflow_run_id="",
         )
@@ -150,6 +152,7 @@ class TrainSpec:
         data["probes"] = tuple(Probe(**{**p, "steps": tuple(p.get("steps", ()))}) for p in data.get("probes", ()))
         data["plugins"] = tuple(data.get("plugins", ()))
         data["branch_steps"] = tuple(data.get("branch_steps", ()))
+        data["eval_checkpoint_steps"] = tuple(data.get("eval_checkpoint_steps", ()))
         data["replays"] = tuple((uri, fraction) for uri, fraction in data.get("replays", ()))
         return cls(**data)
 

@@ -137,7 +137,8 @@ def test_task_definitions_are_logged_as_mlflow_inputs_with_digests(make_config, 
     from components.common import lineage
     from components.evaluate.run import log_evaluation_inputs, task_files_digest
 
-    cfg = make_config("evaluate.tasks=[lmforge_shakespeare_order, lmforge_arithmetic]")
+    # blank_tasks=[]: a blank-scored task is logged too (the tiny profile blank-scores the cloze)
+    cfg = make_config("evaluate.tasks=[lmforge_shakespeare_order, lmforge_arithmetic]", "evaluate.blank_tasks=[]")
     with lineage.stage_run(cfg, "evaluate") as run_id:
         log_evaluation_inputs(cfg, None)
     inputs = {i.dataset.name: i.dataset.digest for i in mlflow.get_run(run_id).inputs.dataset_inputs}

@@ -17,6 +17,7 @@ from components.training.callbacks import Callback
 from components.training.driver import ray_session
 
 STEPS, CHECKPOINT_EVERY, CRASH_AFTER = 20, 5, 7
+EVAL_CHECKPOINTS = 4  # steps 5 (written before the crash), 10, 15, 20 (after the resume)
 
 # The crash callback below is pickled to the Ray workers, which cannot import this test module.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -59,6 +60,7 @@ def crashed_then_resumed(ray_cluster, tmp_path_factory, tiny_dataset):
             "pretrain.max_failures=0",
             "pretrain.num_workers=2",
             "pretrain.batch_size=8",
+            f"pretrain.eval_checkpoints={EVAL_CHECKPOINTS}",
         ],
     )
     checkpoint_uri = (root / "checkpoints").as_uri()
@@ -139,3 +141,20 @@ def test_every_step_loss_and_lr_are_logged_to_mlflow(crashed_then_resumed):
     assert {m.step for m in history} == set(range(1, STEPS + 1))
     logged_lr = {m.step: m.value for m in client.get_metric_history(crashed_then_resumed["run_id"], "lr")}
     assert logged_lr == pytest.approx(dict((int(s), lr) for s, lr in crashed_then_resumed["result"]["lr_curve"]))
+
+
+def test_k_evenly_spaced_eval_checkpoints_are_kept_in_the_output_across_a_resume(crashed_then_resumed):
+    from transformers import LlamaForCausalLM
+
+    from components.common.storage import open_store
+    from components.training.eval_checkpoints import list_eval_checkpoints
+
+    out_uri = crashed_then_resumed["out"].as_uri()
+    found = list_eval_checkpoints(open_store(out_uri), out_uri)
+    assert list(found) == [5, 10, 15, 20]
+    # each is a loadable model; the last one is the weights the run published
+    last = LlamaForCausalLM.from_pretrained(
+        crashed_then_resumed["out"] / "eval_checkpoints" / "step-00000020" / "model"
+    )
+    final = LlamaForCausalLM.from_pretrained(crashed_then_resumed["out"] / "model")
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), final.state_dict().values(), strict=True))
