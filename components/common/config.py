@@ -581,7 +581,12 @@ class GateConfig:
 
 @_frozen
 class EvaluateConfig:
-    tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
+    tasks: list = knob(
+        ["lmforge_shakespeare_cloze"],
+        "lm-eval tasks to run: those shipped in components/evaluate/tasks/ (offline), or any standard lm-eval task "
+        "or group by name (hellaswag, arc_easy, mmlu) where its data is reachable (hub, HF_ENDPOINT mirror or "
+        "datasets cache); an unreachable one fails before any model is loaded.",
+    )
     limit: int = knob(0, "Evaluate at most this many examples per task (0 = all).")
     heldout_max_tokens: int = knob(50_000, "Tokens of held-out data used for perplexity.")
     batch_size: int = knob(8, "Batch size for perplexity and lm-eval.", versioned=False)
