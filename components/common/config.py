@@ -595,7 +595,12 @@ class GateConfig:
 
 @_frozen
 class EvaluateConfig:
-    tasks: list = knob(["lmforge_shakespeare_cloze"], "lm-eval tasks from components/evaluate/tasks/ to run.")
+    tasks: list = knob(
+        ["lmforge_shakespeare_cloze"],
+        "lm-eval tasks to run: those shipped in components/evaluate/tasks/ (offline), or any standard lm-eval task "
+        "or group by name (hellaswag, arc_easy, mmlu) where its data is reachable (hub, HF_ENDPOINT mirror or "
+        "datasets cache); an unreachable one fails before any model is loaded.",
+    )
     blank_tasks: list = knob(
         [],
         "Multiple-choice tasks also scored by BOSE's blank perplexity (each option filled into the item's text, "

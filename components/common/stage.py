@@ -12,6 +12,7 @@ and to the KFP ``Metrics`` artifact, everything else goes into the completion ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -85,7 +86,9 @@ def run_stage(
         parent_run_id: the pipeline's MLflow parent run ('' for a top-level run).
         input_pointer_paths: input name → path of the KFP artifact holding its pointer JSON.
         fn: the stage body.
-        sections: config sections whose versioned fields change this stage's output.
+        sections: what of the config changes this stage's output: a section name (its versioned
+            fields) or a dotted key (``"evaluate.heldout_max_tokens"``: that one field), see
+            :func:`hashed_config`.
         extra: anything else that changes the output (e.g. which corpus a curate step reads).
         fetch_inputs: make local copies of the inputs (off for stages that only read pointers).
 
@@ -95,8 +98,7 @@ def run_stage(
     cfg = load_config(profile, overrides)
     store = open_run_store(cfg)
     pointers = {name: read_pointer(path) for name, path in input_pointer_paths.items()}
-    hashed = {s: versioned_dict(getattr(cfg, s)) for s in sections}
-    hashed["seed"] = cfg.run.seed
+    hashed = hashed_config(cfg, sections)
     if extra:
         hashed["extra"] = extra
     out = plan_output(cfg, kind, stage, hashed, {n: p["digest"] for n, p in pointers.items()})
@@ -133,6 +135,23 @@ def run_stage(
         if metrics:
             mlflow.log_metrics(metrics)
     return out.pointer(), summary
+
+
+def hashed_config(cfg: LifecycleConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The part of ``cfg`` a stage's content address covers: each of ``sections`` plus the run's seed.
+
+    A section name stands for all its versioned fields; a dotted key for one field, so a stage that
+    reads a single knob of another section (quantize measures perplexity with
+    ``evaluate.heldout_max_tokens``) is not re-run when the rest of that section changes (a gate rule).
+    """
+    hashed: dict[str, Any] = {}
+    for key in sections:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        hashed[key] = versioned_dict(value) if dataclasses.is_dataclass(value) else value
+    hashed["seed"] = cfg.run.seed
+    return hashed
 
 
 def _record_failure(cfg: LifecycleConfig, stage: str, error: Exception) -> None:

@@ -138,6 +138,9 @@ def evaluation_digest(cfg: LifecycleConfig, datasets: dict[str, Path], pairs: li
         if f.is_file() and f.suffix in (".yaml", ".jsonl", ".py") and "__pycache__" not in f.parts:
             h.update(str(f.relative_to(TASKS_DIR)).encode())
             h.update(f.read_bytes())
+    for task in cfg.evaluate.tasks:  # a standard lm-eval task: its definition in the installed lm-eval
+        if not (TASKS_DIR / f"{task}.yaml").is_file():
+            h.update(task_files_digest(task)[0].encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -244,14 +247,28 @@ def scored_tasks(cfg: LifecycleConfig) -> list[str]:
 
 
 def task_files_digest(task: str) -> tuple[str, str]:
-    """(sha256 over a shipped task's YAML and its data files, the YAML's path) for lineage."""
+    """(sha256 over a task's definition and data files, where it is defined) for lineage.
+
+    A shipped task: its YAML and the data files it names. A standard lm-eval task: lm-eval's version
+    and the YAMLs of the folder that defines it (its data is the hub dataset those YAMLs name).
+    """
+    from components.evaluate.tasks.datafiles import task_data_files
+
     yaml_path = TASKS_DIR / f"{task}.yaml"
-    h = hashlib.sha256(yaml_path.read_bytes())
-    for line in yaml_path.read_text(encoding="utf-8").splitlines():
-        name = line.strip().removeprefix("test: ").strip()
-        if name.endswith(".jsonl") and (TASKS_DIR / name).is_file():
-            h.update((TASKS_DIR / name).read_bytes())
-    return "sha256:" + h.hexdigest(), str(yaml_path)
+    if yaml_path.is_file():
+        h = hashlib.sha256(yaml_path.read_bytes())
+        for name in task_data_files(task):
+            h.update(Path(name).read_bytes())
+        return "sha256:" + h.hexdigest(), str(yaml_path)
+    import lm_eval
+
+    folders = harness.standard_task_folders(task)
+    h = hashlib.sha256(f"lm_eval {lm_eval.__version__} {task}".encode())
+    for folder in folders:
+        for f in sorted(folder.rglob("*.yaml")):
+            h.update(str(f.relative_to(folder.parent)).encode())
+            h.update(f.read_bytes())
+    return "sha256:" + h.hexdigest(), ", ".join(str(f) for f in folders)
 
 
 def log_evaluation_inputs(cfg: LifecycleConfig, pairs: list | None) -> None:

@@ -27,6 +27,7 @@ def quantize(
         metrics: Size on disk, perplexity and generation tokens/s before/after (and the low-bit sweep's perplexities).
     """
     from components.common.stage import export, run_stage
+    from components.quantize.run import CONFIG_KEYS
     from components.quantize.run import quantize as run_quantize
 
     pointer, summary = run_stage(
@@ -36,7 +37,7 @@ def quantize(
         overrides=overrides,
         parent_run_id=lineage_run_id,
         input_pointer_paths={"base_model": base_model.path, "dataset": dataset.path},
-        sections=("quantize", "model", "evaluate"),
+        sections=CONFIG_KEYS,
         fn=lambda ctx: run_quantize(
             ctx.cfg,
             model_dir=ctx.inputs["base_model"] / "model",

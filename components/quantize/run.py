@@ -52,6 +52,11 @@ log = get_logger("lmforge.quantize")
 
 MB = 1024 * 1024
 
+# What of the config changes a quantized model and its report, for the stage's content address: its
+# own section, the model's shape, and the one evaluate knob it reads to measure perplexity (the batch
+# size changes no number). Not the whole evaluate section: a new gate rule must not re-quantize.
+CONFIG_KEYS = ("quantize", "model", "evaluate.heldout_max_tokens")
+
 
 def generation_tokens_per_s(model, n_tokens: int) -> float:
     """Greedy generation speed: ``n_tokens`` new tokens from a fixed 8-token prompt, after one warm-up."""

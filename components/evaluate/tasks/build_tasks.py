@@ -18,7 +18,9 @@ grammar the model has learned) tells them apart.
 fixed by its text, so none of these is ever trained on), scored by generative exact match.
 
 ``gsm8k_mini.jsonl`` (task ``lmforge_gsm8k_mini``): the first records of the GSM8K test split, with
-its MIT licence copied beside it as ``LICENSE.gsm8k``.
+its MIT licence copied beside it as ``LICENSE.gsm8k``. ``gsm8k_fewshot.jsonl``: the pool the task's
+few-shot examples are drawn from, the first records of the GSM8K *train* split (never the evaluated
+test split, as in lm-eval's own ``gsm8k`` task, whose ``fewshot_split`` is ``train``).
 
 Usage: ``python components/evaluate/tasks/build_tasks.py [--shared-data DIR] [--out DIR]``.
 """
@@ -41,11 +43,13 @@ CLOZE_FILE = "shakespeare_cloze.jsonl"
 ORDER_FILE = "shakespeare_order.jsonl"
 ARITHMETIC_FILE = "arithmetic.jsonl"
 GSM8K_FILE = "gsm8k_mini.jsonl"
+GSM8K_FEWSHOT_FILE = "gsm8k_fewshot.jsonl"
 ARITHMETIC_EXAMPLES = 200
 MIN_ORDER_WORDS = 5  # fewer words leave too few distinct shuffles
 CLOZE_LINES = (30_000, 40_000)  # 0-based slice: lines 30,001–40,000 of input.txt
 CLOZE_EXAMPLES = 500
 GSM8K_EXAMPLES = 100
+GSM8K_FEWSHOT_POOL = 50  # 5-shot prompts sampled (seeded) from 50 train records: varied, and small to ship
 SEED = 20240601
 MIN_ANSWER_CHARS = 12  # shorter lines ("Ay, my lord.") are near-identical across speeches
 LENGTH_RATIO = 0.25  # distractors are within ±25% of the answer's length when enough such lines exist
@@ -160,12 +164,12 @@ def arithmetic_examples(n: int) -> list[dict]:
     ]
 
 
-def gsm8k_examples(records: Iterable[dict], n: int) -> list[dict]:
+def gsm8k_examples(records: Iterable[dict], n: int, split: str = "test") -> list[dict]:
     out = []
     for i, rec in enumerate(records):
         if i == n:
             break
-        out.append({"id": f"gsm8k-test-{i:04d}", "question": rec["question"], "answer": rec["answer"]})
+        out.append({"id": f"gsm8k-{split}-{i:04d}", "question": rec["question"], "answer": rec["answer"]})
     return out
 
 
@@ -176,13 +180,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) -> dict[str, int]:
-    """Write both tasks' data files into ``out_dir``; returns the number of records per file."""
+    """Write the tasks' data files into ``out_dir``; returns the number of records per file."""
     lines = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8").splitlines()
     training_lines = {t.strip() for t in TRAINING_EXCERPT.read_text(encoding="utf-8").splitlines() if t.strip()}
     cloze = cloze_examples(lines[slice(*CLOZE_LINES)], training_lines, CLOZE_EXAMPLES, SEED)
     gsm8k_dir = shared_data / "gsm8k"
     with (gsm8k_dir / "test.jsonl").open(encoding="utf-8") as f:
         gsm8k = gsm8k_examples((json.loads(line) for line in f), GSM8K_EXAMPLES)
+    with (gsm8k_dir / "train.jsonl").open(encoding="utf-8") as f:
+        gsm8k_fewshot = gsm8k_examples((json.loads(line) for line in f), GSM8K_FEWSHOT_POOL, split="train")
 
     order = order_examples(cloze, SEED)
     arithmetic = arithmetic_examples(ARITHMETIC_EXAMPLES)
@@ -192,12 +198,14 @@ def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) ->
     write_jsonl(out_dir / ORDER_FILE, order)
     write_jsonl(out_dir / ARITHMETIC_FILE, arithmetic)
     write_jsonl(out_dir / GSM8K_FILE, gsm8k)
+    write_jsonl(out_dir / GSM8K_FEWSHOT_FILE, gsm8k_fewshot)
     shutil.copyfile(gsm8k_dir / "LICENSE", out_dir / "LICENSE.gsm8k")
     return {
         CLOZE_FILE: len(cloze),
         ORDER_FILE: len(order),
         ARITHMETIC_FILE: len(arithmetic),
         GSM8K_FILE: len(gsm8k),
+        GSM8K_FEWSHOT_FILE: len(gsm8k_fewshot),
     }
 
 

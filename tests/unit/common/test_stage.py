@@ -91,3 +91,12 @@ def test_outputs_publish_to_and_inputs_fetch_from_s3(tmp_path, s3_server):
 
     _run(tmp_path, consumer, *s3, "curate.min_chars=5", inputs={"upstream": str(tmp_path / "ptr.json")})
     assert seen["bytes"] == b"\x01\x02"
+
+
+def test_hashed_config_takes_a_whole_section_or_one_dotted_field():
+    from components.common.config import load_config, versioned_dict
+    from components.common.stage import hashed_config
+
+    cfg = load_config("tiny", ["evaluate.heldout_max_tokens=1234"])
+    hashed = hashed_config(cfg, ("model", "evaluate.heldout_max_tokens"))
+    assert hashed == {"model": versioned_dict(cfg.model), "evaluate.heldout_max_tokens": 1234, "seed": cfg.run.seed}

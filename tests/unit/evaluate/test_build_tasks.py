@@ -11,6 +11,7 @@ from components.evaluate.tasks import TASKS_DIR
 from components.evaluate.tasks.build_tasks import (
     ARITHMETIC_FILE,
     CLOZE_FILE,
+    GSM8K_FEWSHOT_FILE,
     GSM8K_FILE,
     ORDER_FILE,
     TRAINING_EXCERPT,
@@ -31,12 +32,18 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_builder_is_deterministic_and_reproduces_the_committed_files(tmp_path):
     counts_a = build(SHARED_DATA, tmp_path / "a")
     build(SHARED_DATA, tmp_path / "b")
-    for name in (CLOZE_FILE, ORDER_FILE, ARITHMETIC_FILE, GSM8K_FILE):
+    for name in (CLOZE_FILE, ORDER_FILE, ARITHMETIC_FILE, GSM8K_FILE, GSM8K_FEWSHOT_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() == (TASKS_DIR / name).read_bytes(), (
             f"rerun build_tasks.py: {name} is stale"
         )
-    assert counts_a == {CLOZE_FILE: 500, ORDER_FILE: 470, ARITHMETIC_FILE: 200, GSM8K_FILE: 100}
+    assert counts_a == {
+        CLOZE_FILE: 500,
+        ORDER_FILE: 470,
+        ARITHMETIC_FILE: 200,
+        GSM8K_FILE: 100,
+        GSM8K_FEWSHOT_FILE: 50,
+    }
 
 
 def test_cloze_lines_never_occur_in_the_training_excerpt():

@@ -146,3 +146,10 @@ def test_task_definitions_are_logged_as_mlflow_inputs_with_digests(make_config, 
         f"eval_tasks/{t}": task_files_digest(t)[0][:36] for t in ("lmforge_shakespeare_order", "lmforge_arithmetic")
     }
     assert task_files_digest("lmforge_arithmetic") != task_files_digest("lmforge_shakespeare_order")
+
+
+def test_standard_task_lineage_digest_names_the_lm_eval_folder_that_defines_it():
+    from components.evaluate.run import task_files_digest
+
+    digest, source = task_files_digest("arc_easy")
+    assert digest.startswith("sha256:") and source.endswith("lm_eval/tasks/arc")

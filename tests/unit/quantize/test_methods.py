@@ -58,9 +58,15 @@ def test_low_bit_sweep_degrades_monotonically_and_sharply_below_four_bits(tmp_pa
     assert list(ppl) == [2, 3, 4, 5, 6, 8]
     assert abs(ppl[8] - base) / base < 0.01
     assert abs(ppl[4] - base) / base < 0.10
-    # The issue asks for 2-bit >= 50% worse than 8-bit, the LLaMA3 study's regime; on this 64-wide
-    # model whose tied fp32 embedding carries much of the prediction, 2-bit RTN costs ~8% (g32) to
-    # ~11% (per row), measured: so the test pins "clearly worse", and the note records the gap.
+    # The issue asks for 2-bit >= 50% worse than 8-bit (the LLaMA3 study's regime). It cannot hold on
+    # this model with any group size, measured (3,000 held-out tokens, perplexity 47.2): 2-bit RTN costs
+    # +8.1% with groups of 32 and +10.8% per row (the coarsest scale: 64 is the blocks' input width),
+    # and +25.5% / +36.5% with the tied embedding and lm_head quantized too (transformers leaves them
+    # out). Not because the blocks are idle or barely trained: with their init weights back the
+    # perplexity is 2,360, their weights moved 1.2-2.9x their init norm, and 2-bit RTN leaves a 44-49%
+    # relative error in every block matrix. The two layers' costs only add up (layer 0 alone +6.3%,
+    # layer 1 alone +0.8%, both +7.7%): a 2-layer model has no depth over which the error can compound,
+    # as it may in a 32-layer LLaMA3 (not measured here). So the test pins "clearly worse" with margin.
     assert ppl[2] >= 1.05 * ppl[8]
     bits = list(ppl)
     assert all(

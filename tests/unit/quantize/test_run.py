@@ -90,3 +90,25 @@ def test_load_model_handles_plain_and_quantized_dirs(int8_run, trained_model):
     assert not plain.training and not quant.training
     assert quantized_linear_names(plain) == []
     assert len(quantized_linear_names(quant)) == TINY_LINEARS
+
+
+def _quantize_address(*overrides):
+    from components.common.artifacts import content_hash
+    from components.common.stage import hashed_config
+    from components.quantize.run import CONFIG_KEYS
+
+    cfg = load_config("tiny", list(overrides))
+    return content_hash("quantize", hashed_config(cfg, CONFIG_KEYS), {"base_model": "abc", "dataset": "def"})
+
+
+def test_quantize_address_ignores_gate_rules_and_evaluation_tasks():
+    base = _quantize_address()
+    assert _quantize_address("evaluate.gate.guards=['lmforge_arithmetic_exact_match drop<=0.05']") == base
+    assert _quantize_address("evaluate.gate.z=3.0", "evaluate.tasks=[lmforge_arithmetic]") == base
+
+
+def test_quantize_address_changes_with_the_heldout_tokens_it_measures_perplexity_on():
+    assert _quantize_address("evaluate.heldout_max_tokens=1000") != _quantize_address(
+        "evaluate.heldout_max_tokens=2000"
+    )
+    assert _quantize_address("quantize.bits=3") != _quantize_address("quantize.bits=2")
