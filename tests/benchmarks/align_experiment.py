@@ -8,7 +8,7 @@
    in the last quarter of the updates), held-out exact match and samples/s of each. The seed's claim
    to check: the judge score at staleness 2 and 4 within 10 % of staleness 0.
 
-Run: ``flock /tmp/lmforge-heavy.lock python -m tests.benchmarks.align_experiment [--rm-steps N]
+Run: ``nice -n 19 python -m tests.benchmarks.align_experiment [--rm-steps N]
 [--online-steps N]`` (starts a local Ray).
 """
 

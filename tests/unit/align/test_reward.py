@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from components.align.chat import install_chat_template
+from components.align.judge import RewardModelJudge
+from components.align.online import make_pairs
 from components.align.preference_data import prompt_turns
 from components.align.reward import load_reward_model, score, train_reward_model
 from components.common.config import load_config
@@ -48,3 +50,15 @@ def test_score_ranks_heldout_chosen_above_rejected_like_the_trainer(rm_run):
         chosen, rejected = score(model, tok, prompt_turns(pair.prompt), [pair.chosen, pair.rejected])
         wins += chosen > rejected
     assert wins / len(heldout) >= 0.9
+
+
+def test_reward_model_judge_pairs_the_preferred_reply_as_chosen(rm_run):
+    """As online DPO's judge, the trained reward model picks the planted-preferred reply as the best
+    of a prompt's samples (given here in the worse-first order) and the other as the worst."""
+    model, tok, heldout, _ = rm_run
+    judge = RewardModelJudge(model, tok, heldout, heldout)
+    samples = [[p.rejected, p.chosen] for p in heldout]
+    pairs, _ = make_pairs(judge, heldout, samples)
+    assert judge.name == "reward_model" and len(pairs) == len(heldout)
+    right = sum(c == p.chosen and r == p.rejected for (_, c, r), p in zip(pairs, heldout, strict=True))
+    assert right / len(heldout) >= 0.9
