@@ -152,7 +152,9 @@ def build_trainer(
         assistant_only_loss=chat,
         packing=a.packing,
         packing_strategy="bfd",  # best-fit decreasing: trl's padding-free packing (position_ids, no pads)
-        **({"fsdp": "full_shard auto_wrap"} if fsdp else {}),
+        # full_shard: parameters re-sharded after each forward (transformers 5 spells it this way; the
+        # old "full_shard auto_wrap" string is deprecated). Wrapping defaults to one unit per decoder layer.
+        **({"fsdp": True, "fsdp_config": {"reshard_after_forward": True}} if fsdp else {}),
     )
     peft_config = None
     if a.lora_r:
