@@ -51,6 +51,11 @@ def prompt_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
     return [*turns, {"role": "user", "content": prompt}]
 
 
+def as_turns(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    """A prompt as chat turns: a plain question becomes one user turn, turns pass through."""
+    return prompt_messages(prompt) if isinstance(prompt, str) else list(prompt)
+
+
 def answer_messages(response: str) -> list[dict[str, str]]:
     """The assistant turn that answers it."""
     return [{"role": "assistant", "content": response}]

@@ -38,7 +38,14 @@ def align(
         # The SFT records enter from outside the platform: each file a raw input with its digest.
         data.log_inputs(read, store)
         return sft(
-            ctx.cfg, model_dir=ctx.inputs["base_model"] / "model", out_dir=ctx.out_dir, mlflow_run_id=ctx.mlflow_run_id
+            ctx.cfg,
+            model_dir=ctx.inputs["base_model"] / "model",
+            out_dir=ctx.out_dir,
+            mlflow_run_id=ctx.mlflow_run_id,
+            # With align.num_workers >= 2 the Ray workers read and write these, never the step's disk.
+            model_uri=ctx.input_uri("base_model", "model"),
+            out_uri=ctx.out.uri,
+            scratch_uri=ctx.scratch_uri("checkpoints"),
         )
 
     pointer, summary = run_stage(

@@ -40,6 +40,11 @@ SFT_KEYS = (
     "warmup_steps",
     "max_len",
     "heldout_fraction",
+    "packing",
+    "lora_r",
+    "lora_alpha",
+    "num_workers",
+    "use_gpu",
 )
 
 
@@ -90,9 +95,10 @@ def preference_inputs(cfg: LifecycleConfig, store=None) -> list[DataInput]:
     """What the preference step reads for ``align.method`` (nothing for ``none``)."""
     a = cfg.align
     inputs = []
-    if a.method == "dpo" or a.reward_model:
+    rm_judge = a.method == "online_dpo" and a.judge == "reward_model"
+    if a.method == "dpo" or a.reward_model or rm_judge:
         inputs.append(file_input("preferences", a.preferences, store))
-    if a.method in ("expert_iteration", "online_dpo"):
+    if a.method == "expert_iteration" or (a.method == "online_dpo" and not rm_judge):
         inputs.append(arithmetic_input(cfg))
     return inputs
 

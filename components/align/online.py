@@ -1,9 +1,11 @@
-"""Online DPO, synchronous and asynchronous, with a verifier as judge.
+"""Online DPO, synchronous and asynchronous, with a verifier or a reward model as judge.
 
-Each learner update: take ``align.pref_batch_size`` arithmetic prompts (training side of the
-content-keyed split), sample ``align.samples_per_prompt`` answers per prompt, let the verifier score
-them (1 right, 0 wrong), pair a right answer (chosen) with a wrong one (rejected) wherever a prompt
-has both, and take one DPO step on those pairs against the frozen SFT model as reference:
+Each learner update: take ``align.pref_batch_size`` prompts of the judge (:mod:`.judge`,
+``align.judge``: generated arithmetic problems for the verifier, the training side of
+``align.preferences`` for the reward model), sample ``align.samples_per_prompt`` answers per
+prompt, let the judge score them (the verifier 1 right / 0 wrong, the reward model its scalar),
+pair the best-scored answer (chosen) with the worst (rejected) wherever a prompt's scores differ,
+and take one DPO step on those pairs against the frozen SFT model as reference:
 ``−log σ(β · [(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])``, trl's ``sigmoid``
 DPO loss written over the batch of fresh pairs (trl's ``DPOTrainer`` wants a fixed dataset, and
 its experimental online trainer has no asynchronous mode).
@@ -18,8 +20,11 @@ its experimental online trainer has no asynchronous mode).
   path, so it may run on another node.
 
 Reported: ``online_samples_per_second`` (responses generated and judged per second of wall clock,
-the whole loop), ``online_max_staleness``, pairs formed, mean judge score of the samples in the
-first and last quarter of the updates, and held-out exact match (greedy) before and after.
+the whole loop; in asynchronous mode from the moment the generation actor is up, so Ray's start-up
+is not counted against it), ``online_max_staleness``, pairs formed, mean judge score of the samples in the
+first and last quarter of the updates, and the mean judge score of greedy answers to held-out prompts
+before and after (``online_heldout_score_*``; for the verifier also named ``online_exact_match_*``).
+The judge used is logged and returned (``"judge"``).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from components.align.chat import prompt_messages
-from components.align.sampling import exact_match, sample
-from components.common.arithmetic import Problem, generate, verify
+from components.align.chat import as_turns
+from components.align.judge import HELDOUT_PROMPTS, VERIFIER_MAX_NEW_TOKENS, VerifierJudge, best_and_worst
+from components.align.sampling import sample
+from components.common.arithmetic import generate
 from components.common.config import LifecycleConfig
 from components.common.log import get_logger
 
@@ -43,13 +49,14 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)))
 
 
-def response_logps(model, tokenizer, prompts: list[str], responses: list[str]):
-    """Summed log-probabilities of each response to its prompt (chat template, end marker included)."""
+def response_logps(model, tokenizer, prompts: list, responses: list[str]):
+    """Summed log-probabilities of each response to its prompt (a question or chat turns; chat
+    template, end marker included)."""
     import torch
 
     rows, starts = [], []
     for prompt, response in zip(prompts, responses, strict=True):
-        turns = prompt_messages(prompt)
+        turns = as_turns(prompt)
         head = tokenizer.apply_chat_template(turns, add_generation_prompt=True)["input_ids"]
         full = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": response}])["input_ids"]
         rows.append(full)
@@ -69,17 +76,42 @@ def response_logps(model, tokenizer, prompts: list[str], responses: list[str]):
     return (token_logps * keep).sum(1)
 
 
-def make_pairs(problems: list[Problem], samples: list[list[str]]) -> tuple[list, list[float]]:
-    """``([(prompt, chosen, rejected)], scores)``: one pair per prompt that has a right and a wrong sample."""
-    pairs, scores = [], []
-    for problem, answers in zip(problems, samples, strict=True):
-        judged = [(verify(s, problem.answer), s) for s in answers]
-        scores += [float(ok) for ok, _ in judged]
-        right = [s for ok, s in judged if ok]
-        wrong = [s for ok, s in judged if not ok]
-        if right and wrong:
-            pairs.append((problem.prompt, right[0], wrong[0]))
-    return pairs, scores
+def make_pairs(judge, items: list, samples: list[list[str]]) -> tuple[list, list[float]]:
+    """``([(prompt turns, chosen, rejected)], scores)``: the judge scores every sample (``scores``,
+    flat) and each prompt whose samples it scores differently gives one pair, best against worst."""
+    scores = judge.score(items, samples)
+    return best_and_worst(items, samples, scores, judge.turns), [x for row in scores for x in row]
+
+
+def verifier_judge(cfg: LifecycleConfig) -> VerifierJudge:
+    """The arithmetic task's judge: enough training problems for every update, the held-out ones apart."""
+    from components.align.expert import heldout_count, task_room
+
+    a = cfg.align
+    digits = (a.task_digits[0], a.task_digits[1])
+    wanted = a.pref_steps * a.pref_batch_size
+    prompts = generate(min(wanted, task_room(digits, "train")), split="train", seed=cfg.run.seed, digits=digits)
+    heldout = generate(heldout_count(digits), split="heldout", seed=cfg.run.seed, digits=digits)
+    return VerifierJudge(prompts, heldout)
+
+
+def heldout_score(judge, model, tokenizer, batch_size: int = 64) -> float:
+    """Mean judge score of the policy's greedy answers to the judge's held-out prompts (for the
+    verifier: exact match)."""
+    items = judge.heldout[:HELDOUT_PROMPTS]
+    total = 0.0
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        answers = sample(
+            model,
+            tokenizer,
+            [judge.turns(x) for x in chunk],
+            n=1,
+            temperature=0,
+            max_new_tokens=judge.max_new_tokens,
+        )
+        total += sum(row[0] for row in judge.score(chunk, answers))
+    return total / len(items)
 
 
 class SamplerActor:
@@ -101,12 +133,24 @@ class SamplerActor:
         self.model.load_state_dict(state)
         self.version = version
 
-    def sample(self, prompts: list[str], n: int, temperature: float) -> tuple[list[list[str]], int]:
-        return sample(self.model, self.tokenizer, prompts, n=n, temperature=temperature), self.version
+    def ready(self) -> bool:
+        """Returns once the actor's process is up and its policy copy loaded (the timing starts after it)."""
+        return True
+
+    def sample(
+        self, prompts: list, n: int, temperature: float, max_new_tokens: int = VERIFIER_MAX_NEW_TOKENS
+    ) -> tuple[list[list[str]], int]:
+        samples = sample(
+            self.model, self.tokenizer, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens
+        )
+        return samples, self.version
 
 
-def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_dir=None) -> dict[str, Any]:
-    """Train ``model`` in place by online DPO for ``align.pref_steps`` updates; see the module docstring."""
+def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_dir=None, judge=None) -> dict[str, Any]:
+    """Train ``model`` in place by online DPO for ``align.pref_steps`` updates; see the module docstring.
+
+    ``judge`` scores the samples and owns the prompts (:mod:`.judge`); None = the arithmetic verifier.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -114,17 +158,15 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
     if ref_model is None:
         ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
     ref_model.eval().requires_grad_(False)
-    digits = (a.task_digits[0], a.task_digits[1])
-    from components.align.expert import heldout_count, task_room
+    judge = judge or verifier_judge(cfg)
+    log.info("online dpo: judge %s, %d training prompts, %d held out", judge.name, len(judge.items), len(judge.heldout))
 
-    # Small operand ranges hold fewer problems than the updates need: then the prompts come round
-    # again (with fresh samples each time, as in any online method).
+    # Fewer prompts than the updates need: then the prompts come round again (with fresh samples
+    # each time, as in any online method).
     wanted = a.pref_steps * a.pref_batch_size
-    prompts = generate(min(wanted, task_room(digits, "train")), split="train", seed=cfg.run.seed, digits=digits)
-    heldout = generate(heldout_count(digits), split="heldout", seed=cfg.run.seed, digits=digits)
-    order = [prompts[i % len(prompts)] for i in range(wanted)]
+    order = [judge.items[i % len(judge.items)] for i in range(wanted)]
     batches = [order[i * a.pref_batch_size : (i + 1) * a.pref_batch_size] for i in range(a.pref_steps)]
-    before = exact_match(model, tokenizer, heldout)
+    before = heldout_score(judge, model, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.pref_lr, weight_decay=0.0)
 
     def train_on(pairs) -> float | None:
@@ -149,9 +191,14 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
     if a.staleness == 0:
         for step, batch in enumerate(batches, start=1):
             samples = sample(
-                model, tokenizer, [p.prompt for p in batch], n=a.samples_per_prompt, temperature=a.temperature
+                model,
+                tokenizer,
+                [judge.turns(x) for x in batch],
+                n=a.samples_per_prompt,
+                temperature=a.temperature,
+                max_new_tokens=judge.max_new_tokens,
             )
-            pairs, scores = make_pairs(batch, samples)
+            pairs, scores = make_pairs(judge, batch, samples)
             loss = train_on(pairs)
             staleness_seen.append(0)
             scores_per_step.append(sum(scores) / len(scores))
@@ -169,9 +216,14 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             actor = actor_cls.remote(model.config.to_dict(), state, tokenizer, cfg.run.seed)
             actor_version = 0
+            # Samples/s compares the loops, not Ray's start-up: the clock starts once the actor is up.
+            ray.get(actor.ready.remote())
+            started = time.time()
 
             def request(batch):
-                return actor.sample.remote([p.prompt for p in batch], a.samples_per_prompt, a.temperature)
+                return actor.sample.remote(
+                    [judge.turns(x) for x in batch], a.samples_per_prompt, a.temperature, judge.max_new_tokens
+                )
 
             in_flight = request(batches[0])
             for step, batch in enumerate(batches, start=1):
@@ -186,7 +238,7 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
                         actor.set_weights.remote(ray.put(state), version)  # Ray runs an actor's calls in order
                         actor_version = version
                     in_flight = request(batches[step])
-                pairs, scores = make_pairs(batch, samples)
+                pairs, scores = make_pairs(judge, batch, samples)
                 loss = train_on(pairs)
                 staleness_seen.append(lag)
                 scores_per_step.append(sum(scores) / len(scores))
@@ -196,7 +248,7 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
                 )
             ray.kill(actor)
     seconds = time.time() - started
-    after = exact_match(model, tokenizer, heldout)
+    after = heldout_score(judge, model, tokenizer)
     quarter = max(1, len(scores_per_step) // 4)
     metrics = {
         "online_updates": len(batches),
@@ -205,11 +257,15 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
         "online_max_staleness": max(staleness_seen),
         "online_score_first_quarter": sum(scores_per_step[:quarter]) / quarter,
         "online_score_last_quarter": sum(scores_per_step[-quarter:]) / quarter,
-        "online_exact_match_before": before,
-        "online_exact_match_after": after,
+        "online_heldout_score_before": before,
+        "online_heldout_score_after": after,
     }
+    if judge.name == "verifier":  # the verifier's held-out score is greedy exact match
+        metrics.update(online_exact_match_before=before, online_exact_match_after=after)
     log.info(
-        "online dpo (staleness %d): %d updates, %d pairs, %.1f samples/s, judge score %.3f -> %.3f, exact match %.3f -> %.3f",
+        "online dpo (judge %s, staleness %d): %d updates, %d pairs, %.1f samples/s, judge score %.3f -> %.3f, "
+        "held-out judge score %.3f -> %.3f",
+        judge.name,
         a.staleness,
         len(batches),
         n_pairs,
@@ -219,4 +275,4 @@ def online_dpo(cfg: LifecycleConfig, model, tokenizer, *, ref_model=None, model_
         before,
         after,
     )
-    return {"metrics": metrics, "rounds": log_rows}
+    return {"metrics": metrics, "rounds": log_rows, "judge": judge.name}

@@ -7,9 +7,13 @@
   → DPO against a frozen copy of the SFT model (:mod:`.dpo`).
 - ``expert_iteration``: rounds of sample → verify → fine-tune on the arithmetic task (:mod:`.expert`).
 - ``online_dpo``: the policy samples, a judge scores, best and worst form the pair (:mod:`.online`).
+  ``align.judge`` chooses the judge: the arithmetic verifier, or the reward model (below) on the
+  preference pairs' prompts; the judge used is in the summary (``judge``) and the MLflow tag
+  ``lmforge.online_judge``.
 
-With ``align.reward_model`` a Bradley–Terry reward model is trained on the same pairs first, as a
-sub-step (its metrics prefixed ``rm_``, the model saved under ``out_dir/reward_model``).
+With ``align.reward_model`` (and always for ``align.judge=reward_model``) a Bradley–Terry reward
+model is trained on the pairs first, as a sub-step (its metrics prefixed ``rm_``, the model saved
+under ``out_dir/reward_model``).
 Writes ``out_dir/model`` (HF format, chat template included) and ``quarantine.jsonl``.
 """
 
@@ -58,11 +62,12 @@ def prefer(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_i
 
     summary: dict[str, Any] = {"method": a.method, "metrics": {}}
     curves: dict[str, list] = {}
-    pairs = None
-    if a.method == "dpo" or a.reward_model:
+    pairs = rm = None
+    rm_judge = a.method == "online_dpo" and a.judge == "reward_model"
+    if a.method == "dpo" or a.reward_model or rm_judge:
         pairs = _read_pairs(cfg, tokenizer, out_dir)
         summary["metrics"].update(pairs["metrics"])
-    if a.reward_model:
+    if a.reward_model or rm_judge:
         from components.align.reward import load_reward_model, train_reward_model
 
         rm = load_reward_model(model_dir, tokenizer)
@@ -86,8 +91,15 @@ def prefer(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_i
     else:
         from components.align.online import online_dpo
 
-        result = online_dpo(cfg, policy, tokenizer, model_dir=model_dir)
+        judge = None
+        if rm_judge:
+            from components.align.judge import RewardModelJudge
+
+            # The reward model just trained judges the policy's replies to the pairs' training prompts.
+            judge = RewardModelJudge(rm.eval(), tokenizer, pairs["train"], pairs["heldout"])
+        result = online_dpo(cfg, policy, tokenizer, model_dir=model_dir, judge=judge)
         summary["rounds"] = result.get("rounds", [])
+        summary["judge"] = result["judge"]
     summary["metrics"].update(result["metrics"])
 
     policy.save_pretrained(model_out)
@@ -100,6 +112,8 @@ def prefer(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_i
         mlflow.set_tracking_uri(lineage.tracking_uri(cfg))
         for key, points in curves.items():
             lineage.log_curve(mlflow_run_id, key, [tuple(p) for p in points])
+        if "judge" in summary:
+            mlflow.MlflowClient().set_tag(mlflow_run_id, "lmforge.online_judge", summary["judge"])
     summary["loss_curve"] = curves.get("dpo_loss", [])
     return summary
 

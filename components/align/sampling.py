@@ -8,21 +8,26 @@ end-of-turn marker (:func:`components.align.chat.stop_token_ids`).
 
 from __future__ import annotations
 
-from components.align.chat import prompt_messages, stop_token_ids
+from components.align.chat import as_turns, stop_token_ids
 from components.common.arithmetic import Problem, verify
 
 MAX_NEW_TOKENS = 12  # an arithmetic answer is a few digits and the end-of-turn marker
 
 
 def sample(
-    model, tokenizer, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int = MAX_NEW_TOKENS
+    model,
+    tokenizer,
+    prompts: list[str] | list[list[dict[str, str]]],
+    *,
+    n: int,
+    temperature: float,
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[list[str]]:
-    """``n`` responses to each prompt (sampled at ``temperature``; greedy, once, when it is 0)."""
+    """``n`` responses to each prompt (a question, or chat turns), sampled at ``temperature``; greedy,
+    once, when it is 0."""
     import torch
 
-    texts = [
-        tokenizer.apply_chat_template(prompt_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts
-    ]
+    texts = [tokenizer.apply_chat_template(as_turns(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:

@@ -6,9 +6,9 @@ with trl's ``SFTTrainer``, loss on answer tokens only (:mod:`.trainer`) → meas
 and tokenizer (template included) in HF format under ``out_dir/model`` → greedy samples on three
 held-out prompts → summary.
 
-The tiny profile runs in-process on one CPU process. Multi-GPU SFT runs through this same code
-under Ray Train in a later issue: the HF ``Trainer`` inside ``SFTTrainer`` is what
-``ray.train.huggingface.transformers.prepare_trainer`` distributes, so only the launch changes.
+``align.num_workers = 1`` (the tiny profile) fine-tunes in the step's own process;
+``align.num_workers >= 2`` runs the same :func:`fine_tune` in every worker of a Ray Train job
+(:mod:`.distributed`): DDP over gloo on CPU, FSDP on GPU. Only the launch differs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from components.align.trainer import build_trainer, trained_model
 from components.common.config import LifecycleConfig
 from components.common.errors import DataError, LmforgeError
 from components.common.log import get_logger
+from components.common.storage import join
 
 log = get_logger("lmforge.align")
 
@@ -33,19 +34,30 @@ SAMPLE_PROMPTS = 3
 SAMPLE_MAX_NEW_TOKENS = 48
 
 
-def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id: str = "") -> dict[str, Any]:
+def align(
+    cfg: LifecycleConfig,
+    *,
+    model_dir: Path,
+    out_dir: Path,
+    mlflow_run_id: str = "",
+    model_uri: str = "",
+    out_uri: str = "",
+    scratch_uri: str = "",
+) -> dict[str, Any]:
     """Fine-tune the model in ``model_dir`` on ``cfg.align.source``; writes ``out_dir/model``.
+
+    With ``align.num_workers >= 2`` the fine-tune runs on Ray Train (:mod:`.distributed`): the workers
+    read the model from ``model_uri`` and the split pairs from the store and rank 0 writes the model
+    to ``out_uri/model`` (``out_dir`` is that output's local side); both default to ``file://`` URIs
+    of the directories given, for a laptop. ``scratch_uri`` is Ray Train's storage for the run.
 
     Returns ``{"metrics": {...}, "samples": [...]}``; the metrics are ``sft_examples``,
     ``quarantined``, ``sft_loss_first``, ``sft_loss_last``, ``sft_heldout_answer_loss_before``,
     ``sft_heldout_answer_loss_after`` (cross-entropy per answer token in nats, as ``Trainer.evaluate``
     reports it: the mean over held-out batches of each batch's token mean) and ``steps``; also
-    ``sft_heldout_examples`` and ``sft_train_seconds``. Each sample is ``{"prompt", "reference",
-    "generation", "source"}`` (``source`` = file:line of the pair).
+    ``sft_heldout_examples``, ``sft_train_seconds`` and ``sft_workers``. Each sample is ``{"prompt",
+    "reference", "generation", "source"}`` (``source`` = file:line of the pair).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     a = cfg.align
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +71,69 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
     train, heldout = split_heldout(pairs, a.heldout_fraction, cfg.run.seed)
     log.info("align: %d training pairs, %d held out, from %s", len(train), len(heldout), a.source)
 
+    if a.num_workers > 1:
+        from components.align.distributed import sft_on_ray
+
+        out_uri = out_uri or out_dir.resolve().as_uri()
+        fit = sft_on_ray(
+            cfg,
+            train,
+            heldout,
+            model_uri=model_uri or model_dir.resolve().as_uri(),
+            out_uri=out_uri,
+            scratch_uri=scratch_uri or join(out_uri, "ray_train"),
+        )
+    else:
+        fit = fine_tune(cfg, model_dir, train, heldout, out_dir / "model")
+    log.info(
+        "align: held-out answer loss %.4f -> %.4f (%d steps, %d worker(s), %.1fs)",
+        fit["loss_before"],
+        fit["loss_after"],
+        fit["steps"],
+        a.num_workers,
+        fit["train_seconds"],
+    )
+    curve = [tuple(p) for p in fit["curve"]]
+    samples = fit["samples"]
+    (out_dir / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    if mlflow_run_id:
+        import mlflow
+
+        from components.common import lineage
+
+        mlflow.set_tracking_uri(lineage.tracking_uri(cfg))
+        lineage.log_curve(mlflow_run_id, "sft_loss", curve)
+
+    metrics = {
+        "sft_examples": len(train),
+        "sft_heldout_examples": len(heldout),
+        "quarantined": len(bad),
+        "sft_loss_first": curve[0][1],
+        "sft_loss_last": curve[-1][1],
+        "sft_heldout_answer_loss_before": float(fit["loss_before"]),
+        "sft_heldout_answer_loss_after": float(fit["loss_after"]),
+        "steps": fit["steps"],
+        "sft_train_seconds": round(fit["train_seconds"], 3),
+        "sft_workers": a.num_workers,
+    }
+    return {"metrics": metrics, "samples": samples, "loss_curve": [list(p) for p in curve]}
+
+
+def fine_tune(
+    cfg: LifecycleConfig, model_dir: Path, train: list[SftPair], heldout: list[SftPair], model_out: Path, *, fsdp=False
+) -> dict[str, Any]:
+    """The fine-tune itself, in this process: one whole run, or one Ray Train worker's share of it.
+
+    Loads model and tokenizer from ``model_dir``, measures the held-out answer loss, trains, measures
+    again; the first process (rank 0, or the only one) saves the model with its tokenizer in
+    ``model_out`` and answers three held-out prompts. Returns ``{"loss_before", "loss_after",
+    "curve", "steps", "train_seconds", "samples"}`` (``samples`` empty on the other ranks).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    a = cfg.align
     tokenizer = _load_tokenizer(model_dir)
     install_chat_template(tokenizer)
     torch.manual_seed(cfg.run.seed)
@@ -69,45 +144,35 @@ def align(cfg: LifecycleConfig, *, model_dir: Path, out_dir: Path, mlflow_run_id
     # The Trainer wants an output_dir, but saves nothing there (save_strategy="no"): the stage saves
     # the final model itself, so a throwaway directory keeps out_dir to the documented files.
     with tempfile.TemporaryDirectory(prefix="lmforge-sft-") as work_dir:
-        trainer, curve = build_trainer(cfg, model, tokenizer, train, heldout, Path(work_dir))
+        trainer, curve = build_trainer(cfg, model, tokenizer, train, heldout, Path(work_dir), fsdp=fsdp)
         loss_before = trainer.evaluate()["eval_loss"]
         started = time.time()
         trainer.train()
         train_seconds = time.time() - started
         loss_after = trainer.evaluate()["eval_loss"]
-    log.info(
-        "align: held-out answer loss %.4f -> %.4f (%d steps, %.1fs)", loss_before, loss_after, a.steps, train_seconds
-    )
     if not curve.points or not all(math.isfinite(v) for _, v in curve.points):
         raise LmforgeError(f"SFT on {a.source} produced a non-finite training loss; lower align.lr (now {a.lr})")
 
-    model = trained_model(trainer)
-    model_out = out_dir / "model"
-    model.save_pretrained(model_out)
-    tokenizer.save_pretrained(model_out)
-    samples = generate_samples(model, tokenizer, heldout[:SAMPLE_PROMPTS])
-    (out_dir / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8")
-
-    if mlflow_run_id:
-        import mlflow
-
-        from components.common import lineage
-
-        mlflow.set_tracking_uri(lineage.tracking_uri(cfg))
-        lineage.log_curve(mlflow_run_id, "sft_loss", curve.points)
-
-    metrics = {
-        "sft_examples": len(train),
-        "sft_heldout_examples": len(heldout),
-        "quarantined": len(bad),
-        "sft_loss_first": curve.points[0][1],
-        "sft_loss_last": curve.points[-1][1],
-        "sft_heldout_answer_loss_before": float(loss_before),
-        "sft_heldout_answer_loss_after": float(loss_after),
+    main = trainer.is_world_process_zero()
+    if fsdp:
+        # Every rank holds a shard: save_model gathers the full weights and rank 0 writes them.
+        trainer.save_model(str(model_out))
+        model = AutoModelForCausalLM.from_pretrained(str(model_out)) if main else None
+    elif main:
+        model = trained_model(trainer)
+        model.save_pretrained(model_out)
+    samples = []
+    if main:
+        tokenizer.save_pretrained(model_out)
+        samples = generate_samples(model, tokenizer, heldout[:SAMPLE_PROMPTS])
+    return {
+        "loss_before": float(loss_before),
+        "loss_after": float(loss_after),
+        "curve": [list(p) for p in curve.points],
         "steps": trainer.state.global_step,
-        "sft_train_seconds": round(train_seconds, 3),
+        "train_seconds": train_seconds,
+        "samples": samples,
     }
-    return {"metrics": metrics, "samples": samples, "loss_curve": [list(p) for p in curve.points]}
 
 
 def generate_samples(model, tokenizer, pairs: list[SftPair], max_new_tokens: int = SAMPLE_MAX_NEW_TOKENS) -> list[dict]:

@@ -117,10 +117,23 @@ def quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], heldout: list[SftPair], work_dir: Path):
+def build_trainer(
+    cfg: LifecycleConfig,
+    model,
+    tokenizer,
+    train: list[SftPair],
+    heldout: list[SftPair],
+    work_dir: Path,
+    *,
+    fsdp: bool = False,
+):
     """An ``SFTTrainer`` over ``train`` that evaluates on ``heldout``; returns ``(trainer, loss_curve)``.
 
     ``tokenizer`` must already carry the chat template (:func:`components.align.chat.install_chat_template`).
+    ``align.batch_size`` is per process here. Inside a Ray Train worker the HF ``Trainer`` finds the
+    process group Ray Train set up and runs as one DDP replica, or, with ``fsdp``, as one FSDP shard
+    (full_shard, wrapped per decoder layer: the default transformer-based policy reads the model's
+    ``_no_split_modules``).
     """
     import datasets
     from trl import SFTConfig, SFTTrainer
@@ -139,6 +152,9 @@ def build_trainer(cfg: LifecycleConfig, model, tokenizer, train: list[SftPair], 
         assistant_only_loss=chat,
         packing=a.packing,
         packing_strategy="bfd",  # best-fit decreasing: trl's padding-free packing (position_ids, no pads)
+        # full_shard: parameters re-sharded after each forward (transformers 5 spells it this way; the
+        # old "full_shard auto_wrap" string is deprecated). Wrapping defaults to one unit per decoder layer.
+        **({"fsdp": True, "fsdp_config": {"reshard_after_forward": True}} if fsdp else {}),
     )
     peft_config = None
     if a.lora_r:

@@ -61,6 +61,8 @@ _frozen = dataclass(frozen=True, kw_only=True)
 
 #: The preference step's methods (``align.method``).
 ALIGN_METHODS = ("none", "dpo", "online_dpo", "expert_iteration")
+#: Online DPO's judges (``align.judge``).
+JUDGES = ("verifier", "reward_model")
 
 
 @_frozen
@@ -505,6 +507,17 @@ class AlignConfig:
         0, "SFT: 0 = full fine-tune; > 0 = LoRA of this rank on every linear layer (peft), merged before saving."
     )
     lora_alpha: int = knob(16, "SFT: LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
+    num_workers: int = knob(
+        1,
+        "SFT: 1 = train in the step's own process; >= 2 = a Ray Train job of that many workers on "
+        "pretrain.ray_address (DDP over gloo on CPU; FSDP with align.use_gpu). align.batch_size stays the global "
+        "batch, split evenly across the workers, so the result matches the one-process run's.",
+    )
+    use_gpu: bool = knob(
+        False,
+        "SFT with align.num_workers >= 2: one GPU per worker and the model sharded with FSDP (full_shard, one unit "
+        "per decoder layer) instead of replicated with DDP.",
+    )
     method: str = knob(
         "none",
         "Preference step after SFT: none (the SFT model passes through), dpo (align.preferences), online_dpo or "
@@ -531,6 +544,12 @@ class AlignConfig:
     prompts_per_round: int = knob(64, "Arithmetic prompts expert iteration samples in every round.")
     task_digits: list = knob([1, 2], "Operand digits (min, max) of the generated arithmetic task.")
     temperature: float = knob(1.0, "Sampling temperature of expert iteration and online DPO.")
+    judge: str = knob(
+        "verifier",
+        "Online DPO's judge: verifier (generated arithmetic prompts, an exact answer decides) or reward_model (a "
+        "Bradley-Terry model trained first on align.preferences scores the samples; the prompts are those pairs' "
+        "training prompts).",
+    )
     staleness: int = knob(
         0,
         "Online DPO: 0 = synchronous (the learner generates each batch itself); s >= 1 = asynchronous, generation "
@@ -876,6 +895,30 @@ def _validate(cfg: LifecycleConfig) -> None:
     )
     need(cfg.align.beta > 0, "align.beta", f"must be > 0, got {cfg.align.beta}")
     need(cfg.align.lora_r >= 0, "align.lora_r", f"must be >= 0 (0 = full fine-tune), got {cfg.align.lora_r}")
+    need(cfg.align.num_workers >= 1, "align.num_workers", f"must be >= 1, got {cfg.align.num_workers}")
+    need(
+        cfg.align.batch_size % cfg.align.num_workers == 0,
+        "align.batch_size",
+        f"the global batch {cfg.align.batch_size} must split evenly across align.num_workers={cfg.align.num_workers}; "
+        "set align.batch_size to a multiple of align.num_workers",
+    )
+    need(
+        not (cfg.align.use_gpu and cfg.align.num_workers >= 2 and cfg.align.lora_r),
+        "align.lora_r",
+        "LoRA is merged into the base weights before saving, which FSDP-sharded SFT (align.use_gpu with "
+        "align.num_workers >= 2) cannot do; set align.lora_r=0 or align.num_workers=1",
+    )
+    need(
+        cfg.align.judge in JUDGES,
+        "align.judge",
+        f"unknown judge {cfg.align.judge!r}; set it to one of: {', '.join(JUDGES)}",
+    )
+    need(
+        cfg.align.judge != "reward_model" or cfg.align.method != "online_dpo" or bool(cfg.align.preferences),
+        "align.preferences",
+        "align.judge=reward_model trains its reward model on preference pairs; set align.preferences to a JSONL "
+        "file or directory (or align.judge=verifier)",
+    )
     need(cfg.align.staleness >= 0, "align.staleness", f"must be >= 0 (0 = synchronous), got {cfg.align.staleness}")
     need(
         len(cfg.align.task_digits) == 2 and 1 <= cfg.align.task_digits[0] <= cfg.align.task_digits[1],

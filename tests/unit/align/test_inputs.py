@@ -28,6 +28,22 @@ def test_preference_step_reads_pairs_for_dpo_and_generated_prompts_for_expert_it
     assert inputs.preference_inputs(make_config()) == []
 
 
+def test_online_dpo_reads_pairs_when_the_reward_model_judges_and_generated_prompts_when_the_verifier_does(
+    make_config, tmp_path
+):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    rm = inputs.preference_inputs(
+        make_config("align.method=online_dpo", "align.judge=reward_model", f"align.preferences={pairs}")
+    )
+    verifier = inputs.preference_inputs(make_config("align.method=online_dpo"))
+    assert [i.name for i in rm] == ["preferences"] and [i.name for i in verifier] == ["arithmetic"]
+
+
+def test_sft_address_changes_with_the_number_of_workers(make_config):
+    assert inputs.sft_config(make_config()) != inputs.sft_config(make_config("align.num_workers=2"))
+
+
 def test_generated_prompts_digest_follows_the_generator_settings(make_config):
     base = inputs.arithmetic_input(make_config("align.method=expert_iteration"))
     same = inputs.arithmetic_input(make_config("align.method=expert_iteration", "align.beta=0.3"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from components.align.chat import install_chat_template
-from components.align.preference_data import prompt_turns
-from components.align.reward import load_reward_model, score, train_reward_model
+from components.align.judge import RewardModelJudge
+from components.align.online import make_pairs
+from components.align.reward import load_reward_model, train_reward_model
 from components.common.config import load_config
 from components.common.preferences import read_preferences, split_preferences
 from components.common.tokenizer import load_tokenizer
@@ -41,10 +42,14 @@ def test_reward_model_learns_planted_preference_on_heldout_pairs(rm_run):
     assert m["rm_heldout_margin_after"] > 0
 
 
-def test_score_ranks_heldout_chosen_above_rejected_like_the_trainer(rm_run):
+def test_reward_model_judge_ranks_heldout_chosen_above_rejected_like_the_trainer(rm_run):
+    """As online DPO's judge, the trained reward model's score (``components.align.reward.score``) picks the
+    planted-preferred reply as the best of a prompt's samples (given here worse first) and the other
+    as the worst, on held-out pairs as often as trl's evaluation says it ranks them."""
     model, tok, heldout, _ = rm_run
-    wins = 0
-    for pair in heldout:
-        chosen, rejected = score(model, tok, prompt_turns(pair.prompt), [pair.chosen, pair.rejected])
-        wins += chosen > rejected
-    assert wins / len(heldout) >= 0.9
+    judge = RewardModelJudge(model, tok, heldout, heldout)
+    samples = [[p.rejected, p.chosen] for p in heldout]
+    pairs, _ = make_pairs(judge, heldout, samples)
+    assert judge.name == "reward_model" and len(pairs) == len(heldout)
+    right = sum(c == p.chosen and r == p.rejected for (_, c, r), p in zip(pairs, heldout, strict=True))
+    assert right / len(heldout) >= 0.9

@@ -22,19 +22,19 @@ METRICS = {
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, tiny_model):
-    """One 25-step SFT run on 120 GSM8K pairs with two malformed lines at lines 3 and 50."""
-    import mlflow
-
-    from components.common import lineage
-
-    root = tmp_path_factory.mktemp("sft")
+def sft_source(tmp_path_factory):
+    """120 GSM8K pairs with two malformed lines at lines 3 and 50."""
+    root = tmp_path_factory.mktemp("sft_source")
     lines = (QUICKSTART / "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines()[:120]
     lines.insert(2, '{"question": "truncated record"')
     lines.insert(49, json.dumps({"prompt": "wrong field names", "completion": "x"}))
     source = root / "sft.jsonl"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = load_config(
+    return source
+
+
+def sft_config(root, source, *extra: str):
+    return load_config(
         "tiny",
         [
             f"run.home={root / 'home'}",
@@ -45,8 +45,20 @@ def sft_run(tmp_path_factory, tiny_model):
             "align.batch_size=8",
             "align.max_len=96",
             "align.lr=3e-3",
+            *extra,
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_model, sft_source):
+    """One 25-step SFT run in this process on :func:`sft_source`."""
+    import mlflow
+
+    from components.common import lineage
+
+    root = tmp_path_factory.mktemp("sft")
+    cfg = sft_config(root, sft_source)
     lineage.setup(cfg)
     with mlflow.start_run() as run:
         run_id = run.info.run_id
@@ -110,3 +122,20 @@ def test_sft_loss_curve_is_logged_to_mlflow(sft_run):
     cfg, _, _, run_id = sft_run
     history = mlflow.MlflowClient().get_metric_history(run_id, "sft_loss")
     assert [m.step for m in history] == list(range(1, 26))
+
+
+def test_two_ray_train_workers_lower_heldout_answer_loss_as_one_process_does(sft_run, sft_source, tiny_model, tmp_path):
+    """The same run as sft_run on 2 Ray Train workers (DDP, gloo): the global batch is split, so the
+    held-out answer loss starts at the same value and drops by about as much; the model and the
+    split pairs come back through the store."""
+    one = sft_run[2]["metrics"]
+    cfg = sft_config(tmp_path, sft_source, "align.num_workers=2")
+    out = tmp_path / "out"
+    two = align(cfg, model_dir=tiny_model, out_dir=out)["metrics"]
+    assert two["sft_workers"] == 2 and two["steps"] == 25
+    assert two["sft_heldout_answer_loss_before"] == pytest.approx(one["sft_heldout_answer_loss_before"], abs=0.05)
+    drop_one = one["sft_heldout_answer_loss_before"] - one["sft_heldout_answer_loss_after"]
+    drop_two = two["sft_heldout_answer_loss_before"] - two["sft_heldout_answer_loss_after"]
+    assert drop_two == pytest.approx(drop_one, rel=0.15)
+    assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
+    assert len((out / "sft_data" / "heldout.jsonl").read_text().splitlines()) == one["sft_heldout_examples"]

@@ -216,6 +216,21 @@ def test_dpo_without_preference_pairs_is_refused_naming_the_key():
         load_config("tiny", ["align.method=dpo"])
 
 
+def test_unknown_online_judge_is_refused_naming_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"align\.judge: unknown judge 'human'.*verifier, reward_model"):
+        load_config("tiny", ["align.judge=human"])
+
+
+def test_reward_model_judge_without_preference_pairs_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"align\.preferences: align\.judge=reward_model trains"):
+        load_config("tiny", ["align.method=online_dpo", "align.judge=reward_model"])
+
+
+def test_sft_batch_that_does_not_split_across_the_workers_is_refused():
+    with pytest.raises(ConfigError, match=r"align\.batch_size: the global batch 8 must split evenly .*num_workers=3"):
+        load_config("tiny", ["align.num_workers=3"])
+
+
 def test_evaluation_may_not_score_preference_pairs_alignment_trains_on():
     with pytest.raises(
         ConfigError, match=r"evaluate\.preference_heldout_fraction: must be in \(0, align\.pref_heldout"
