@@ -13,17 +13,21 @@ Arms (the seeds' claims they test, in ``CLAIMS``):
 - ``replay_0`` / ``replay_5`` / ``replay_25``: Ibrahim et al. 2024;
 - ``wsd`` vs ``rewarm`` (cosine) at the same token budget: Hägele et al. 2024;
 - ``constant_ema`` (constant LR, EMA weights) vs ``rewarm`` (decay): Sanyal et al. 2023;
-- ``subset_fl_25`` / ``subset_random_25`` (a quarter of the new corpus, facility location vs random)
-  vs ``rewarm`` (all of it): INGENIOUS 2023;
+- ``subset_fl_25`` / ``subset_random_25`` (a quarter of the new corpus, facility location vs random),
+  and ``subset_fl_25`` vs ``rewarm`` (all of it): INGENIOUS 2023;
 - ``quality_decay`` (``continual.order=quality``: the new corpus from its lowest to its highest quality
   score, warmup + cosine) vs ``rewarm`` (random order, same schedule), and ``quality_constant_ema``
   (quality order, constant LR, EMA weights) vs ``constant_ema`` (random order, same): "How learning-rate
   decay wastes your best data in curriculum-based pretraining" (2025): with a decay the best data
   arrives at a tiny LR and the curriculum gains little; without one (and with averaging) it should.
 
-Writes ``<home>/experiments/continual/``: ``results.json``, ``table.md`` (final train loss,
-held-out loss on each corpus after, forgetting, stability gap, steps to recover, adaptation) and
-``heldout_<corpus>.png`` (every arm's held-out curve of that corpus).
+With ``seeds`` > 1 every arm's continual step runs once per seed; the seeds' spread is the noise each
+claim's verdict is judged against (:func:`verdicts`: holds / does not / within noise, from the numbers).
+
+Writes ``<home>/experiments/continual/``: ``results.json`` (every run by arm and seed, the verdicts),
+``table.md`` (seed means of the final train loss, held-out loss on each corpus after, forgetting,
+stability gap, steps to recover, adaptation; then each claim's conditions and verdict) and
+``heldout_<corpus>.png`` (every arm's held-out curve of that corpus, first seed).
 """
 
 from __future__ import annotations
