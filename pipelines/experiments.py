@@ -64,11 +64,14 @@ ARMS: dict[str, tuple[list[str], list[str]]] = {
 #: A claim is one or more conditions, each ``(metric, arm a, arm b, relation)`` on the arms' seed means:
 #: ``less`` / ``greater`` (a below / above b by more than the noise), ``not_worse`` (a's loss-like metric at
 #: most the noise above b's: "matches"), ``no_gain`` (a at most the noise below b: "gains little"). Metrics:
-#: ``new`` (held-out loss on the new corpus after), ``forgetting`` (the worst over the old corpora).
+#: ``new`` (held-out loss on the new corpus after), ``forgetting`` and ``stability_gap`` (the worst over the
+#: old corpora).
 CLAIMS: list[tuple[str, list[tuple[str, str, str, str]]]] = [
     (
-        "re-warming adapts faster than a constant (final) LR, at more forgetting",
-        [("new", "rewarm", "constant_no_rewarm", "less"), ("forgetting", "rewarm", "constant_no_rewarm", "greater")],
+        # Gupta et al. 2023: the price of re-warming is the early rise of the old corpus' loss (the gap), which
+        # decaying later partly recovers; the final forgetting is in the table, not in the claim
+        "re-warming adapts faster than a constant (final) LR, at a larger early rise on the old corpus",
+        [("new", "rewarm", "constant_no_rewarm", "less"), ("stability_gap", "rewarm", "constant_no_rewarm", "greater")],
     ),
     (
         "a little replay (5%) cuts forgetting at little cost to adaptation",
