@@ -57,8 +57,8 @@ test-integration: venv
 bench: venv  ## benchmarks: print ratios against baselines measured in the same run
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
 
-experiments: venv  ## the seeds' continual-pretraining comparisons on tiny: table and plots in .lmforge/experiments/continual/
-	$(BIN)/lmforge experiment continual --profile tiny
+experiments: venv  ## the seeds' continual-pretraining comparisons on tiny, 2 seeds: table, verdicts and plots in .lmforge/experiments/continual/
+	$(BIN)/lmforge experiment continual --profile tiny --seeds 2
 
 # IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
 # what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).

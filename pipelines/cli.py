@@ -11,7 +11,7 @@
     lmforge show [RUN] [--home DIR]                                                 one run's summary
     lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
     lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
-    lmforge experiment continual [--set k=v ...] [--home DIR] [--only ARM,...]      the seeds' continual comparisons
+    lmforge experiment continual [--set k=v ...] [--home DIR] [--only ARM,...] [--seeds N]  the seeds' continual comparisons
 
 A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
 '+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
@@ -313,7 +313,7 @@ def cmd_experiment(args) -> int:
     overrides, cfg = _resolved(args)
     only = [a.strip() for a in args.only.split(",") if a.strip()] if args.only else None
     started = time.time()
-    run_experiment(args.profile, overrides, resolve_home(cfg), only)
+    run_experiment(args.profile, overrides, resolve_home(cfg), only, seeds=args.seeds)
     out = resolve_home(cfg) / "experiments" / "continual"
     print((out / "table.md").read_text())
     print(f"lmforge: experiment finished in {time.time() - started:.0f}s; table, results and plots in {out}")
@@ -455,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", choices=["continual"], help="which experiment")
     p.add_argument("--only", help="comma-separated arms to run (default all; see pipelines/experiments.py)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run every arm with this many seeds (run.seed, run.seed+1, ...): the spread decides 'within noise'",
+    )
     config_args(p)
     p.set_defaults(func=cmd_experiment)
 

@@ -13,28 +13,38 @@ Arms (the seeds' claims they test, in ``CLAIMS``):
 - ``replay_0`` / ``replay_5`` / ``replay_25``: Ibrahim et al. 2024;
 - ``wsd`` vs ``rewarm`` (cosine) at the same token budget: Hägele et al. 2024;
 - ``constant_ema`` (constant LR, EMA weights) vs ``rewarm`` (decay): Sanyal et al. 2023;
-- ``subset_fl_25`` / ``subset_random_25`` (a quarter of the new corpus, facility location vs random)
-  vs ``rewarm`` (all of it): INGENIOUS 2023;
+- ``subset_fl_25`` / ``subset_random_25`` (a quarter of the new corpus, facility location vs random),
+  and ``subset_fl_25`` vs ``rewarm`` (all of it): INGENIOUS 2023;
 - ``quality_decay`` (``continual.order=quality``: the new corpus from its lowest to its highest quality
   score, warmup + cosine) vs ``rewarm`` (random order, same schedule), and ``quality_constant_ema``
   (quality order, constant LR, EMA weights) vs ``constant_ema`` (random order, same): "How learning-rate
   decay wastes your best data in curriculum-based pretraining" (2025): with a decay the best data
   arrives at a tiny LR and the curriculum gains little; without one (and with averaging) it should.
 
-Writes ``<home>/experiments/continual/``: ``results.json``, ``table.md`` (final train loss,
-held-out loss on each corpus after, forgetting, stability gap, steps to recover, adaptation) and
-``heldout_<corpus>.png`` (every arm's held-out curve of that corpus).
+With ``seeds`` > 1 every arm's continual step runs once per seed; the seeds' spread is the noise each
+claim's verdict is judged against (:func:`verdicts`: holds / does not / within noise, from the numbers).
+
+Writes ``<home>/experiments/continual/``: ``results.json`` (every run by arm and seed, the verdicts),
+``table.md`` (seed means of the final train loss, held-out loss on each corpus after, forgetting,
+stability gap, steps to recover, adaptation; then each claim's conditions and verdict) and
+``heldout_<corpus>.png`` (every arm's held-out curve of that corpus, first seed).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from components.common.config import LifecycleConfig, load_config
+from components.common.errors import ConfigError
+from components.common.log import get_logger
+
+log = get_logger("lmforge.experiment")
 
 #: arm → (continual overrides, curate overrides of the new corpus)
 ARMS: dict[str, tuple[list[str], list[str]]] = {
@@ -51,86 +61,200 @@ ARMS: dict[str, tuple[list[str], list[str]]] = {
     "quality_constant_ema": (["continual.order=quality", "continual.schedule=constant", "continual.average=ema"], []),
 }
 
-CLAIMS = [
-    ("re-warming adapts faster than a constant (final) LR, at more forgetting", "rewarm", "constant_no_rewarm"),
-    ("a little replay (5%) cuts forgetting at little cost to adaptation", "replay_5", "replay_0"),
-    ("more replay (25%) forgets less still", "replay_25", "replay_5"),
-    ("WSD matches cosine at the same token budget", "wsd", "rewarm"),
-    ("weight averaging at a constant LR matches the final decay", "constant_ema", "rewarm"),
-    ("a facility-location 25% subset beats a random 25% subset", "subset_fl_25", "subset_random_25"),
-    ("under a final decay, quality order (best last) gains little over random", "quality_decay", "rewarm"),
-    ("at a constant LR with averaging, quality order beats random", "quality_constant_ema", "constant_ema"),
+#: A claim is one or more conditions, each ``(metric, arm a, arm b, relation)`` on the arms' seed means:
+#: ``less`` / ``greater`` (a below / above b by more than the noise), ``not_worse`` (a's loss-like metric at
+#: most the noise above b's: "matches"), ``no_gain`` (a at most the noise below b: "gains little"). Metrics:
+#: ``new`` (held-out loss on the new corpus after), ``forgetting`` and ``stability_gap`` (the worst over the
+#: old corpora).
+CLAIMS: list[tuple[str, list[tuple[str, str, str, str]]]] = [
+    (
+        # Gupta et al. 2023: the price of re-warming is the early rise of the old corpus' loss (the gap), which
+        # decaying later partly recovers; the final forgetting is in the table, not in the claim
+        "re-warming adapts faster than a constant (final) LR, at a larger early rise on the old corpus",
+        [("new", "rewarm", "constant_no_rewarm", "less"), ("stability_gap", "rewarm", "constant_no_rewarm", "greater")],
+    ),
+    (
+        "a little replay (5%) cuts forgetting at little cost to adaptation",
+        [("forgetting", "replay_5", "replay_0", "less"), ("new", "replay_5", "replay_0", "not_worse")],
+    ),
+    ("more replay (25%) forgets less still", [("forgetting", "replay_25", "replay_5", "less")]),
+    ("WSD matches cosine at the same token budget", [("new", "wsd", "rewarm", "not_worse")]),
+    ("weight averaging at a constant LR matches the final decay", [("new", "constant_ema", "rewarm", "not_worse")]),
+    (
+        "a facility-location 25% subset beats a random 25% subset",
+        [("new", "subset_fl_25", "subset_random_25", "less")],
+    ),
+    ("a facility-location 25% subset matches all the data", [("new", "subset_fl_25", "rewarm", "not_worse")]),
+    (
+        "under a final decay, quality order (best last) gains little over random",
+        [("new", "quality_decay", "rewarm", "no_gain")],
+    ),
+    (
+        "at a constant LR with averaging, quality order beats random",
+        [("new", "quality_constant_ema", "constant_ema", "less")],
+    ),
 ]
 
+HOLDS, DOES_NOT, WITHIN_NOISE = "holds", "does not", "within noise"
 
-def run_experiment(profile: str, overrides: list[str], home: Path, only: list[str] | None = None) -> dict[str, Any]:
-    """Run the arms (all, or ``only``) and write the table and plots; returns the results by arm."""
+
+def run_experiment(
+    profile: str, overrides: list[str], home: Path, only: list[str] | None = None, seeds: int = 1
+) -> dict[str, Any]:
+    """Run the arms (all, or ``only``) ``seeds`` times and write the table and plots; returns the results by arm.
+
+    Repeat ``i`` runs each arm's continual step with ``run.seed`` + ``i``: the order of the new corpus and
+    the replay draws change; the base model, the corpora, the subsets and the held-out windows do not, so
+    the spread between seeds is the noise of the comparisons the claims make. Repeat 0 is the run's own
+    seed, so a one-seed experiment reuses the steps of a many-seed one and the other way round.
+    """
     unknown = sorted(set(only or ()) - set(ARMS))
     if unknown:
-        from components.common.errors import ConfigError
-
         raise ConfigError(f"experiment arms {', '.join(unknown)} unknown; choose from {', '.join(ARMS)}")
+    if seeds < 1:
+        raise ConfigError(f"experiment --seeds: must be >= 1, got {seeds}")
     arms = {name: ARMS[name] for name in (only or ARMS)}
     base = [*overrides, f"run.home={home}"]
     cfg = load_config(profile, base)
     old = _curate(profile, base, cfg.curate.source, tokenizer_from=None)
     pretrained = _pretrain(profile, base, old)
-    results: dict[str, Any] = {}
-    for name, (continual_overrides, curate_overrides) in arms.items():
-        started = time.time()
-        new = _curate(profile, [*base, *curate_overrides], cfg.continual.source, tokenizer_from=old)
-        pointer, summary = _continual(profile, [*base, *continual_overrides], pretrained, new, old)
-        results[name] = {
-            "overrides": continual_overrides + curate_overrides,
-            "model_uri": pointer["uri"],
-            # the step's own run time (a reused step reports the run that made it), plus a subset's curation
-            "seconds": round(summary["metrics"].get("stage_seconds", time.time() - started), 1),
-            "metrics": summary["metrics"],
-            "corpora": summary["corpora"],
-            "heldout_curves": summary["heldout_curves"],
-        }
+    results: dict[str, Any] = {name: {"overrides": c + u, "runs": []} for name, (c, u) in arms.items()}
+    for i in range(seeds):  # seed-major: a partial experiment has every arm at least once
+        seed = cfg.run.seed + i
+        for name, (continual_overrides, curate_overrides) in arms.items():
+            started = time.time()
+            new = _curate(profile, [*base, *curate_overrides], cfg.continual.source, tokenizer_from=old)
+            run = [*base, *continual_overrides, f"run.seed={seed}"]
+            pointer, summary = _continual(profile, run, pretrained, new, old)
+            results[name]["runs"].append(
+                {
+                    "seed": seed,
+                    "model_uri": pointer["uri"],
+                    # the step's own run time (a reused step reports the run that made it)
+                    "seconds": round(summary["metrics"].get("stage_seconds", time.time() - started), 1),
+                    "metrics": summary["metrics"],
+                    "corpora": summary["corpora"],
+                    "heldout_curves": summary["heldout_curves"],
+                }
+            )
+            log.info("experiment: %s seed %d done (%.0fs)", name, seed, results[name]["runs"][-1]["seconds"])
     out = home / "experiments" / "continual"
     write_results(results, out)
     return results
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
-    """``results.json``, ``table.md`` and one held-out plot per corpus into ``out``."""
+    """``results.json`` (with the verdicts), ``table.md`` and one held-out plot per corpus into ``out``."""
     from components.report.plots import curve_png
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.json").write_text(json.dumps({"arms": results, "verdicts": verdicts(results)}, indent=2))
     (out / "table.md").write_text(table(results))
-    corpora = sorted({label for r in results.values() for label in r["heldout_curves"]})
-    for label in corpora:
-        curves = {arm: r["heldout_curves"][label] for arm, r in results.items() if label in r["heldout_curves"]}
+    corpora = sorted({label for r in results.values() for label in r["runs"][0]["heldout_curves"]})
+    for label in corpora:  # the first seed's curves: one line per arm stays readable
+        curves = {arm: r["runs"][0]["heldout_curves"][label] for arm, r in results.items()}
         (out / f"heldout_{label}.png").write_bytes(curve_png(curves, f"held-out loss on {label}", "loss"))
 
 
+def arm_metrics(result: dict[str, Any]) -> dict[str, list[float]]:
+    """Every numeric metric of an arm, one value per seed, plus ``new`` (held-out loss on the new corpus)."""
+    runs = result["runs"]
+    new = runs[0]["corpora"]["new"]
+    out: dict[str, list[float]] = {}
+    for run in runs:
+        m = {**run["metrics"], "new": run["metrics"][f"heldout_loss_after/{new}"], "seconds": run["seconds"]}
+        for key, value in m.items():
+            out.setdefault(key, []).append(float(value))
+    return out
+
+
+def noise(results: dict[str, Any], metric: str) -> float | None:
+    """Two standard errors of a difference of two arms' seed means of ``metric``, or None with one seed.
+
+    The seed-to-seed variance is pooled over every arm that ran more than once (each arm's own spread
+    is a handful of values; the arms differ in schedule, not in how noisy a seed is).
+    """
+    per_arm = [arm_metrics(r)[metric] for r in results.values()]
+    spreads = [statistics.variance(values) for values in per_arm if len(values) > 1]
+    if not spreads:
+        return None
+    n = min(len(values) for values in per_arm if len(values) > 1)
+    return 2.0 * math.sqrt(2.0 * statistics.fmean(spreads) / n)
+
+
+def condition_verdict(delta: float, relation: str, tolerance: float) -> str:
+    """One condition's verdict from ``delta`` = a − b and the noise ``tolerance`` (0 without one)."""
+    if relation in ("less", "greater"):
+        signed = -delta if relation == "less" else delta  # > 0: the claimed direction
+        if abs(delta) <= tolerance:
+            return WITHIN_NOISE
+        return HOLDS if signed > 0 else DOES_NOT
+    if relation == "not_worse":  # a loss-like metric: a may be lower, or higher by at most the noise
+        return HOLDS if delta <= tolerance else DOES_NOT
+    if relation == "no_gain":  # a may be higher, or lower by at most the noise
+        return HOLDS if delta >= -tolerance else DOES_NOT
+    raise ValueError(f"unknown relation {relation!r}")
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each claim whose arms all ran: its conditions' numbers and verdicts, and the claim's verdict.
+
+    A claim holds when every condition does, does not when any condition goes the other way by more
+    than the noise, and is within noise otherwise.
+    """
+    means = {arm: {k: statistics.fmean(v) for k, v in arm_metrics(r).items()} for arm, r in results.items()}
+    out = []
+    for claim, conditions in CLAIMS:
+        if not all(a in results and b in results for _, a, b, _ in conditions):
+            continue
+        checked = []
+        for metric, a, b, relation in conditions:
+            tolerance = noise(results, metric)
+            delta = means[a][metric] - means[b][metric]
+            verdict = condition_verdict(delta, relation, tolerance or 0.0)
+            checked.append(
+                {"metric": metric, "a": a, "b": b, "relation": relation, "a_mean": means[a][metric],
+                 "b_mean": means[b][metric], "delta": delta, "noise": tolerance, "verdict": verdict}
+            )  # fmt: skip
+        found = {c["verdict"] for c in checked}
+        verdict = DOES_NOT if DOES_NOT in found else HOLDS if found == {HOLDS} else WITHIN_NOISE
+        out.append({"claim": claim, "conditions": checked, "verdict": verdict})
+    return out
+
+
+def _mean(values: list[float], fmt: str) -> str:
+    """The seed mean, and ± the seeds' standard deviation when there are several."""
+    text = format(statistics.fmean(values), fmt)
+    return text if len(values) == 1 else f"{text} ±{statistics.stdev(values):.3f}"
+
+
 def table(results: dict[str, Any]) -> str:
-    """The comparison table (Markdown) and, for each claim whose arms both ran, what the runs say."""
-    first = next(iter(results.values()))
+    """The comparison table (Markdown; seed means ± standard deviation) and each claim's verdict."""
+    first = next(iter(results.values()))["runs"][0]
     old, new = first["corpora"]["old"], first["corpora"]["new"]
+    seeds = max(len(r["runs"]) for r in results.values())
     head = ["arm", "final train loss", *(f"held-out {c}" for c in [*old, new])]
     head += [f"forgetting {c}" for c in old] + [f"gap {c}" for c in old] + [f"recover {c}" for c in old]
     head += [f"adaptation {new}", "s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"{seeds} seed(s) per arm; cells are seed means (± standard deviation over seeds).", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, r in results.items():
-        m = r["metrics"]
-        row = [arm, f"{m['final_loss']:.3f}"]
-        row += [f"{m[f'heldout_loss_after/{c}']:.3f}" for c in [*old, new]]
-        row += [f"{m[f'forgetting/{c}']:+.3f}" for c in old] + [f"{m[f'stability_gap/{c}']:.3f}" for c in old]
-        row += [f"{int(m[f'recovery_steps/{c}'])}" for c in old]
-        row += [f"{m[f'adaptation/{new}']:.3f}", f"{r['seconds']:.0f}"]
+        m = arm_metrics(r)
+        row = [arm, _mean(m["final_loss"], ".3f")]
+        row += [_mean(m[f"heldout_loss_after/{c}"], ".3f") for c in [*old, new]]
+        row += [_mean(m[f"forgetting/{c}"], "+.3f") for c in old] + [_mean(m[f"stability_gap/{c}"], ".3f") for c in old]
+        row += [_mean(m[f"recovery_steps/{c}"], ".0f") for c in old]
+        row += [_mean(m[f"adaptation/{new}"], ".3f"), f"{statistics.fmean(m['seconds']):.0f}"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| claim | arms | new held-out | worst forgetting |", "|---|---|---|---|"]
-    for claim, a, b in CLAIMS:
-        if a in results and b in results:
-            ma, mb = results[a]["metrics"], results[b]["metrics"]
+    lines += ["", "| claim | condition | a | b | a − b | noise (2 SE) | verdict |", "|---|---|---|---|---|---|---|"]
+    for v in verdicts(results):
+        for i, c in enumerate(v["conditions"]):
+            tolerance = "n/a (1 seed)" if c["noise"] is None else f"{c['noise']:.3f}"
             lines.append(
-                f"| {claim} | {a} vs {b} | {ma[f'heldout_loss_after/{new}']:.3f} vs "
-                f"{mb[f'heldout_loss_after/{new}']:.3f} | {ma['forgetting']:+.3f} vs {mb['forgetting']:+.3f} |"
+                f"| {v['claim'] if i == 0 else ''} | {c['metric']} {c['a']} {c['relation']} {c['b']} | "
+                f"{c['a_mean']:.3f} | {c['b_mean']:.3f} | {c['delta']:+.3f} | {tolerance} | {c['verdict']} |"
             )
+        lines.append(f"| | **claim** | | | | | **{v['verdict']}** |")
     return "\n".join(lines) + "\n"
 
 

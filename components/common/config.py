@@ -334,7 +334,14 @@ class PretrainConfig:
     branch_at: list[int] = knob(
         [],
         "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
-        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation; pretrain.publish_branch picks "
+        "the one that flows downstream.",
+    )
+    publish_branch: int = knob(
+        0,
+        "Which model flows downstream: 0 = the main run (its final decay); S = the WSD decay branched at step S "
+        "(one of pretrain.branch_at), whose model then is the stage's model/ (the main run's moves to "
+        "branches/final/) and whose numbers are the stage's metrics.",
     )
     average: str = knob(
         "none",
@@ -344,7 +351,12 @@ class PretrainConfig:
     )
     average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
     average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
-    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
+    ema_decay: float = knob(
+        0.0,
+        "average=ema: per-step decay d of ema = d*ema + (1-d)*weights; 0 = fitted to the run: d = 1 - 1/W, "
+        "W = max(2, pretrain.decay_fraction x pretrain.steps), so the average spans (mean weight age 1/(1-d)) "
+        "the tail a WSD decay would take (150 steps: W=30, d~0.967).",
+    )
     weight_decay: float = knob(0.1, "AdamW weight decay (not applied to norms and biases).")
     grad_clip: float = knob(1.0, "Clip the global gradient norm to this value (0 = off).")
     checkpoint_every: int = knob(50, "Write a persistent checkpoint to the store every N steps.", versioned=False)
@@ -434,7 +446,14 @@ class ContinualConfig:
     branch_at: list[int] = knob(
         [],
         "schedule=wsd: stable-phase steps from which to branch a decay of the same length as the final one; each "
-        "branch's model is an extra artifact (branches/step-<S>/) for evaluation, the main run flows downstream.",
+        "branch's model is an extra artifact (branches/step-<S>/) for evaluation; continual.publish_branch picks "
+        "the one that flows downstream.",
+    )
+    publish_branch: int = knob(
+        0,
+        "Which model flows downstream: 0 = the main run (its final decay); S = the WSD decay branched at step S "
+        "(one of continual.branch_at), whose model then is the stage's model/ (the main run's moves to "
+        "branches/final/) and whose numbers are the stage's metrics.",
     )
     average: str = knob(
         "none",
@@ -444,7 +463,12 @@ class ContinualConfig:
     )
     average_every: int = knob(10, "average=uniform|weighted: snapshot the weights every N steps (and at the last).")
     average_last_k: int = knob(5, "average=uniform|weighted: how many of the newest snapshots are averaged.")
-    ema_decay: float = knob(0.99, "average=ema: per-step decay d of ema = d*ema + (1-d)*weights (half-life ln2/(1-d)).")
+    ema_decay: float = knob(
+        0.0,
+        "average=ema: per-step decay d of ema = d*ema + (1-d)*weights; 0 = fitted to the run: d = 1 - 1/W, "
+        "W = max(2, continual.decay_fraction x continual.steps), so the average spans (mean weight age 1/(1-d)) "
+        "the tail a WSD decay would take (150 steps: W=30, d~0.967).",
+    )
     replay_fraction: float = knob(
         0.1,
         "Fraction of each batch replayed from the corpora the base model learned (every ancestor in its "
@@ -1044,8 +1068,15 @@ def _validate_schedule(sec: Any, name: str) -> None:
                 f"{name}.average_last_k: {sec.average_last_k} snapshots every {name}.average_every="
                 f"{sec.average_every} steps span more than {name}.steps={sec.steps}; lower one of them"
             )
-    if sec.average == "ema" and not 0.0 < sec.ema_decay < 1.0:
-        raise ConfigError(f"{name}.ema_decay: must be in (0, 1), got {sec.ema_decay}")
+    if sec.average == "ema" and not 0.0 <= sec.ema_decay < 1.0:
+        raise ConfigError(f"{name}.ema_decay: must be in [0, 1) (0 = fitted to the run), got {sec.ema_decay}")
+    if sec.publish_branch and sec.publish_branch not in sec.branch_at:
+        branches = ", ".join(["0 (the final decay)", *(str(s) for s in sec.branch_at)])
+        raise ConfigError(
+            f"{name}.publish_branch={sec.publish_branch} names no branch of this run; the branches that exist are "
+            f"{branches} ({name}.branch_at={sec.branch_at}); set {name}.publish_branch to one of them, or add "
+            f"{sec.publish_branch} to {name}.branch_at"
+        )
     if sec.branch_at and sec.schedule != "wsd":
         raise ConfigError(f"{name}.branch_at: decay branches need {name}.schedule=wsd, got {sec.schedule!r}")
     if sec.schedule != "wsd":

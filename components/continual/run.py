@@ -35,6 +35,7 @@ from components.training.callbacks import Callback
 from components.training.data import check_order
 from components.training.driver import training_metrics
 from components.training.launch import train
+from components.training.publish import publish_branch
 from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
@@ -60,7 +61,9 @@ def continual(
     Returns ``{"metrics": {...}, "loss_curve", "lr_curve", "old_heldout_curve", "heldout_curves",
     "corpora"}``: curves are ``[[step, value], ...]``, held-out ones start at step 0 (before
     training) and are keyed by corpus label; ``corpora`` says which labels are old and which is new.
-    The adapted model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``.
+    The adapted model (with tokenizer) goes to ``output_uri/model``, the curves to ``out_dir``; with
+    ``continual.publish_branch`` = S the decay branched at S is ``output_uri/model`` and the metrics are its
+    (the main run's under ``final/``, its model under ``branches/final/``, ``"main_run"``).
     """
     spec = continual_spec(
         cfg,
@@ -78,7 +81,7 @@ def continual(
     old_label = old_labels[0]
     summary = train(spec)
     curves = summary["callbacks"]["probes"]["curves"]
-    old_curve, new_curve = curves[old_label], curves[new_label]
+    old_curve = curves[old_label]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "loss_curve.json").write_text(json.dumps(summary["loss_curve"]))
@@ -86,19 +89,9 @@ def continual(
     (out_dir / "heldout_curves.json").write_text(json.dumps(curves))
     if mlflow_run_id:
         _log_curves(cfg, mlflow_run_id, curves, old_label)
-    metrics = {
-        **training_metrics(summary),
-        **corpus_metrics(curves, old=old_labels, new=new_label),
-        # the names runs before per-corpus metrics logged (the replayed pretraining corpus is "old")
-        "old_heldout_loss_before": old_curve[0][1],
-        "old_heldout_loss_after": old_curve[-1][1],
-        "new_heldout_loss_before": new_curve[0][1],
-        "new_heldout_loss_after": new_curve[-1][1],
-        "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
-        "probes": len(old_curve),
-    }
-    branches = {}
-    for step in c.branch_at:  # WSD decay branches: artifacts for evaluation; the main run flows downstream
+    metrics = {**training_metrics(summary), **curve_metrics(curves, old_labels, new_label), "probes": len(old_curve)}
+    branches, main_run = {}, None
+    for step in c.branch_at:  # WSD decay branches: artifacts for evaluation (publish_branch: one goes downstream)
         branch = train(spec.decay_branch(step))
         branch_curves = branch["callbacks"]["probes"]["curves"]
         branches[step] = {
@@ -109,9 +102,20 @@ def continual(
         for name, value in corpus_metrics(branch_curves, old=old_labels, new=new_label).items():
             if "/" in name and not name.startswith("heldout_loss_before"):
                 metrics[f"branch_{step}/{name}"] = value
+    if c.publish_branch:
+        # The gate judges what flows downstream: the stage's numbers become the branch's, the main run's
+        # keep a final/ prefix, and the branch's model becomes model/ (the main run's: branches/final/).
+        published = branches[c.publish_branch]
+        store = open_store(output_uri, **store_options(cfg))
+        final = publish_branch(store, output_uri, published["model_uri"].removesuffix("/model"))
+        metrics.update({f"final/{k}": v for k, v in curve_metrics(curves, old_labels, new_label).items()})
+        metrics.update(curve_metrics(published["heldout_curves"], old_labels, new_label))
+        main_run = {"model_uri": join(final, "model")}
+    metrics["published_branch"] = c.publish_branch
     log.info("continual done: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {
         "branches": branches,
+        "main_run": main_run,  # where the main run's model went when a branch was published (else None)
         "metrics": metrics,
         "loss_curve": summary["loss_curve"],
         "lr_curve": summary["lr_curve"],
@@ -119,7 +123,21 @@ def continual(
         "heldout_curves": curves,
         "corpora": {"old": old_labels, "new": new_label},
         "replays": [[uri, fraction] for uri, fraction in spec.replays],
-        "averaging": summary["callbacks"].get("averaging"),  # which snapshots the published model averages
+        "averaging": summary["callbacks"].get("averaging"),  # which snapshots the main run's model averages
+    }
+
+
+def curve_metrics(curves: dict, old_labels: list[str], new_label: str) -> dict[str, float]:
+    """Forgetting, adaptation and the stability gap of one run's held-out curves, with the older names."""
+    old_curve, new_curve = curves[old_labels[0]], curves[new_label]
+    return {
+        **corpus_metrics(curves, old=old_labels, new=new_label),
+        # the names runs before per-corpus metrics logged (the replayed pretraining corpus is "old")
+        "old_heldout_loss_before": old_curve[0][1],
+        "old_heldout_loss_after": old_curve[-1][1],
+        "new_heldout_loss_before": new_curve[0][1],
+        "new_heldout_loss_after": new_curve[-1][1],
+        "old_heldout_loss_peak": max(loss for _, loss in old_curve[1:]),  # probes while training
     }
 
 

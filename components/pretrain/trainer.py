@@ -19,12 +19,14 @@ from components.common.artifacts import store_options
 from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError
 from components.common.log import get_logger
+from components.common.storage import open_store
 from components.training.averaging import averaging_fields
 from components.training.callbacks import Callback
 from components.training.data import check_order
 from components.training.driver import training_metrics
 from components.training.eval_checkpoints import eval_checkpoint_steps
 from components.training.launch import train
+from components.training.publish import publish_branch
 from components.training.schedule import schedule_fields
 from components.training.spec import Probe, TrainSpec
 
@@ -90,6 +92,12 @@ def pretrain(
     for step in p.branch_at:  # WSD decay branches: extra models under branches/step-<S>/ for evaluation
         branch = train(spec.decay_branch(step))
         metrics[f"branch_{step}/heldout_loss"] = branch["callbacks"]["probes"]["curves"]["heldout"][-1][1]
+    if p.publish_branch:  # the branch flows downstream: its model is model/, its held-out loss the stage's
+        store = open_store(output_uri, **store_options(cfg))
+        publish_branch(store, output_uri, spec.decay_branch(p.publish_branch).output_uri)
+        metrics["final/heldout_loss"] = metrics["heldout_loss"]
+        metrics["heldout_loss"] = metrics[f"branch_{p.publish_branch}/heldout_loss"]
+    metrics["published_branch"] = p.publish_branch
     out = {"metrics": metrics, "loss_curve": summary["loss_curve"], "lr_curve": summary["lr_curve"]}
     # With resilience on, every restart of the worker group (tier, step restored, steps lost, time)
     # goes into the stage summary, so the run report can show what the run survived.

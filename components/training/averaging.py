@@ -121,8 +121,19 @@ def averaging_fields(section) -> dict:
         "average": section.average,
         "average_every": section.average_every,
         "average_last_k": section.average_last_k,
-        "ema_decay": section.ema_decay,
+        "ema_decay": section.ema_decay or fitted_ema_decay(section.steps, section.decay_fraction),
     }
+
+
+def fitted_ema_decay(steps: int, decay_fraction: float) -> float:
+    """The EMA decay of ``ema_decay=0``: ``1 - 1/W``, ``W = max(2, decay_fraction x steps)``.
+
+    Averaging stands in for the final decay, so it should span what the decay would: an EMA's mean
+    weight age is ``1/(1-d)`` steps, set to the WSD tail (20% of the run by default). A fixed decay
+    does not fit every run: 0.99 (a 100-step window) averages in the early, far-off weights of a 150-step
+    continual run and is all warm-up in a 24-step one.
+    """
+    return 1.0 - 1.0 / max(2.0, decay_fraction * steps)
 
 
 def _weights(module: torch.nn.Module) -> Weights:

@@ -189,6 +189,23 @@ def test_branch_outside_the_stable_phase_names_the_key_and_the_phase():
         load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,130"])
 
 
+def test_published_branch_that_is_not_a_branch_names_the_key_and_the_branches():
+    with pytest.raises(
+        ConfigError,
+        match=r"continual.publish_branch=70 names no branch of this run; the branches that exist are "
+        r"0 \(the final decay\), 60, 90 \(continual.branch_at=\[60, 90\]\)",
+    ):
+        load_config("tiny", ["continual.schedule=wsd", "continual.branch_at=60,90", "continual.publish_branch=70"])
+
+
+def test_fitted_ema_decay_spans_the_decay_tail_of_the_run():
+    from components.training.averaging import averaging_fields
+
+    cfg = load_config("tiny", ["continual.average=ema"])  # 150 steps, decay_fraction 0.2: a 30-step window
+    assert averaging_fields(cfg.continual)["ema_decay"] == pytest.approx(1 - 1 / 30)
+    assert averaging_fields(load_config("tiny", ["continual.ema_decay=0.9"]).continual)["ema_decay"] == 0.9
+
+
 def test_removed_register_metric_shows_the_gate_form():
     with pytest.raises(ConfigError, match=r"evaluate\.gate\.primary=heldout_perplexity"):
         load_config("tiny", ["register.metric=heldout_perplexity"])

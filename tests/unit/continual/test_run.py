@@ -1,6 +1,6 @@
 """Continual pretraining end to end on Ray Train (2 workers, one Ray for the module): it starts from
 a saved model, re-warms the LR (WSD), replays the old corpus, reports forgetting on both held-out
-sets and branches a decay off the stable phase."""
+sets and branches a decay off the stable phase, which it sends downstream (continual.publish_branch)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from components.common.config import load_config
 from components.common.errors import DataError
@@ -37,7 +38,8 @@ def adapted(ray_cluster, tmp_path_factory, tiny_model, tiny_dataset, wikitext_da
             "continual.replay_fraction=0.25",
             "continual.schedule=wsd",  # decay over the last 2 steps (0.2 x 12)
             f"continual.branch_at={BRANCH}",
-            "continual.average=uniform",  # the published model: the mean of the weights after steps 8 and 12
+            f"continual.publish_branch={BRANCH}",  # the branch becomes model/, the main run branches/final/
+            "continual.average=uniform",  # the main run's model: the mean of the weights after steps 8 and 12
             "continual.average_every=4",
             "continual.average_last_k=2",
             f"continual.probe_every={PROBE_EVERY}",
@@ -87,9 +89,10 @@ def test_old_heldout_is_probed_during_training(adapted):
     m = adapted["result"]["metrics"]
     assert [s for s, _ in curve] == [0, 4, 8, 12]
     assert curve[0][1] == pytest.approx(m["old_heldout_loss_before"])
-    # The last probe and the "after" number use the same windows and the same weights.
-    assert curve[-1][1] == pytest.approx(m["old_heldout_loss_after"], rel=1e-4)
-    assert m["old_heldout_loss_peak"] == pytest.approx(max(loss for _, loss in curve[1:]))
+    # The last probe and the "after" number use the same windows and the same weights (the main run's
+    # numbers carry final/: the stage's are the published branch's).
+    assert curve[-1][1] == pytest.approx(m["final/old_heldout_loss_after"], rel=1e-4)
+    assert m["final/old_heldout_loss_peak"] == pytest.approx(max(loss for _, loss in curve[1:]))
     assert m["stability_gap"] >= 0
     assert json.loads((adapted["out"] / "old_heldout_curve.json").read_text()) == curve
 
@@ -113,7 +116,22 @@ def test_wsd_decay_branch_follows_the_stable_run_then_decays_into_its_own_model(
     assert adapted["result"]["metrics"][f"branch_{BRANCH}/heldout_loss_after/{adapted['new']}"] > 0
 
 
-def test_published_model_is_the_average_of_the_last_k_snapshots(adapted):
+def test_published_branch_is_the_stage_model_and_its_numbers_the_stage_metrics(adapted):
+    from safetensors.torch import load_file
+
+    result, out, new = adapted["result"], adapted["out"], adapted["new"]
+    branch_dir = Path(result["branches"][BRANCH]["model_uri"].removeprefix("file://"))
+    main_dir = Path(result["main_run"]["model_uri"].removeprefix("file://"))
+    assert main_dir == out / "branches" / "final" / "model"
+    published, branch, main = (load_file(d / "model.safetensors") for d in (out / "model", branch_dir, main_dir))
+    assert all(torch.equal(published[k], branch[k]) for k in branch)
+    assert not all(torch.equal(published[k], main[k]) for k in main)
+    m, branch_curve = result["metrics"], result["branches"][BRANCH]["heldout_curves"][new]
+    assert m["published_branch"] == BRANCH and m[f"heldout_loss_after/{new}"] == branch_curve[-1][1]
+    assert m[f"final/heldout_loss_after/{new}"] == result["heldout_curves"][new][-1][1]
+
+
+def test_main_run_model_is_the_average_of_the_last_k_snapshots(adapted):
     assert adapted["result"]["averaging"] == {"mode": "uniform", "ema_updates": 0, "averaged_steps": [8, 12]}
 
 
