@@ -72,26 +72,10 @@ def make_config(tmp_path):
 def tiny_dataset(tmp_path_factory) -> Path:
     """A curated-dataset directory (manifest, tokenizer, train/heldout shards) from 3,000 lines of
     the quick-start Shakespeare, built with the same helpers the curate stage uses."""
-    from components.common.artifacts import file_digest
-    from components.common.shards import ShardWriter, token_dtype, write_manifest
-    from components.common.tokenizer import train_tokenizer
+    from tests.tiny_data import curated_shakespeare
 
     root = tmp_path_factory.mktemp("tiny_dataset")
-    text = (QUICKSTART / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:3000]
-    docs = [d.strip() for d in "\n".join(text).split("\n\n") if len(d.strip()) > 20]
-    tok = train_tokenizer(docs, vocab_size=512)
-    tok.save_pretrained(root / "tokenizer")
-    dtype = token_dtype(len(tok))
-    splits = {}
-    for split, part in (("train", docs[: int(len(docs) * 0.9)]), ("heldout", docs[int(len(docs) * 0.9) :])):
-        writer = ShardWriter(root, split, dtype, shard_tokens=20_000)
-        for d in part:
-            writer.add(tok.encode(d, add_special_tokens=False) + [tok.eos_token_id])
-        splits[split] = writer.close()
-    write_manifest(
-        root, dtype=dtype, tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"), splits=splits
-    )
-    return root
+    return curated_shakespeare(root, lines=3000, vocab_size=512, train_fraction=0.9, shard_tokens=20_000)
 
 
 @pytest.fixture(scope="session")

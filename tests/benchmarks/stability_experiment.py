@@ -19,33 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAKESPEARE = ROOT / "pipelines" / "data" / "quickstart" / "tinyshakespeare.txt"
 LOCK = "/tmp/lmforge-heavy.lock"
 TASKS = ["lmforge_shakespeare_cloze", "lmforge_shakespeare_order"]
 
 
 def curated(root: Path, lines: int = 12_000) -> Path:
     """A curated-dataset directory (tokenizer, train/heldout shards, manifest) from the quick-start excerpt."""
-    from components.common.artifacts import file_digest
-    from components.common.shards import ShardWriter, token_dtype, write_manifest
-    from components.common.tokenizer import train_tokenizer
+    from tests.tiny_data import curated_shakespeare
 
-    text = SHAKESPEARE.read_text(encoding="utf-8").splitlines()[:lines]
-    docs = [d.strip() for d in "\n".join(text).split("\n\n") if len(d.strip()) > 20]
-    tok = train_tokenizer(docs, vocab_size=1024)
-    tok.save_pretrained(root / "tokenizer")
-    dtype = token_dtype(len(tok))
-    cut = int(len(docs) * 0.95)
-    splits = {}
-    for split, part in (("train", docs[:cut]), ("heldout", docs[cut:])):
-        writer = ShardWriter(root, split, dtype, shard_tokens=200_000)
-        for d in part:
-            writer.add(tok.encode(d, add_special_tokens=False) + [tok.eos_token_id])
-        splits[split] = writer.close()
-    write_manifest(
-        root, dtype=dtype, tokenizer_digest=file_digest(root / "tokenizer" / "tokenizer.json"), splits=splits
-    )
-    return root
+    return curated_shakespeare(root, lines=lines, vocab_size=1024, train_fraction=0.95, shard_tokens=200_000)
 
 
 def main() -> None:
