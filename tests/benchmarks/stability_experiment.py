@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 LOCK = "/tmp/lmforge-heavy.lock"
 TASKS = ["lmforge_shakespeare_cloze", "lmforge_shakespeare_order"]
 
