@@ -27,7 +27,9 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from components.common.log import get_logger
+from components.resilience.dataplane import LinkLostError
 from components.resilience.keeper import IncompleteVersionError, KeeperStatus
+from components.resilience.keeper_client import KeeperClient, Pending, RayPending, client_of
 from components.resilience.piece import PieceId
 from components.resilience.remote import CONTROL_TIMEOUT_S
 
@@ -36,7 +38,9 @@ log = get_logger(__name__)
 #: seconds a keeper may take to answer one round of protocol calls before it counts as lost
 CALL_TIMEOUT_S = CONTROL_TIMEOUT_S
 #: a keeper that is dead or silent: the protocol treats it as lost with its node
-UNREACHABLE = (RayActorError, GetTimeoutError)
+UNREACHABLE = (RayActorError, GetTimeoutError, LinkLostError)
+#: a keeper as the protocol takes it: a client (data plane, then Ray) or a bare Ray actor handle
+Keeper = KeeperClient | ActorHandle
 
 
 @dataclass(frozen=True)
@@ -51,30 +55,34 @@ class CommitOutcome:
     rolled_forward: list[str] = field(default_factory=list)
 
 
-def _answers(calls: Mapping[str, ray.ObjectRef], timeout_s: float, call: str) -> tuple[dict, list[str]]:
+def _answers(calls: Mapping[str, Pending], timeout_s: float, call: str) -> tuple[dict, list[str]]:
     """Results of one round of keeper calls (one deadline for all), and the node ids whose keeper did not
     answer; each silent or dead keeper is logged with its node and the call."""
     answers, silent = {}, []
     deadline = time.monotonic() + timeout_s
-    for node, ref in calls.items():
+    for node, pending in calls.items():
         try:
-            answers[node] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            answers[node] = pending.result(max(0.0, deadline - time.monotonic()))
         except GetTimeoutError:
             log.warning("keeper on node %s did not answer %s within %.0f s: counted as lost", node[:8], call, timeout_s)
             silent.append(node)
-        except RayActorError:
+        except (RayActorError, LinkLostError):
             log.warning("keeper on node %s died before answering %s: counted as lost", node[:8], call)
             silent.append(node)
     return answers, silent
 
 
+def _pending(answer: Pending | ray.ObjectRef, node: str, call: str) -> Pending:
+    return RayPending(answer, node=node, call=call) if isinstance(answer, ray.ObjectRef) else answer
+
+
 def commit_version(
-    keepers: Mapping[str, ActorHandle],
+    keepers: Mapping[str, Keeper],
     version: int,
     expected_by_keeper: Mapping[str, set[PieceId]],
     *,
     timeout_s: float = CALL_TIMEOUT_S,
-    prepared: Mapping[str, ray.ObjectRef] | None = None,
+    prepared: Mapping[str, Pending | ray.ObjectRef] | None = None,
     prepared_timeout_s: float | None = None,
 ) -> CommitOutcome:
     """Commit ``version`` on every keeper named in ``expected_by_keeper`` if all its pieces are stored.
@@ -84,14 +92,16 @@ def commit_version(
     costs one round of calls fewer. Answers are awaited up to ``prepared_timeout_s``.
     """
     absent = [node for node in expected_by_keeper if node not in keepers]
-    involved = {node: keepers[node] for node in expected_by_keeper if node in keepers}
+    involved = {node: client_of(keepers[node], node) for node in expected_by_keeper if node in keepers}
     if prepared is None:
         held, silent = _answers(
-            {n: k.pieces.remote(version) for n, k in involved.items()}, timeout_s, f"pieces(version {version})"
+            {n: k.call("pieces", version) for n, k in involved.items()}, timeout_s, f"pieces(version {version})"
         )
     else:
         held, silent = _answers(
-            {n: prepared[n] for n in involved}, prepared_timeout_s or timeout_s, f"prepare(version {version})"
+            {n: _pending(prepared[n], n, "prepare") for n in involved},
+            prepared_timeout_s or timeout_s,
+            f"prepare(version {version})",
         )
     missing = {
         node: sorted(expected_by_keeper[node] - set(held[node]), key=lambda p: (p.group, p.index))
@@ -101,7 +111,7 @@ def commit_version(
     unreachable = absent + silent
     if missing or unreachable:
         # Abort: drop the partial version wherever a keeper still answers; the previous stays committed.
-        _answers({n: involved[n].drop.remote(version) for n in held}, timeout_s, f"drop(version {version})")
+        _answers({n: involved[n].call("drop", version) for n in held}, timeout_s, f"drop(version {version})")
         log.warning(
             "snapshot version %d aborted: %d piece(s) missing on %d keeper(s), %d keeper(s) unreachable",
             version,
@@ -112,10 +122,10 @@ def commit_version(
         return CommitOutcome(version, False, missing, unreachable)
 
     acked, rolled, lost = [], [], []
-    calls = {n: k.commit.remote(version, set(expected_by_keeper[n])) for n, k in involved.items()}
-    for node, ref in calls.items():
+    calls = {n: k.call("commit", version, set(expected_by_keeper[n])) for n, k in involved.items()}
+    for node, pending in calls.items():
         try:
-            ray.get(ref, timeout=timeout_s)
+            pending.result(timeout_s)
             acked.append(node)
         except IncompleteVersionError:
             (rolled if _roll_forward(involved[node], version, timeout_s) else lost).append(node)
@@ -126,24 +136,25 @@ def commit_version(
     return CommitOutcome(version, bool(acked or rolled), {}, lost, rolled)
 
 
-def _roll_forward(keeper: ActorHandle, version: int, timeout_s: float) -> bool:
+def _roll_forward(keeper: KeeperClient, version: int, timeout_s: float) -> bool:
     """Commit a decided ``version`` on ``keeper`` with whatever pieces of it the keeper still holds;
     False if the keeper is gone meanwhile."""
     try:
-        intact = ray.get(keeper.pieces.remote(version), timeout=timeout_s)
-        ray.get(keeper.commit.remote(version, set(intact)), timeout=timeout_s)
+        intact = keeper.call("pieces", version).result(timeout_s)
+        keeper.call("commit", version, set(intact)).result(timeout_s)
     except UNREACHABLE:
         return False
     return True
 
 
-def newest_common_committed(keepers: Mapping[str, ActorHandle], *, timeout_s: float = CALL_TIMEOUT_S) -> int | None:
+def newest_common_committed(keepers: Mapping[str, Keeper], *, timeout_s: float = CALL_TIMEOUT_S) -> int | None:
     """The newest version every surviving keeper holds as committed (after settling a half-done commit).
 
     Dead keepers are skipped, and so are empty ones (a fresh keeper on a replacement node has nothing
     to say). ``None`` means memory holds no version all agree on: recover from the persistent tier.
     """
-    statuses, _ = _answers({n: k.status.remote() for n, k in keepers.items()}, timeout_s, "status()")
+    keepers = {n: client_of(k, n) for n, k in keepers.items()}
+    statuses, _ = _answers({n: k.call("status") for n, k in keepers.items()}, timeout_s, "status()")
     voters: dict[str, KeeperStatus] = {
         n: s for n, s in statuses.items() if s.committed is not None or s.writing is not None
     }
@@ -152,7 +163,7 @@ def newest_common_committed(keepers: Mapping[str, ActorHandle], *, timeout_s: fl
     undecided = {
         n: s.writing for n, s in voters.items() if s.writing is not None and (decided is None or s.writing > decided)
     }
-    _answers({n: keepers[n].drop.remote(v) for n, v in undecided.items()}, timeout_s, "drop(undecided version)")
+    _answers({n: keepers[n].call("drop", v) for n, v in undecided.items()}, timeout_s, "drop(undecided version)")
     if decided is None:
         return None
     behind = [n for n, s in voters.items() if s.committed != decided and s.writing != decided]

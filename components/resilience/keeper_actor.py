@@ -60,7 +60,7 @@ KEEPER_CONCURRENCY = {"data": 32, "control": 4, "waits": 4}
 #: the concurrency group of every public keeper call (a test checks that none is left out: an
 #: unlisted call would run on the actor's single default thread)
 CALL_GROUPS = {
-    "data": ("store_snapshot", "put", "get", "put_blob", "get_blob"),
+    "data": ("store_snapshot", "store_snapshot_by_node", "put", "get", "put_blob", "get_blob"),
     "control": (
         "commit", "pieces", "status", "newest_committed", "busy_with", "start_generation", "drop",
         "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",

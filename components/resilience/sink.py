@@ -36,13 +36,15 @@ from components.common.log import get_logger
 from components.common.storage import open_store
 from components.resilience.budget import KeeperNeed, check_need
 from components.resilience.commit import CALL_TIMEOUT_S, UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.dataplane import HolderUnknownError, KeeperLinks
 from components.resilience.handoff import SharedBuffer, SharedBuffers, SharedBufferUnavailable
 from components.resilience.keeper import MIB, BusyError
+from components.resilience.keeper_client import KeeperClient
 from components.resilience.layout import SnapshotLayout
 from components.resilience.payload import frame
 from components.resilience.persist import VersionShape, prune
 from components.resilience.placement import Placement
-from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for, wait_for_all
+from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for_all
 
 log = get_logger(__name__)
 
@@ -64,12 +66,19 @@ class PersistTarget:
 
 
 class Coordinator:
-    """Rank 0's part: wait for every piece of a version, commit it, persist every Nth one."""
+    """Rank 0's part: wait for every piece of a version, commit it, persist every Nth one.
+
+    Prepare, commit and drop go over the keepers' data plane (``keeper_client.py``); persistence
+    and the memory check, once per many snapshots, through Ray.
+    """
 
     def __init__(self, keepers: Mapping[str, ActorHandle], placement: Placement, persist: PersistTarget | None) -> None:
         self.keepers, self.placement, self.persist = dict(keepers), placement, persist
+        # Phase 1 waits up to COMPLETE_TIMEOUT_S in the keeper: the links' own timeout only bounds
+        # connecting and sending; each answer is read with the deadline of its call.
+        self.links = KeeperLinks(CONTROL_TIMEOUT_S)
+        self.clients = {node: KeeperClient(node, handle, self.links) for node, handle in self.keepers.items()}
         self.committed = self.aborted = self.persisted = 0
-        self.calls = 0  # Ray calls made (prepare, commit, persist), for the fixed cost per snapshot
         self.last: CommitOutcome | None = None
         #: (scheme, k, m) the ranks encode with; rank 0's KeeperSink sets it. Persisted manifests
         #: record k, so a version counts as complete once every group has k pieces in the store.
@@ -85,18 +94,18 @@ class Coordinator:
         # polling, which on a CPU box would steal the cores training runs on), then lists what it
         # holds intact. A keeper that is gone or silent makes commit_version abort.
         prepared = {
-            node: self.keepers[node].prepare.remote(version, ids, COMPLETE_TIMEOUT_S)
+            node: self.clients[node].call("prepare", version, ids, COMPLETE_TIMEOUT_S)
             for node, ids in expected.items()
-            if node in self.keepers
+            if node in self.clients
         }
         if self.cut is not None:  # the fault strikes between a complete phase 1 and the commit
-            with contextlib.suppress(*UNREACHABLE):
-                wait_for_all(prepared, call=f"prepare(version {version})", timeout_s=COMPLETE_TIMEOUT_S)
+            for pending in prepared.values():
+                with contextlib.suppress(*UNREACHABLE):
+                    pending.result(COMPLETE_TIMEOUT_S)
             self.cut(version, expected)
         outcome = commit_version(
-            self.keepers, version, expected, prepared=prepared, prepared_timeout_s=COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
+            self.clients, version, expected, prepared=prepared, prepared_timeout_s=COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
         )
-        self.calls += 2 * len(prepared)  # prepare, then commit (or drop)
         self.last = outcome
         if not outcome.committed:
             self.aborted += 1
@@ -107,12 +116,24 @@ class Coordinator:
         if self.persist and self._persist_due(previous, version):
             groups = self.placement.groups
             shape = VersionShape(len(groups), len(groups[0]), self.codec[1] if self.codec else None)
-            for keeper in self.keepers.values():
-                keeper.persist.remote(version, self.persist.root, self.persist.store_options, shape)
-            self.calls += len(self.keepers)
+            for client in self.clients.values():
+                client.call("persist", version, self.persist.root, self.persist.store_options, shape)
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
+
+    @property
+    def calls(self) -> int:
+        """Ray calls made so far (persist, memory check, data-plane address lookups, fallbacks)."""
+        return sum(c.ray_calls for c in self.clients.values())
+
+    @property
+    def link_calls(self) -> int:
+        """Calls made over the data plane (prepare, commit, drop)."""
+        return sum(c.link_calls for c in self.clients.values())
+
+    def close(self) -> None:
+        self.links.close()
 
     def _persist_due(self, previous: int | None, version: int) -> bool:
         """Persist ``version`` if it is the first settled at or past a multiple of ``persist.every``.
@@ -132,10 +153,10 @@ class Coordinator:
         framing and hand-off transit as they happened), and a budget that cannot hold two versions
         of them fails now, with the value to set, instead of a later snapshot failing mid-run.
         """
-        calls = {node: keeper.memory_need.remote(version) for node, keeper in self.keepers.items()}
-        self.calls += len(calls)
+        calls = {node: client.call("memory_need", version) for node, client in self.clients.items()}
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
         try:
-            answers = wait_for_all(calls, call=f"memory_need(version {version})", timeout_s=CONTROL_TIMEOUT_S)
+            answers = {node: call.result(max(0.0, deadline - time.monotonic())) for node, call in calls.items()}
         except UNREACHABLE as e:  # a keeper lost right after the commit: recovery's business, not the budget's
             log.warning("keeper memory check after version %d skipped: %s", version, e)
             return
@@ -165,12 +186,15 @@ class KeeperSink:
         nodes = placement.groups[rank]
         self.holders = [(node, keepers[node]) for node in nodes]
         self.home_node, self.home = nodes[0], keepers[nodes[0]]  # the keeper on this rank's own node encodes
+        # Hand-offs of shared buffers go over the home keeper's data plane (``keeper_client.py``).
+        self.links = KeeperLinks(DATA_TIMEOUT_S)
+        self.home_client = KeeperClient(self.home_node, self.home, self.links)
+        self._ray_calls = 0  # Ray calls made outside the home client (busy_with, buffer release)
         self.retries = 0  # back-pressure checks that found a keeper busy (all hand-offs)
         if coordinator is not None and coordinator.codec is None:
             coordinator.codec = codec
         self.shared = SharedBuffers()
         self.shared_ok = True  # until the keeper says it cannot map our buffers
-        self.calls = 0  # Ray calls this rank made to hand off its snapshots
 
     def allocate_buffer(self, layout: SnapshotLayout) -> torch.Tensor:
         return self.shared.allocate(layout)
@@ -224,20 +248,41 @@ class KeeperSink:
             delay = min(2 * delay, RETRY_MAX_S)
 
     def _store(self, version: int, payload: SharedBuffer | np.ndarray) -> None:
-        self.calls += 1  # (the keeper makes one put call per piece held on another node)
-        wait_for(
-            self.home.store_snapshot.remote(
-                version, self.rank, payload, self.holders, self.codec, self.generation, 0.0
-            ),
-            node=self.home_node,
-            call=f"store_snapshot(version {version}, rank {self.rank})",
-            timeout_s=DATA_TIMEOUT_S,
-        )
+        """One hand-off call to the home keeper (which then sends each piece held on another node).
+
+        A shared buffer is named over the data plane, holders by node id; the first hand-off (or the
+        first after the keeper restarted) is refused with ``HolderUnknownError`` and repeated through
+        Ray, whose call carries the holders' handles. Bytes always go through Ray (they are the
+        fallback for a keeper that cannot map our memory, where the object store carries them).
+        """
+        if isinstance(payload, SharedBuffer):
+            nodes = [node for node, _ in self.holders]
+            call = self.home_client.call(
+                "store_snapshot_by_node", version, self.rank, payload, nodes, self.codec, self.generation, 0.0
+            )
+            try:
+                call.result(DATA_TIMEOUT_S)
+                return
+            except HolderUnknownError:
+                pass
+        self.home_client.call(
+            "store_snapshot", version, self.rank, payload, self.holders, self.codec, self.generation, 0.0
+        ).result(DATA_TIMEOUT_S)
+
+    @property
+    def calls(self) -> int:
+        """Ray calls this rank made to hand off its snapshots (first hand-offs, fallbacks, address lookups)."""
+        return self.home_client.ray_calls + self._ray_calls
+
+    @property
+    def link_calls(self) -> int:
+        """Hand-off calls this rank made over the data plane."""
+        return self.home_client.link_calls
 
     def _busy_with(self, version: int) -> int | None:
         """The version some keeper of this rank's group is still writing instead of ``version``, if any."""
         calls = {node: keeper.busy_with.remote(version, self.generation) for node, keeper in self.holders}
-        self.calls += len(calls)
+        self._ray_calls += len(calls)
         answers = wait_for_all(calls, call=f"busy_with(version {version})", timeout_s=CONTROL_TIMEOUT_S)
         return next((v for v in answers.values() if v is not None), None)
 
@@ -253,3 +298,6 @@ class KeeperSink:
         if tokens:
             self.home.release_buffers.remote(tokens)
         self.shared.close()
+        self.links.close()
+        if self.coordinator is not None:
+            self.coordinator.close()

@@ -26,7 +26,7 @@ from ray.actor import ActorHandle
 
 from components.common.log import get_logger
 from components.resilience.codec import ErasureCodec, make_codec
-from components.resilience.dataplane import PieceLinks, PieceServer
+from components.resilience.dataplane import HolderUnknownError, KeeperLinks, KeeperServer
 from components.resilience.handoff import SharedBuffer, SharedBufferReader
 from components.resilience.keeper import BusyError
 from components.resilience.piece import Piece, PieceId
@@ -57,6 +57,9 @@ class SnapshotSpreader:
         :data:`~components.resilience.remote.DATA_TIMEOUT_S`. ``wait_s`` is passed to the puts
         (``sink.py`` passes 0: back-pressure is waited out by the rank, not here).
         """
+        # Remember the holders' handles: a later hand-off over the data plane names holders by node
+        # id only (``store_snapshot_by_node``), and the Ray fallback and address lookups need handles.
+        self.__dict__.setdefault("_handles", {}).update(dict(holders))
         key = (version, group, generation)
         stash = self.__dict__.setdefault("_refused", {})
         for other in [k for k in stash if k != key]:  # a hand-off that gave up, or an older generation's
@@ -139,13 +142,46 @@ class SnapshotSpreader:
             )
         return len(todo)
 
+    def store_snapshot_by_node(
+        self,
+        version: int,
+        group: int,
+        payload: SharedBuffer,
+        holder_nodes: Sequence[str],
+        codec: Sequence,
+        generation: int,
+        wait_s: float,
+    ) -> int:
+        """:meth:`store_snapshot` as a data-plane call: holders named by node id, resolved to the handles
+        an earlier Ray hand-off brought; ``HolderUnknownError`` (the caller repeats the call through
+        Ray) if one has not been seen yet."""
+        handles = self.__dict__.get("_handles", {})
+        unknown = [node[:8] for node in holder_nodes if node not in handles]
+        if unknown:
+            raise HolderUnknownError(f"no actor handle yet for the keepers on nodes {unknown}")
+        holders = [(node, handles[node]) for node in holder_nodes]
+        return self.store_snapshot(version, group, payload, holders, tuple(codec), generation, wait_s)
+
     def data_address(self) -> tuple[str, int, bytes]:
-        """``(host, port, token)`` of this keeper's piece server (``dataplane.py``), started on first use."""
+        """``(host, port, token)`` of this keeper's server (``dataplane.py``), started on first use."""
         with self._lock:
             server = self.__dict__.get("_server")
             if server is None:
-                server = self.__dict__["_server"] = PieceServer(self.put, ray.util.get_node_ip_address())
+                server = self.__dict__["_server"] = KeeperServer(
+                    self.put, ray.util.get_node_ip_address(), calls=self._link_calls()
+                )
         return server.address
+
+    def _link_calls(self) -> dict:
+        """The calls the server answers (``dataplane.LINK_CALLS``), by the names callers use."""
+        return {
+            "store_snapshot_by_node": self.store_snapshot_by_node,
+            "prepare": self.prepare,
+            "commit": self.commit,
+            "drop": self.drop,
+            "pieces": self.pieces,
+            "busy_with": self.busy_with,
+        }
 
     def _send_direct(
         self, todo: list[tuple[Piece, tuple[str, ActorHandle]]], generation: int, wait_s: float
@@ -153,7 +189,7 @@ class SnapshotSpreader:
         """Send ``todo`` over the data plane: ``(outcomes, pieces to send as Ray calls instead)``."""
         if not todo:
             return [], []
-        links: PieceLinks = self.__dict__.setdefault("_links", PieceLinks(DATA_TIMEOUT_S))
+        links: KeeperLinks = self.__dict__.setdefault("_links", KeeperLinks(DATA_TIMEOUT_S))
         addresses: dict[str, tuple[str, int, bytes]] = self.__dict__.setdefault("_addresses", {})
         missing = {h[0]: h[1].data_address.remote() for _, h in todo if h[0] not in addresses}
         for node, ref in missing.items():
