@@ -179,8 +179,12 @@ def bench_loop(config: dict) -> None:
                     "handoff_ms": 1e3 * s.handoff_seconds / max(s.completed, 1),
                     "cross_node_bytes_per_rank": cross,
                     "handoff_calls_per_snapshot": cb.engine.sink.calls / max(s.completed, 1),
-                    "keeper_puts_per_snapshot": cb.r.k + cb.r.m - 1,  # one per piece held on another node
+                    "handoff_link_calls_per_snapshot": cb.engine.sink.link_calls / max(s.completed, 1),
+                    "pieces_sent_per_snapshot": cb.r.k + cb.r.m - 1,  # one per piece held on another node
                     "commit_calls_per_snapshot": cb.coordinator.calls / max(s.completed, 1) if cb.coordinator else 0,
+                    "commit_link_calls_per_snapshot": (
+                        cb.coordinator.link_calls / max(s.completed, 1) if cb.coordinator else 0
+                    ),
                     "taken": s.snapshots,
                     "skipped": s.skipped,
                     "mean_lag_steps": sum(lag) / max(len(lag), 1),

@@ -90,7 +90,13 @@ def _rank_class():
                 self.sink(version, memoryview(self.buffer), self.layout)
             c = self.coordinator
             calls = self.sink.calls + (c.calls if c else 0)  # rank 0 also runs the commit (prepare, commit)
-            return {"calls": calls, "retries": self.sink.retries, "committed": c.committed if c else None}
+            links = self.sink.link_calls + (c.link_calls if c else 0)
+            return {
+                "calls": calls,
+                "link_calls": links,
+                "retries": self.sink.retries,
+                "committed": c.committed if c else None,
+            }
 
         def close(self) -> None:
             self.sink.close()
@@ -138,8 +144,10 @@ def test_handoff_cpu_per_snapshot_splits_into_per_byte_and_fixed(cluster):
         )
         lines.append(
             f"[bench]   {nbytes >> 20} MiB per rank: {1e3 * per:.1f} ms CPU per rank-snapshot ({kinds}; idle "
-            f"{idle:.2f} cores subtracted); {wall / SNAPSHOTS * 1e3:.0f} ms wall per snapshot; Ray calls per "
-            f"snapshot: rank 0 {outs[0]['calls'] / (3 + SNAPSHOTS):.1f}, rank 1 {outs[1]['calls'] / (3 + SNAPSHOTS):.1f} "
+            f"{idle:.2f} cores subtracted); {wall / SNAPSHOTS * 1e3:.0f} ms wall per snapshot; calls per "
+            f"snapshot (data plane / Ray): rank 0 {outs[0]['link_calls'] / (3 + SNAPSHOTS):.1f} / "
+            f"{outs[0]['calls'] / (3 + SNAPSHOTS):.1f}, rank 1 {outs[1]['link_calls'] / (3 + SNAPSHOTS):.1f} / "
+            f"{outs[1]['calls'] / (3 + SNAPSHOTS):.1f} "
             f"(back-pressure retries {outs[1]['retries']})"
         )
         ray.get([r.close.remote() for r in ranks])

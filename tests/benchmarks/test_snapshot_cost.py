@@ -10,7 +10,7 @@ interval. Printed per preset, each figure next to its target and PASS or MISS:
 - stall per save on the training critical path, the first save's set-up included, and the ratios
   torch.save / memory (target >= 5x) and async_save / memory (target > 1x);
 - bytes each snapshot moves across nodes and the rate the hand-off achieved (to carry to a real NIC),
-  and the Ray calls per snapshot;
+  and the calls per snapshot (over the keepers' data plane and through Ray);
 - background CPU per snapshot (all processes of the cluster, minus the no-saving run); after both
   presets, a linear fit over them splits it into a per-byte part (target <= 3x one memcpy of those
   bytes, memcpy measured in the same run) and a fixed part per snapshot (target <= 10 ms);
@@ -175,9 +175,10 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
     print(f"[bench]   each snapshot: {first['bytes_per_rank'] / 1e6:.1f} MB per rank; {moved / 1e6:.1f} MB across "
           f"nodes (both ranks, {first['scheme']}); hand-off {first['handoff_ms']:.1f} ms per rank = "
           f"{rate / 1e6:.0f} MB/s across nodes per rank (loopback on this box; carry to a real NIC)")  # fmt: skip
-    print(f"[bench]   Ray calls per snapshot: {first['handoff_calls_per_snapshot']:.1f} hand-off call per rank "
-          f"(+ {first['keeper_puts_per_snapshot']} puts by its keeper), "
-          f"{first['commit_calls_per_snapshot']:.1f} commit calls on rank 0")  # fmt: skip
+    print(f"[bench]   calls per snapshot (data plane / Ray): hand-off per rank "
+          f"{first['handoff_link_calls_per_snapshot']:.1f} / {first['handoff_calls_per_snapshot']:.1f} "
+          f"(+ {first['pieces_sent_per_snapshot']} pieces sent by its keeper over the data plane), commit on rank 0 "
+          f"{first['commit_link_calls_per_snapshot']:.1f} / {first['commit_calls_per_snapshot']:.1f}")  # fmt: skip
     cpu = (first["cpu_seconds"] - base_cpu) / (2 * first["saves"])
     CPU_PER_SNAPSHOT[preset] = (first["bytes_per_rank"], cpu)
     print(f"[bench]   background CPU per snapshot per rank (every step, cluster-wide minus no saving): "
