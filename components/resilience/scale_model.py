@@ -5,7 +5,8 @@ kinds of figures:
 
 - :class:`HostFigures`, **measured here** by ``tests/benchmarks/test_scale_model.py`` in the same run
   that prints the projection: memcpy, XOR and Reed–Solomon (pyeclib) encode/decode GB/s on one core,
-  the round trip of one Ray actor call, and the snapshot bytes per parameter read from the real
+  the round trip of one Ray actor call and of one keeper call over the data plane, and the snapshot
+  bytes per parameter read from the real
   :class:`~components.resilience.layout.SnapshotLayout` of the ``tiny`` and ``mini`` presets;
 - :class:`ClusterFigures`, **stated**: GPUs per node, NIC bandwidth, host memory, PCIe D2H bandwidth,
   the cores a rank gives to encoding, and the aggregate bandwidth of remote checkpoint storage.
@@ -17,7 +18,8 @@ GPUs, and with DDP :mod:`~components.resilience.ownership` partitions it the sam
 
 - snapshot = D2H of ``B`` + encode ``B`` on the rank's cores + spreading ``(k+m-1)/k × B`` per rank
   (one piece stays home) through the node's NIC, shared by its ``gpus_per_node`` ranks, + the fixed
-  Ray calls (``k+m`` puts and a commit);
+  calls over the keepers' data plane (the hand-off, prepare and commit; pieces stream on open
+  connections, counted in the spread);
 - keeper memory per node = the node's ranks' buffers ``B`` + ``(k+m)/k × B`` per rank of pieces for
   two versions (the committed one is kept while the next is written);
 - recovery after a node loss (group-local, issue 12 item 3) = the replacement node's ranks fetch
@@ -61,7 +63,9 @@ class HostFigures:
     decode_gbps: dict[str, float]
     """Payload GB/s of ``decode`` with parity in use (the lost-node case) per scheme."""
     ray_call_seconds: float
-    """Round trip of one Ray actor method call (a put or a commit costs at least this)."""
+    """Round trip of one Ray actor method call (recovery's inventory and fetch calls cost at least this)."""
+    link_call_seconds: float
+    """Round trip of one keeper call over the data plane (a snapshot's hand-off, prepare, commit)."""
     bytes_per_param: float
     """Snapshot bytes per parameter from the real layout (fp32 parameter + AdamW ``exp_avg`` and
     ``exp_avg_sq`` = 12, plus alignment and the meta region). FSDP2 with a bf16
@@ -172,7 +176,7 @@ def project(
     encode = b / (host.encode_gbps[scheme.name] * GB * cores)
     # Every rank of a node sends all its pieces but the one kept at home, through the node's one NIC.
     spread = per_node * b * (k + m - 1) / k / nic
-    fixed = (k + m + 1) * host.ray_call_seconds  # k+m puts and a commit; the keepers answer in parallel
+    fixed = 3 * host.link_call_seconds  # hand-off, prepare, commit; the keepers answer each in parallel
     keeper = per_node * b * (1 + versions_kept * (k + m) / k)
     # A lost node: its replacement's ranks each fetch k pieces of B/k of their own group (parity in use).
     recovery = (

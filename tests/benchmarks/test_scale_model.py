@@ -83,6 +83,25 @@ def ray_call_seconds(calls: int = 300) -> float:
     return statistics.median(times)
 
 
+def link_call_seconds(calls: int = 300) -> float:
+    """Median round trip of one keeper call over the data plane (``dataplane.py``), on loopback."""
+    from components.resilience.dataplane import KeeperLinks, KeeperServer
+
+    server = KeeperServer(lambda *a, **k: None, "127.0.0.1", calls={"busy_with": lambda version, generation: None})
+    links = KeeperLinks(timeout_s=10)
+    try:
+        links.call(server.address, "busy_with", (0, 0), node="local").result(10)  # the connection is set up once
+        times = []
+        for i in range(calls):
+            t0 = time.perf_counter()
+            links.call(server.address, "busy_with", (i, 0), node="local").result(10)
+            times.append(time.perf_counter() - t0)
+    finally:
+        links.close()
+        server.close()
+    return statistics.median(times)
+
+
 def measure_host() -> tuple[HostFigures, list[str]]:
     from components.resilience.codec import MALLOC_REUSE_ENV
     from tests.benchmarks.test_codec_throughput import run_child
@@ -97,18 +116,20 @@ def measure_host() -> tuple[HostFigures, list[str]]:
             f"  {preset}: {params:,} parameters, snapshot layout {total / 1e6:.2f} MB "
             f"({tensor_bytes / params:.2f} B/param in tensors, {total / params:.2f} B/param with the meta region)"
         )
-    call = ray_call_seconds()
+    call, link = ray_call_seconds(), link_call_seconds()
     host = HostFigures(
         memcpy_gbps=codec["copy"],
         encode_gbps={"xor": xor["encode"], "rs": rs["encode"]},
         decode_gbps={"xor": xor["decode"], "rs": rs["decode"]},
         ray_call_seconds=call,
+        link_call_seconds=link,
         bytes_per_param=per_param["mini"],  # tiny's 64 KB meta region is a fixed part, not a per-parameter one
     )
     lines += [
         f"  memcpy {host.memcpy_gbps:.2f} GB/s/core; xor k=4 encode {xor['encode']:.2f} / decode {xor['decode']:.2f} "
         f"GB/s; rs k=4 m=2 encode {rs['encode']:.2f} / decode {rs['decode']:.2f} GB/s (one core each)",
-        f"  Ray actor call round trip {call * 1e3:.2f} ms (median of 300)",
+        f"  Ray actor call round trip {call * 1e3:.2f} ms, keeper call over the data plane {link * 1e3:.3f} ms "
+        "(medians of 300)",
     ]
     return host, lines
 
@@ -126,7 +147,8 @@ def report(host: HostFigures, cluster: ClusterFigures) -> str:
     measured = (
         f"{host.bytes_per_param:.2f} B/param (mini's layout), xor encode {host.encode_gbps['xor']:.2f} / decode "
         f"{host.decode_gbps['xor']:.2f} GB/s/core, rs encode {host.encode_gbps['rs']:.2f} / decode "
-        f"{host.decode_gbps['rs']:.2f} GB/s/core, Ray call {host.ray_call_seconds * 1e3:.2f} ms"
+        f"{host.decode_gbps['rs']:.2f} GB/s/core, Ray call {host.ray_call_seconds * 1e3:.2f} ms, "
+        f"data-plane call {host.link_call_seconds * 1e3:.3f} ms"
     )
     text = (
         f"Measured here: {measured}. Stated: {stated}.\n\n"

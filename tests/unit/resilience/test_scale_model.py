@@ -13,6 +13,7 @@ HOST = HostFigures(
     encode_gbps={"xor": 5.0, "rs": 2.0},
     decode_gbps={"xor": 4.0, "rs": 1.5},
     ray_call_seconds=0.001,
+    link_call_seconds=0.0001,
     bytes_per_param=12.0,
 )
 CLUSTER = ClusterFigures()
