@@ -59,7 +59,12 @@ class SnapshotSpreader:
         """
         # Remember the holders' handles: a later hand-off over the data plane names holders by node
         # id only (``store_snapshot_by_node``), and the Ray fallback and address lookups need handles.
-        self.__dict__.setdefault("_handles", {}).update(dict(holders))
+        # Per generation: a restarted worker group may come with a replaced keeper (a new actor on
+        # the same node), and the first hand-off of each generation brings its handles through Ray.
+        handles = self.__dict__.setdefault("_handles", {})
+        for old in [g for g in handles if g != generation]:
+            del handles[old]
+        handles.setdefault(generation, {}).update(dict(holders))
         key = (version, group, generation)
         stash = self.__dict__.setdefault("_refused", {})
         for other in [k for k in stash if k != key]:  # a hand-off that gave up, or an older generation's
@@ -153,9 +158,9 @@ class SnapshotSpreader:
         wait_s: float,
     ) -> int:
         """:meth:`store_snapshot` as a data-plane call: holders named by node id, resolved to the handles
-        an earlier Ray hand-off brought; ``HolderUnknownError`` (the caller repeats the call through
-        Ray) if one has not been seen yet."""
-        handles = self.__dict__.get("_handles", {})
+        an earlier Ray hand-off of the same ``generation`` brought; ``HolderUnknownError`` (the caller
+        repeats the call through Ray) if one has not been seen yet."""
+        handles = self.__dict__.get("_handles", {}).get(generation, {})
         unknown = [node[:8] for node in holder_nodes if node not in handles]
         if unknown:
             raise HolderUnknownError(f"no actor handle yet for the keepers on nodes {unknown}")

@@ -158,3 +158,14 @@ def test_the_keeper_actor_serves_exactly_the_link_calls_over_its_data_plane():
     from components.resilience.keeper_actor import NodeKeeper
 
     assert set(NodeKeeper(1, 1)._link_calls()) == LINK_CALLS
+
+
+def test_a_hand_off_by_node_id_in_a_new_generation_waits_for_the_handles_a_ray_hand_off_brings():
+    from components.resilience.dataplane import HolderUnknownError
+    from components.resilience.keeper_actor import NodeKeeper
+
+    keeper = NodeKeeper(1, 1)
+    keeper.__dict__["_handles"] = {1: {"node-a": "handle of generation 1"}}  # as a Ray hand-off leaves it
+    # a restarted worker group (generation 2) may come with a replaced keeper on node-a: not the old handle
+    with pytest.raises(HolderUnknownError, match="no actor handle yet"):
+        keeper.store_snapshot_by_node(3, 0, SharedBuffer(1, 2, 3, "t"), ["node-a"], ("xor", 1, 1), 2, 0.0)
