@@ -281,7 +281,7 @@ def _curate(profile: str, overrides: list[str], source: str, tokenizer_from: dic
 
     cfg: LifecycleConfig = load_config(profile, overrides)
     store = open_run_store(cfg)
-    fingerprint = source_fingerprint(resolve_source(source, store), store)
+    fingerprint = source_fingerprint(source, resolve_source(source, store), store)
     inputs = {"tokenizer": tokenizer_from} if tokenizer_from else {}
     pointer, _ = _stage(
         "curate",
