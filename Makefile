@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE=1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: venv checkov-venv checkov demo test test-unit test-integration bench experiments compile lock lint format clean
+.PHONY: venv checkov-venv checkov demo test test-unit test-integration bench experiments experiments-mini compile lock lint format clean
 
 venv: $(STAMP)  ## create .venv and install lmforge with its dev tools
 
@@ -58,7 +58,10 @@ bench: venv  ## benchmarks: print ratios against baselines measured in the same 
 	$(BIN)/pytest tests/benchmarks -s --timeout=3600 -p no:cacheprovider
 
 experiments: venv  ## the seeds' continual-pretraining comparisons on tiny, 2 seeds: table, verdicts and plots in .lmforge/experiments/continual/
-	$(BIN)/lmforge experiment continual --profile tiny --seeds 2
+	$(BIN)/lmforge experiment continual --preset tiny
+
+experiments-mini: venv  ## the same on the mini model, 1 seed, each configuration within 5 min on 2 cores: .lmforge/experiments/continual-mini/
+	$(BIN)/lmforge experiment continual --preset mini
 
 # IMAGE / GPU_IMAGE: the CPU and CUDA images the compiled pipelines name, as repo:tag or, to pin
 # what was pushed, repo@sha256:<digest> (components/common/images.py checks the form).

@@ -11,7 +11,7 @@
     lmforge show [RUN] [--home DIR]                                                 one run's summary
     lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
     lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
-    lmforge experiment continual [--set k=v ...] [--home DIR] [--only ARM,...] [--seeds N]  the seeds' continual comparisons
+    lmforge experiment continual [--preset tiny|mini] [--set k=v ...] [--only ARM,...] [--seeds N]  the seeds' continual comparisons
 
 A profile is a size (tiny, small, 1b) or a YAML path, optionally followed by overlays joined with
 '+', applied left to right: ``small+cluster`` is the small model with the cluster overlay (S3 store,
@@ -306,15 +306,20 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from pipelines.experiments import run_experiment
+    from pipelines.experiments import PRESETS, run_experiment
 
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
+    preset, seeds = PRESETS[args.preset] if args.preset else ([], 1)
+    args.set = [*preset, *(args.set or [])]  # --set goes on top of the preset
     overrides, cfg = _resolved(args)
     only = [a.strip() for a in args.only.split(",") if a.strip()] if args.only else None
+    name = "continual" if args.preset in (None, "tiny") else f"continual-{args.preset}"
     started = time.time()
-    run_experiment(args.profile, overrides, resolve_home(cfg), only, seeds=args.seeds)
-    out = resolve_home(cfg) / "experiments" / "continual"
+    run_experiment(
+        args.profile, overrides, resolve_home(cfg), only, seeds=seeds if args.seeds is None else args.seeds, name=name
+    )
+    out = resolve_home(cfg) / "experiments" / name
     print((out / "table.md").read_text())
     print(f"lmforge: experiment finished in {time.time() - started:.0f}s; table, results and plots in {out}")
     return 0
@@ -453,13 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment",
         help="run the seeds' continual-pretraining comparisons (re-warming, replay, WSD, averaging, subsets)",
     )
+    from pipelines.experiments import PRESETS as EXPERIMENT_PRESETS
+
     p.add_argument("name", choices=["continual"], help="which experiment")
+    p.add_argument(
+        "--preset",
+        choices=sorted(EXPERIMENT_PRESETS),
+        help="a sized set-up (pipelines/experiments.py: PRESETS), its overrides under --set: tiny = the profile as "
+        "it is, 2 seeds; mini = the mini model, 1 seed, each configuration within 5 minutes on 2 cores "
+        "(table in <home>/experiments/continual-mini/)",
+    )
     p.add_argument("--only", help="comma-separated arms to run (default all; see pipelines/experiments.py)")
     p.add_argument(
         "--seeds",
         type=int,
-        default=1,
-        help="run every arm with this many seeds (run.seed, run.seed+1, ...): the spread decides 'within noise'",
+        help="run every arm with this many seeds (run.seed, run.seed+1, ...): the spread decides 'within noise' "
+        "(default: the preset's, else 1)",
     )
     config_args(p)
     p.set_defaults(func=cmd_experiment)

@@ -9,7 +9,7 @@ every finished step and only runs what changed; the base and both corpora are sh
 Arms (the seeds' claims they test, in ``CLAIMS``):
 
 - ``rewarm`` (the default continual step: warmup + cosine, 10% replay) vs ``constant_no_rewarm``
-  (the base's final LR, no warmup, no decay): Gupta et al. 2023;
+  (the base's final LR, from ``pretrain.*`` by :func:`base_final_lr`, no warmup, no decay): Gupta et al. 2023;
 - ``replay_0`` / ``replay_5`` / ``replay_25``: Ibrahim et al. 2024;
 - ``wsd`` vs ``rewarm`` (cosine) at the same token budget: Hägele et al. 2024;
 - ``constant_ema`` (constant LR, EMA weights) vs ``rewarm`` (decay): Sanyal et al. 2023;
@@ -24,7 +24,11 @@ Arms (the seeds' claims they test, in ``CLAIMS``):
 With ``seeds`` > 1 every arm's continual step runs once per seed; the seeds' spread is the noise each
 claim's verdict is judged against (:func:`verdicts`: holds / does not / within noise, from the numbers).
 
-Writes ``<home>/experiments/continual/``: ``results.json`` (every run by arm and seed, the verdicts),
+``PRESETS`` size the whole experiment: ``tiny`` (the tiny profile as it is, 2 seeds: ``make experiments``)
+and ``mini`` (the mini model on the same corpora, 1 seed, steps and probes sized so each configuration
+stays within 5 minutes on 2 cores: ``make experiments-mini``).
+
+Writes ``<home>/experiments/continual/`` (``continual-<preset>/`` for a preset other than tiny): ``results.json`` (every run by arm and seed, the verdicts),
 ``table.md`` (seed means of the final train loss, held-out loss on each corpus after, forgetting,
 stability gap, steps to recover, adaptation; then each claim's conditions and verdict) and
 ``heldout_<corpus>.png`` (every arm's held-out curve of that corpus, first seed).
@@ -49,7 +53,8 @@ log = get_logger("lmforge.experiment")
 #: arm → (continual overrides, curate overrides of the new corpus)
 ARMS: dict[str, tuple[list[str], list[str]]] = {
     "rewarm": ([], []),
-    "constant_no_rewarm": (["continual.schedule=constant", "continual.warmup_steps=0", "continual.lr=3e-4"], []),
+    # + continual.lr = the base's final LR (base_final_lr: it follows pretrain.*, so a preset or --set keeps it right)
+    "constant_no_rewarm": (["continual.schedule=constant", "continual.warmup_steps=0"], []),
     "replay_0": (["continual.replay_fraction=0"], []),
     "replay_5": (["continual.replay_fraction=0.05"], []),
     "replay_25": (["continual.replay_fraction=0.25"], []),
@@ -97,36 +102,80 @@ CLAIMS: list[tuple[str, list[tuple[str, str, str, str]]]] = [
 
 HOLDS, DOES_NOT, WITHIN_NOISE = "holds", "does not", "within noise"
 
+#: preset → (overrides on top of the profile, default seeds). Measured on 2 cores (one thread per Ray worker),
+#: a mini training step of 8 x 128 tokens takes ~2.2 s and a forward pass over 1,024 held-out tokens
+#: ~0.7 s: a 60-step continual arm with 20 probes of 2,048 tokens on each of its 2 corpora is ~3.5 min
+#: with Ray's start-up, the 100-step base ~4.5 min.
+PRESETS: dict[str, tuple[list[str], int]] = {
+    "tiny": ([], 2),
+    "mini": (
+        [
+            "model.preset=mini",
+            "pretrain.steps=100",
+            "pretrain.warmup_steps=10",
+            "pretrain.lr=1e-3",
+            "pretrain.checkpoint_every=50",
+            "continual.steps=60",
+            "continual.warmup_steps=6",
+            "continual.lr=5e-4",
+            "continual.probes=20",
+            "evaluate.heldout_max_tokens=2048",
+        ],
+        1,
+    ),
+}
+
+
+def base_final_lr(cfg: LifecycleConfig) -> float:
+    """The LR of the base's last pretraining step (``pretrain.lr`` x its schedule at the end): what a
+    continual step that does not re-warm carries on with."""
+    from components.training.schedule import lr_multiplier, schedule_fields
+
+    p = cfg.pretrain
+    return p.lr * lr_multiplier(p.steps - 1, total_steps=p.steps, **schedule_fields(p))
+
+
+def arm_overrides(name: str, cfg: LifecycleConfig) -> list[str]:
+    """The continual overrides of arm ``name`` under the run's config ``cfg`` (``ARMS`` plus what derives from ``cfg``)."""
+    derived = [f"continual.lr={base_final_lr(cfg)!r}"] if name == "constant_no_rewarm" else []
+    return [*ARMS[name][0], *derived]
+
 
 def run_experiment(
-    profile: str, overrides: list[str], home: Path, only: list[str] | None = None, seeds: int = 1
+    profile: str,
+    overrides: list[str],
+    home: Path,
+    only: list[str] | None = None,
+    seeds: int = 1,
+    name: str = "continual",
 ) -> dict[str, Any]:
     """Run the arms (all, or ``only``) ``seeds`` times and write the table and plots; returns the results by arm.
 
-    Repeat ``i`` runs each arm's continual step with ``run.seed`` + ``i``: the order of the new corpus and
-    the replay draws change; the base model, the corpora, the subsets and the held-out windows do not, so
-    the spread between seeds is the noise of the comparisons the claims make. Repeat 0 is the run's own
-    seed, so a one-seed experiment reuses the steps of a many-seed one and the other way round.
+    The table and plots go to ``<home>/experiments/<name>``. Repeat ``i`` runs each arm's continual step
+    with ``run.seed`` + ``i``: the order of the new corpus and the replay draws change; the base model,
+    the corpora, the subsets and the held-out windows do not, so the spread between seeds is the noise
+    of the comparisons the claims make. Repeat 0 is the run's own seed, so a one-seed experiment reuses
+    the steps of a many-seed one and the other way round.
     """
     unknown = sorted(set(only or ()) - set(ARMS))
     if unknown:
         raise ConfigError(f"experiment arms {', '.join(unknown)} unknown; choose from {', '.join(ARMS)}")
     if seeds < 1:
         raise ConfigError(f"experiment --seeds: must be >= 1, got {seeds}")
-    arms = {name: ARMS[name] for name in (only or ARMS)}
     base = [*overrides, f"run.home={home}"]
     cfg = load_config(profile, base)
+    arms = {arm: (arm_overrides(arm, cfg), ARMS[arm][1]) for arm in (only or ARMS)}
     old = _curate(profile, base, cfg.curate.source, tokenizer_from=None)
     pretrained = _pretrain(profile, base, old)
-    results: dict[str, Any] = {name: {"overrides": c + u, "runs": []} for name, (c, u) in arms.items()}
+    results: dict[str, Any] = {arm: {"overrides": c + u, "runs": []} for arm, (c, u) in arms.items()}
     for i in range(seeds):  # seed-major: a partial experiment has every arm at least once
         seed = cfg.run.seed + i
-        for name, (continual_overrides, curate_overrides) in arms.items():
+        for arm, (continual_overrides, curate_overrides) in arms.items():
             started = time.time()
             new = _curate(profile, [*base, *curate_overrides], cfg.continual.source, tokenizer_from=old)
             run = [*base, *continual_overrides, f"run.seed={seed}"]
             pointer, summary = _continual(profile, run, pretrained, new, old)
-            results[name]["runs"].append(
+            results[arm]["runs"].append(
                 {
                     "seed": seed,
                     "model_uri": pointer["uri"],
@@ -137,8 +186,8 @@ def run_experiment(
                     "heldout_curves": summary["heldout_curves"],
                 }
             )
-            log.info("experiment: %s seed %d done (%.0fs)", name, seed, results[name]["runs"][-1]["seconds"])
-    out = home / "experiments" / "continual"
+            log.info("experiment: %s seed %d done (%.0fs)", arm, seed, results[arm]["runs"][-1]["seconds"])
+    out = home / "experiments" / name
     write_results(results, out)
     return results
 
@@ -281,7 +330,7 @@ def _curate(profile: str, overrides: list[str], source: str, tokenizer_from: dic
 
     cfg: LifecycleConfig = load_config(profile, overrides)
     store = open_run_store(cfg)
-    fingerprint = source_fingerprint(resolve_source(source, store), store)
+    fingerprint = source_fingerprint(source, resolve_source(source, store), store)
     inputs = {"tokenizer": tokenizer_from} if tokenizer_from else {}
     pointer, _ = _stage(
         "curate",

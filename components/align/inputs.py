@@ -68,7 +68,7 @@ def source_store(cfg: LifecycleConfig, source: str):
 def file_input(name: str, source: str, store=None) -> DataInput:
     files = resolve_source(source, store)
     # One file: its resolved path (MLflow shows where it is); several: the source that names them all.
-    return DataInput(name, files[0] if len(files) == 1 else source, source_fingerprint(files, store))
+    return DataInput(name, files[0] if len(files) == 1 else source, source_fingerprint(source, files, store))
 
 
 def arithmetic_input(cfg: LifecycleConfig) -> DataInput:

@@ -8,6 +8,7 @@ prefix (same suffixes). Errors name the source and what was expected.
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,22 +57,45 @@ def resolve_source(source: str, store=None) -> list[str]:
     raise DataError(f"{source}: no such file or directory")
 
 
-def source_fingerprint(files: list[str], store=None) -> str:
-    """sha256 over each file's name and content digest: changes when data lands or is edited.
+def source_fingerprint(source: str, files: list[str], store=None) -> str:
+    """sha256 over each file's name relative to the source root and its content digest: changes when
+    data lands, is edited or renamed.
 
     Part of the curate step's content address, so new data under an unchanged ``source`` reruns
-    curation (and everything downstream) while an untouched corpus is reused.
+    curation (and everything downstream) while an untouched corpus is reused. ``files`` are what
+    :func:`resolve_source` returned for ``source``. Names are relative (to the directory or s3 prefix
+    ``source`` names; a single file by its base name) because absolute paths differ between checkouts
+    and machines: a CI clone and a dev box must give the same address for the same data.
     """
     import hashlib
 
     from components.common.storage import LocalStore
 
     local = LocalStore()
+    root = _source_root(source)
     h = hashlib.sha256()
     for f in files:
         digest = store.digest(f) if f.startswith("s3://") else local.digest("file://" + f)
-        h.update(f"{f}\t{digest}\n".encode())
+        h.update(f"{_relative_name(f, root)}\t{digest}\n".encode())
     return h.hexdigest()
+
+
+def _source_root(source: str) -> str:
+    """What the files of ``source`` are named relative to: the s3 prefix or the resolved local path."""
+    if source.startswith("s3://"):
+        return source.rstrip("/")
+    if source.startswith("quickstart/"):
+        return str(QUICKSTART_DIR / source.removeprefix("quickstart/"))
+    return str(Path(source.removeprefix("file://")).expanduser().resolve())
+
+
+def _relative_name(file: str, root: str) -> str:
+    """``file`` relative to ``root``; a source naming one file (``file == root``) gives its base name."""
+    if file == root:
+        return file.rsplit("/", 1)[-1]
+    if file.startswith("s3://"):
+        return file.removeprefix(root + "/")
+    return os.path.relpath(file, root)
 
 
 def read_lines(uri: str, store=None) -> Iterator[str]:

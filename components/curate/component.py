@@ -48,7 +48,7 @@ def curate(
     source = getattr(cfg, sources[corpus]).source
     # New files under an unchanged source must rerun curation: address it by content too.
     store = open_run_store(cfg)
-    fingerprint = source_fingerprint(resolve_source(source, store), store)
+    fingerprint = source_fingerprint(source, resolve_source(source, store), store)
     inputs = {"tokenizer": tokenizer_from.path} if tokenizer_from is not None else {}
 
     def curate_and_log(ctx):

@@ -19,6 +19,7 @@ returned metrics (``dropped_too_short`` …) for MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -163,7 +164,6 @@ def curate(
             pii=dict(steps).get("pii"),
             docs_dir=out_dir / "validation_docs",
         )
-    rng = random.Random(cfg.run.seed)
     by_split = {TRAIN: [], HELDOUT: []}
     for doc, split in zip(docs, splits, strict=True):
         by_split[split].append(doc)
@@ -178,8 +178,12 @@ def curate(
         )
         by_split[TRAIN] = [by_split[TRAIN][i] for i in keep]
         log.info("selected %d of %d training documents (%s)", len(keep), selection["candidates"], c.select_method)
-    for split_docs in by_split.values():
-        rng.shuffle(split_docs)  # documents from one file must not sit together in the packed stream
+    for split, split_docs in by_split.items():
+        # Documents from one file must not sit together in the packed stream. One generator per split,
+        # seeded by (seed, split name): with a single shared one, the held-out order (and so the text an
+        # evaluation's held-out token prefix reads) would depend on how many train documents were
+        # shuffled first, and subsets of different sizes would be scored on different held-out text.
+        _split_rng(cfg.run.seed, split).shuffle(split_docs)
     ordered = [d for split in (TRAIN, HELDOUT) for d in by_split[split]]
     write_documents(out_dir / DOCUMENTS, ordered, [s for s in (TRAIN, HELDOUT) for _ in by_split[s]])
     tok = prepare_tokenizer(
@@ -296,6 +300,12 @@ def _rephrase(docs: list, cfg: LifecycleConfig, steps: list) -> list:
             seen.add(doc.id)
         kept.append(doc)
     return kept
+
+
+def _split_rng(seed: int, split: str) -> random.Random:
+    """A generator for one split's shuffle, independent of every other split's (seeded by a digest, so
+    it is the same in every process whatever ``PYTHONHASHSEED`` is)."""
+    return random.Random(int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:8], "big"))
 
 
 def _splits(docs: list, fraction: float, seed: int) -> list[str]:

@@ -55,15 +55,14 @@ def train_on_rayjob(spec: TrainSpec, *, api_client: Any = None) -> dict[str, Any
     """Create (or re-attach to) this run's RayJob, follow it to the end, and read the summary it published."""
     from components.common.images import ray_images
     from components.training.kube_launcher import run_rayjob
-    from components.training.rayjob import build_rayjob, rayjob_name
+    from components.training.rayjob import build_rayjob, step_rayjob_name
 
     if (done := read_training_summary(spec)) is not None:
         log.info("%s: %s already holds a finished run; reusing it", spec.stage, spec.output_uri)
         return done
     cfg, uri = spec.cfg, spec_uri(spec)
     open_store(uri, **store_options(cfg)).write_text(uri, spec.to_json())
-    digest = spec.output_uri.rstrip("/").rsplit("/", 1)[-1]  # the step's content address
-    name = rayjob_name(spec.stage, digest)
+    name = step_rayjob_name(spec.stage, spec.output_uri)
     image, gpu_image = ray_images(cfg.cluster.image, cfg.cluster.gpu_image)  # the step's own code, on Ray
     manifest = build_rayjob(
         cfg,

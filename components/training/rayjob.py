@@ -7,8 +7,9 @@ RayCluster for that job alone, runs a submitter Kubernetes Job (``ray job submit
 ends. Everything that cluster needs is decided here, from ``cluster.*`` and
 ``pretrain.{num_workers,use_gpu}``:
 
-- **Name** (:func:`rayjob_name`): ``lmforge-<stage>-<content hash>``, so a KFP retry of the same step
-  finds the RayJob its earlier attempt created and re-attaches. KubeRay refuses RayJob names that are
+- **Name** (:func:`step_rayjob_name`): ``lmforge-<stage>-<digest of the step's output URI>``, so a KFP
+  retry of the same step finds the RayJob its earlier attempt created and re-attaches, while two steps
+  writing different outputs (two continual arms, a run and its WSD decay branches) never share one. KubeRay refuses RayJob names that are
   not DNS-1035 labels of at most 47 characters: 53 for the RayCluster name, minus the 6 characters it
   appends (``MaxRayJobNameLength``, ray-operator/controllers/ray/utils/constant.go).
 - **Lifecycle**: ``K8sJobMode``; ``backoffLimit: 0``, because retries belong to Ray Train (worker-group
@@ -44,6 +45,7 @@ ends. Everything that cluster needs is decided here, from ``cluster.*`` and
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import posixpath
@@ -104,6 +106,14 @@ def rayjob_name(stage: str, digest: str) -> str:
     room = MAX_NAME_LENGTH - len("lmforge--") - len(tag)
     stage_part = re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")[:room].rstrip("-")
     return "-".join(part for part in ("lmforge", stage_part, tag) if part)
+
+
+def step_rayjob_name(stage: str, output_uri: str) -> str:
+    """The RayJob name of the training step that writes ``output_uri``: :func:`rayjob_name` over a
+    sha256 of the whole URI. The output URI is the step's content address, fixed across KFP retries and
+    different for every step; its last segment alone is not (a WSD decay branch writes
+    ``<run>/branches/step-<N>``, the same last segment for every run that branches at step N)."""
+    return rayjob_name(stage, hashlib.sha256(output_uri.rstrip("/").encode()).hexdigest())
 
 
 def build_rayjob(

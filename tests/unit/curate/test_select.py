@@ -81,3 +81,21 @@ def test_curate_subsets_the_train_split_only_and_records_it(tmp_path):
     assert m["heldout_documents"] / (m["heldout_documents"] + selection["candidates"]) == pytest.approx(0.1, abs=0.04)
     assert len([d for d in read_documents(tmp_path / "subset") if d["split"] == "train"]) == m["train_documents"]
     assert "informative subset" in (tmp_path / "subset" / "data_card.html").read_text()
+
+
+def test_heldout_stream_is_the_same_whatever_fraction_of_train_is_selected(tmp_path, tiny_dataset):
+    # The tokenizer is given so that only the train split differs between the two runs.
+    src = shakespeare_slice(tmp_path / "shakespeare.txt", lines=600)
+    tok = f"tokenizer.path={tiny_dataset / 'tokenizer'}"
+    outs = {}
+    for fraction in ("1.0", "0.25"):
+        cfg = config(tmp_path, *NO_FILTERS, tok, "curate.expectations=false", f"curate.select_fraction={fraction}")
+        outs[fraction] = out = tmp_path / f"fraction-{fraction}"
+        curate(cfg, source=str(src), out_dir=out)
+    full, subset = (read_manifest(outs[f])["splits"] for f in ("1.0", "0.25"))
+    assert subset["train"]["tokens"] < full["train"]["tokens"]
+    assert subset["heldout"] == full["heldout"]
+    for shard in full["heldout"]["shards"]:
+        assert (outs["0.25"] / shard["path"]).read_bytes() == (outs["1.0"] / shard["path"]).read_bytes()
+    heldout = [[d["text"] for d in read_documents(outs[f]) if d["split"] == "heldout"] for f in ("1.0", "0.25")]
+    assert heldout[0] == heldout[1] and len(heldout[0]) > 5

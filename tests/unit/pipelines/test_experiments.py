@@ -80,3 +80,29 @@ def test_each_quality_arm_differs_from_its_random_baseline_only_in_the_order():
     for quality, baseline in (("quality_decay", "rewarm"), ("quality_constant_ema", "constant_ema")):
         assert sorted(ARMS[quality][0]) == sorted([*ARMS[baseline][0], "continual.order=quality"])
         assert ARMS[quality][1] == ARMS[baseline][1]
+
+
+def test_the_constant_arm_carries_on_at_the_base_final_lr():
+    from components.common.config import load_config
+    from pipelines.experiments import arm_overrides
+
+    def lr_of(*overrides):
+        cfg = load_config("tiny", list(overrides))
+        [lr] = [o for o in arm_overrides("constant_no_rewarm", cfg) if o.startswith("continual.lr=")]
+        return load_config("tiny", [*overrides, lr]).continual.lr
+
+    # tiny: warmup + cosine to 0.1 of 3e-3; the last step sits a hair above the floor
+    assert lr_of() == pytest.approx(3e-4, rel=1e-3)
+    assert lr_of("pretrain.lr=1e-2") == pytest.approx(1e-3, rel=1e-3)
+    assert lr_of("pretrain.schedule=constant") == pytest.approx(3e-3)
+    assert arm_overrides("rewarm", load_config("tiny")) == []
+
+
+def test_the_mini_preset_trains_the_mini_model_with_at_least_20_probes():
+    from components.common.config import load_config
+    from pipelines.experiments import PRESETS
+
+    overrides, seeds = PRESETS["mini"]
+    cfg = load_config("tiny", overrides)
+    assert (cfg.model.preset, seeds) == ("mini", 1)
+    assert cfg.continual.probes >= 20 and cfg.continual.steps < cfg.pretrain.steps

@@ -17,7 +17,9 @@ from components.training.rayjob import (
     ROLE_LABEL,
     TOKEN_SECRET_KEY,
     rayjob_name,
+    step_rayjob_name,
 )
+from components.training.spec import TrainSpec
 
 from ..deploy.k8s_checks import (
     crd_available,
@@ -82,6 +84,54 @@ def test_name_is_the_same_for_every_attempt_and_differs_between_steps():
     assert rayjob_name("pretrain", "0f1e2d3c4b5a6978") == rayjob_name("pretrain", "0f1e2d3c4b5a6978")
     assert rayjob_name("pretrain", "0f1e2d3c4b5a6978") != rayjob_name("pretrain", "0f1e2d3c4b5a6979")
     assert rayjob_name("pretrain", "0f1e2d3c4b5a6978") != rayjob_name("continual", "0f1e2d3c4b5a6978")
+
+
+def _wsd_spec(make_config, output_uri: str) -> TrainSpec:
+    return TrainSpec(
+        cfg=make_config(),
+        stage="continual",
+        dataset_uri="s3://lmforge/datasets/d0",
+        output_uri=output_uri,
+        checkpoint_uri=output_uri.replace("/models/", "/scratch/"),
+        steps=100,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=10,
+        min_lr_ratio=0.1,
+        schedule="wsd",
+        decay_steps=20,
+    )
+
+
+def test_every_attempt_of_one_step_gets_the_same_rayjob(make_config):
+    first, retry = (_wsd_spec(make_config, "s3://lmforge/models/0f1e2d3c4b5a6978") for _ in range(2))
+    assert step_rayjob_name(first.stage, first.output_uri) == step_rayjob_name(retry.stage, retry.output_uri)
+    branch, branch_retry = first.decay_branch(50), retry.decay_branch(50)
+    assert step_rayjob_name(branch.stage, branch.output_uri) == step_rayjob_name(
+        branch_retry.stage, branch_retry.output_uri
+    )
+
+
+def test_two_steps_of_one_stage_get_different_rayjobs(make_config):
+    # Two continual arms of the experiment: same stage, different outputs.
+    arm_a, arm_b = (
+        _wsd_spec(make_config, f"s3://lmforge/models/{d}") for d in ("0f1e2d3c4b5a6978", "9a8b7c6d5e4f3021")
+    )
+    assert step_rayjob_name(arm_a.stage, arm_a.output_uri) != step_rayjob_name(arm_b.stage, arm_b.output_uri)
+    # Their decay branches at the same step: output URIs that end alike (branches/step-00000050).
+    branch_a, branch_b = arm_a.decay_branch(50), arm_b.decay_branch(50)
+    assert branch_a.output_uri.rsplit("/", 1)[-1] == branch_b.output_uri.rsplit("/", 1)[-1]
+    assert step_rayjob_name(branch_a.stage, branch_a.output_uri) != step_rayjob_name(
+        branch_b.stage, branch_b.output_uri
+    )
+    # A run and its own branch.
+    assert step_rayjob_name(arm_a.stage, arm_a.output_uri) != step_rayjob_name(branch_a.stage, branch_a.output_uri)
+
+
+def test_step_name_is_a_dns_1035_label_kuberay_accepts(make_config):
+    branch = _wsd_spec(make_config, "s3://lmforge/models/0f1e2d3c4b5a6978").decay_branch(50)
+    name = step_rayjob_name(branch.stage, branch.output_uri)
+    assert DNS_1035.match(name) and len(name) <= MAX_NAME_LENGTH, name
 
 
 @pytest.mark.parametrize(

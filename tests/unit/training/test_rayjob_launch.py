@@ -20,7 +20,7 @@ import pytest
 
 from components.common.errors import ConfigError
 from components.training.launch import spec_uri, train
-from components.training.rayjob import rayjob_name
+from components.training.rayjob import step_rayjob_name
 from components.training.spec import Probe, TrainSpec
 
 from .conftest import NAMESPACE as NS
@@ -102,7 +102,7 @@ def launched(local_ray, tiny_dataset, tmp_path_factory):
     spec = _spec(lambda *o: load_config("tiny", [f"run.home={tmp / 'home'}", *o]), tiny_dataset, tmp)
     kube = KubeAPI().start()
     api = client.ApiClient(client.Configuration(host=kube.url))
-    name = rayjob_name("pretrain", "0123456789abcdef")
+    name = step_rayjob_name("pretrain", spec.output_uri)
     ran: dict = {}
     operator = threading.Thread(target=_kuberay_runs_the_entrypoint(kube, name, local_ray, ran), daemon=True)
     operator.start()
