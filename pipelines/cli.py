@@ -8,7 +8,7 @@
     lmforge submit lifecycle --host URL [--profile P] [--set k=v ...]               run on a Kubeflow Pipelines endpoint
     lmforge config [--profile P] [--set k=v ...] [--keys]                           show the resolved config / every key
     lmforge runs [--home DIR]                                                       list past runs (from MLflow)
-    lmforge show [RUN] [--home DIR]                                                 one run's summary
+    lmforge show [RUN] [--home DIR]                                                 one run's summary (label, value, [key])
     lmforge lineage models:/NAME@ALIAS|VERSION|RUN-ID [--json] [--home DIR]         a model's history to the raw files
     lmforge mlflow-ui [--home DIR] [--port 5000]                                    browse runs, lineage and the registry
     lmforge experiment continual [--preset tiny|mini] [--set k=v ...] [--only ARM,...] [--seeds N]  the seeds' continual comparisons
@@ -255,6 +255,7 @@ def cmd_show(args) -> int:
     from components.common.lineage import ui_links
     from components.common.runs import find_run
     from components.report.build import STAGE_ORDER, number_text, stage_title
+    from components.report.metrics import stage_metric_label
 
     client, cfg = _tracking_client(args)
     run = find_run(client, cfg.lineage.experiment, args.run or "")
@@ -274,11 +275,19 @@ def cmd_show(args) -> int:
         if value:
             print(f"  {label:<18} {value}")
     order = [s for s in STAGE_ORDER if s in run.metrics] + sorted(set(run.metrics) - set(STAGE_ORDER))
+    # The MLflow key follows each number in brackets (dim on a terminal): what `mlflow` queries, the
+    # gate's rules and `--set evaluate.gate...` name.
+    dim, plain = ("\x1b[2m", "\x1b[0m") if sys.stdout.isatty() and not os.environ.get("NO_COLOR") else ("", "")
     for stage in order:
         print(f"\n{stage_title(stage)}")
-        width = max(len(name) for name in run.metrics[stage]) if run.metrics[stage] else 0
-        for name, value in sorted(run.metrics[stage].items()):
-            print(f"  {name:<{width}}  {number_text(value)}")
+        rows = [
+            (stage_metric_label(stage, key), number_text(value), key)
+            for key, value in sorted(run.metrics[stage].items())
+        ]
+        label_width = max((len(r[0]) for r in rows), default=0)
+        value_width = max((len(r[1]) for r in rows), default=0)
+        for label, value, key in rows:
+            print(f"  {label:<{label_width}}  {value:<{value_width}}  {dim}[{key}]{plain}")
     return 0
 
 
@@ -436,7 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "show",
         help="print one run's summary: where its report, model and logs are, and every stage's numbers",
-        description="Print a pipeline run's summary from MLflow: the numbers of the report's summary, by stage.",
+        description="Print a pipeline run's summary from MLflow: the numbers of the report's summary, by stage, "
+        "each under a readable name followed by its MLflow metric key in brackets, e.g. "
+        "'perplexity after  40.1  [perplexity_after]' under Quantization (the parent run holds it as "
+        "quantize.perplexity_after; gate rules and MLflow searches use these keys). Colour: the key is dim on "
+        "a terminal unless NO_COLOR is set.",
     )
     p.add_argument("run", nargs="?", help="MLflow run id (or a unique prefix) or KFP run id; default the newest")
     config_args(p)

@@ -16,7 +16,12 @@ layers that really hold quantized weights after the reload, so such limits show 
 
 Quality is the held-out perplexity of the curated dataset (:mod:`components.training.heldout`),
 before and after, measured on the model as reloaded from ``out_dir/model``; speed is greedy
-generation tokens/s of the same prompt before and after. For LLM.int8() the report counts the input
+generation tokens/s of the same prompt before and after. Peak memory is the most resident memory
+(:mod:`components.common.memory`) that loading the model and measuring it (perplexity and
+generation) needed beyond what the process held before, for the unquantized model and for the
+reloaded quantized one. The one-time costs both would share (imports, the allocator's first arenas,
+lazy initialisation in the first forward and ``generate``) are paid first by a throw-away one-layer
+copy of the model (:func:`warm_up`), so they are not charged to the unquantized model, measured first. For LLM.int8() the report counts the input
 columns that the outlier threshold sent through the 16-bit path while measuring perplexity.
 
 The **low-bit study** (``quantize.sweep_bits``, ``quantize.sweep_group_sizes``) quantizes the same
@@ -34,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import LifecycleConfig
-from components.common.errors import ConfigError
+from components.common.errors import ConfigError, StorageError
 from components.common.log import get_logger
+from components.common.memory import PeakMemory, peak_memory
 from components.common.model_loading import (
     is_quantized,
     is_weight_file,
@@ -72,6 +78,62 @@ def generation_tokens_per_s(model, n_tokens: int) -> float:
     return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - started)
 
 
+def warm_up(model_dir: Path, qc, evaluate) -> None:
+    """Pay, on a throw-away one-layer copy of the model (same config otherwise, random weights), what
+    the first load and evaluation of a model costs once per process: library imports, the allocator's
+    first arenas, lazy initialisation in a first forward and ``generate``. The copy is also quantized
+    by ``quantize.method`` and loaded and evaluated again: the method's own first-use costs (its
+    library's lazily imported modules) would otherwise be charged to the quantized model, measured
+    second. ``evaluate(model)`` runs a short version of the measurement.
+
+    These costs are paid once per process, so a second call for the same model type and method (a
+    benchmark or test quantizing one model several times) does nothing."""
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, num_hidden_layers=1)
+    except (OSError, ValueError) as e:
+        raise StorageError(f"cannot read the model config in {model_dir}: {e}") from e
+    source_quantized = getattr(config, "quantization_config", None) is not None
+    if hasattr(config, "quantization_config"):  # the copy is made in full precision
+        del config.quantization_config
+    # A quantized source is refused by the stage before it is quantized: nothing to warm up for it.
+    wanted = {(config.model_type, "none")}
+    if qc.method != "none" and not source_quantized:
+        wanted.add((config.model_type, qc.method))
+    if wanted <= _WARM:
+        return
+    with tempfile.TemporaryDirectory(prefix="lmforge-warm-up-") as tmp:
+        # Saved and loaded again, so the loading path (safetensors, the loader's code) is warm too.
+        copies = [Path(tmp) / "plain"]
+        AutoModelForCausalLM.from_config(config).save_pretrained(copies[0])
+        if len(wanted) > 1:
+            check_group_size(qc, linear_in_features(load_model(copies[0])))
+            copies.append(Path(tmp) / "quantized")
+            save_quantized(copies[0], copies[1], qc)
+        for copy in copies:
+            model = load_model(copy)
+            quantized_linear_names(model)  # imports bitsandbytes for any quantized model (~40 MB)
+            evaluate(model)
+            generation_tokens_per_s(model, 2)
+            del model
+    _WARM.update(wanted)
+
+
+#: (model type, method) pairs whose one-time costs this process has paid (:func:`warm_up`).
+_WARM: set[tuple[str, str]] = set()
+
+
+def memory_metrics(before: PeakMemory, after: PeakMemory) -> dict[str, float]:
+    """``peak_memory_mb_before`` / ``_after``, or nothing (with a warning) where it cannot be measured."""
+    if before.increase_mb is None or after.increase_mb is None:
+        log.warning("quantize: peak memory not measured: %s", before.unsupported or after.unsupported)
+        return {}
+    return {"peak_memory_mb_before": round(before.increase_mb, 2), "peak_memory_mb_after": round(after.increase_mb, 2)}
+
+
 def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Quantize the model in ``model_dir`` into ``out_dir/model`` and report size, speed and perplexity.
 
@@ -80,8 +142,9 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
     ``size_mb_after``, ``size_ratio`` (after / before), ``weight_bits`` (effective bits per quantized
     weight, scales included), ``perplexity_before``, ``perplexity_after``, ``perplexity_delta``
     (after − before), ``perplexity_delta_pct``, ``heldout_loss_before``, ``heldout_loss_after``,
-    ``tokens_per_s_before``, ``tokens_per_s_after``, ``quantized_linear_layers``, ``linear_layers``,
-    and for ``llm_int8`` ``llm_int8_outlier_columns`` (summed over layers).
+    ``tokens_per_s_before``, ``tokens_per_s_after``, ``peak_memory_mb_before``,
+    ``peak_memory_mb_after`` (left out where the platform cannot measure them, see
+    :mod:`components.common.memory`), ``quantized_linear_layers``, ``linear_layers``, and for ``llm_int8`` ``llm_int8_outlier_columns`` (summed over layers).
     """
     qc = cfg.quantize
     method = qc.method
@@ -91,25 +154,23 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
         shutil.rmtree(model_out)  # a rerun into the same dir must not mix old and new weight files
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def loss_of(model) -> float:
+    def loss_of(model, max_tokens: int = cfg.evaluate.heldout_max_tokens) -> float:
         return heldout_loss(
-            model,
-            dataset_dir,
-            seq_len=cfg.model.seq_len,
-            max_tokens=cfg.evaluate.heldout_max_tokens,
-            batch_size=cfg.evaluate.batch_size,
+            model, dataset_dir, seq_len=cfg.model.seq_len, max_tokens=max_tokens, batch_size=cfg.evaluate.batch_size
         )
 
-    original = load_model(model_dir)
-    if is_quantized(original) and method != "none":
-        raise ConfigError(
-            f"quantize.method={method}: the model in {model_dir} is already quantized; "
-            "set quantize.method=none to pass it through"
-        )
-    check_group_size(qc, linear_in_features(original))
-    loss_before = loss_of(original)
-    speed_before = generation_tokens_per_s(original, qc.generate_tokens)
-    del original
+    warm_up(model_dir, qc, lambda model: loss_of(model, max_tokens=cfg.evaluate.batch_size * (cfg.model.seq_len + 1)))
+    with peak_memory() as memory_before:
+        original = load_model(model_dir)
+        if is_quantized(original) and method != "none":
+            raise ConfigError(
+                f"quantize.method={method}: the model in {model_dir} is already quantized; "
+                "set quantize.method=none to pass it through"
+            )
+        check_group_size(qc, linear_in_features(original))
+        loss_before = loss_of(original)
+        speed_before = generation_tokens_per_s(original, qc.generate_tokens)
+        del original
 
     if method == "none":
         shutil.copytree(model_dir, model_out)
@@ -117,20 +178,21 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
         save_quantized(model_dir, model_out, qc)
 
     # Measure the model as a later stage will see it: reloaded from disk, not the in-memory object.
-    result = load_model(model_out)
-    quantized = quantized_linear_names(result)
-    linears = linear_names(result)
-    if method != "none" and not quantized:
-        raise ConfigError(f"quantize.method={method}: no linear layer of {model_dir} was quantized")
-    outliers: dict[str, list[int]] = {}
-    if method == "llm_int8":
-        with track_llm_int8_outliers(result) as seen:
+    with peak_memory() as memory_after:
+        result = load_model(model_out)
+        quantized = quantized_linear_names(result)
+        linears = linear_names(result)
+        if method != "none" and not quantized:
+            raise ConfigError(f"quantize.method={method}: no linear layer of {model_dir} was quantized")
+        outliers: dict[str, list[int]] = {}
+        if method == "llm_int8":
+            with track_llm_int8_outliers(result) as seen:
+                loss_after = loss_of(result)
+            outliers = {name: sorted(cols) for name, cols in seen.items() if cols}
+        else:
             loss_after = loss_of(result)
-        outliers = {name: sorted(cols) for name, cols in seen.items() if cols}
-    else:
-        loss_after = loss_of(result)
-    speed_after = generation_tokens_per_s(result, qc.generate_tokens)
-    del result
+        speed_after = generation_tokens_per_s(result, qc.generate_tokens)
+        del result
 
     size_before, size_after = weights_size_bytes(model_dir), weights_size_bytes(model_out)
     ppl_before, ppl_after = perplexity(loss_before), perplexity(loss_after)
@@ -147,6 +209,7 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
         "heldout_loss_after": loss_after,
         "tokens_per_s_before": round(speed_before, 2),
         "tokens_per_s_after": round(speed_after, 2),
+        **memory_metrics(memory_before, memory_after),
         "quantized_linear_layers": len(quantized),
         "linear_layers": len(linears),
     }
@@ -161,7 +224,7 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
         summary["llm_int8_outliers"] = outliers
     log.info(
         "quantize %s: %d/%d linear layers quantized, weights %.2f MB -> %.2f MB (x%.2f), perplexity %.3f -> %.3f "
-        "(%+.2f%%), %.0f -> %.0f tokens/s",
+        "(%+.2f%%), %.0f -> %.0f tokens/s, peak memory %s -> %s MB",
         method,
         len(quantized),
         len(linears),
@@ -173,6 +236,8 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
         metrics["perplexity_delta_pct"],
         speed_before,
         speed_after,
+        metrics.get("peak_memory_mb_before", "?"),
+        metrics.get("peak_memory_mb_after", "?"),
     )
     if qc.sweep_bits:
         rows = low_bit_sweep(cfg, model_dir, dataset_dir, out_dir, baseline_perplexity=ppl_before)

@@ -128,3 +128,71 @@ def metric_label(key: str, tasks: tuple[str, ...] = ()) -> str:
                 rest = rest.replace(word, repl)
             return f"{label}: {rest.replace('_', ' ')}"
     return key.replace("_", " ")
+
+
+#: Words of stage metric keys for people (``heldout`` → ``held-out``); others only lose their ``_``.
+KEY_WORDS = {
+    "heldout": "held-out",
+    "pct": "(%)",
+    "mb": "(MB)",
+    "ppl": "perplexity",
+    "acc": "accuracy",
+    "sft": "SFT",
+    "dpo": "DPO",
+    "rm": "reward model",
+    "pref": "preference",
+    "int8": "LLM.int8()",
+    "stderr": "standard error",
+    "delta": "Δ",
+}
+
+#: Keys whose words alone would read poorly, by stage ("" = any stage).
+STAGE_KEY_LABELS = {
+    ("", "tokens_per_second"): "throughput (tokens/s)",
+    ("", "stage_seconds"): "time (s)",
+    ("quantize", "tokens_per_s_before"): "generation tokens/s before",
+    ("quantize", "tokens_per_s_after"): "generation tokens/s after",
+    ("quantize", "weight_bits"): "bits per weight",
+    ("quantize", "size_ratio"): "size ratio (after / before)",
+    ("quantize", "llm_int8_outlier_columns"): "LLM.int8() outlier columns kept in 16-bit",
+    ("register", "promoted"): "promoted (1 = yes)",
+    ("evaluate", "gate_promote"): "gate verdict (1 = promote)",
+}
+
+
+def stage_metric_label(stage: str, key: str) -> str:
+    """A readable name for metric ``key`` of ``stage`` as MLflow holds it (``lmforge show`` prints it
+    beside the key): ``heldout_loss_before/wikitext2`` → ``held-out loss before (wikitext2)``,
+    ``peak_memory_mb_after`` → ``peak memory (MB) after``, ``lmforge_arithmetic_exact_match_first-integer``
+    → ``arithmetic: exact match (first-integer)``."""
+    for where in (stage, ""):
+        if (where, key) in STAGE_KEY_LABELS:
+            return STAGE_KEY_LABELS[(where, key)]
+    base, _, corpus = key.partition("/")
+    label = _evaluate_label(base) if stage == "evaluate" else _words(base)
+    return f"{label} ({corpus})" if corpus else label
+
+
+def _words(key: str) -> str:
+    return " ".join(KEY_WORDS.get(w, w) for w in key.split("_") if w)
+
+
+#: Where a task's metric starts in an evaluate key (``lmforge_arithmetic`` | ``_exact_match_first-integer``).
+TASK_METRIC_IN_KEY = re.compile("_({})(?:_|$)".format("|".join(sorted(TASK_METRICS, key=len, reverse=True))))
+
+
+def _evaluate_label(key: str) -> str:
+    """The gate's names (:func:`metric_label`), with a task's metrics found by lm-eval's metric names."""
+    stderr = "_stderr" in key
+    plain = key.replace("_stderr", "", 1)
+    task_metric = TASK_METRIC_IN_KEY.search(plain)
+    if plain.startswith("lmforge_") and task_metric:
+        task = plain[: task_metric.start()]
+        label = f"{task_label(task)}: {task_metric_label(plain[task_metric.start() + 1 :])}"
+    elif plain in ("heldout_perplexity", "preference_acc") or plain.startswith(
+        ("perplexity_", "quantize_", "continual_")
+    ):
+        label = metric_label(plain)
+    else:
+        label = _words(plain)
+    return f"{label}, standard error" if stderr else label

@@ -128,9 +128,10 @@ def test_show_prints_the_numbers_of_the_runs_report(retrain_run, capsys):
     evaluation = report.split("## Evaluation")[1].split("\n## ")[0]
     rows = re.findall(r"^\| (pretraining|continual) corpus \| (\S+) ± \S+ \|$", evaluation, re.M)
     assert len(rows) == 2
-    for corpus, value in rows:  # the report's readable row and show's MLflow key print the same number
+    for corpus, value in rows:  # the report's readable row and show's line (label, value, MLflow key) agree
         name = {"pretraining": "perplexity_pretrain_corpus", "continual": "perplexity_continual_corpus"}[corpus]
-        assert re.search(rf"^  {name}\s+{re.escape(value)}$", shown, re.M), (name, value)
+        label = re.escape(f"perplexity ({corpus} corpus)")
+        assert re.search(rf"^  {label}\s+{re.escape(value)}\s+\[{name}\]$", shown, re.M), (name, value)
     assert f"registered         {record['registered']}" in shown
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -66,6 +68,24 @@ def test_int8_perplexity_stays_within_ten_percent(int8_run):
     assert metrics["perplexity_before"] < 400  # trained: far below the uniform 512 of this vocab
     assert abs(metrics["perplexity_delta_pct"]) < 10.0
     assert metrics["perplexity_delta"] == pytest.approx(metrics["perplexity_after"] - metrics["perplexity_before"])
+
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is measured through /proc")
+
+
+@linux
+def test_int8_reports_the_peak_memory_of_the_model_before_and_after(int8_run):
+    metrics = int8_run[1]["metrics"]
+    assert metrics["peak_memory_mb_before"] > 0
+    assert metrics["peak_memory_mb_after"] > 0
+
+
+@linux
+def test_peak_memory_charges_no_one_time_import_cost_to_either_model(int8_run):
+    # The tiny model's weights and activations take a few MB; what the warm-up keeps out is far more
+    # (importing transformers' model code: ~200 MB, bitsandbytes: ~40 MB).
+    metrics = int8_run[1]["metrics"]
+    assert abs(metrics["peak_memory_mb_after"] - metrics["peak_memory_mb_before"]) < 20
 
 
 def test_quantized_model_keeps_its_tokenizer(int8_run):

@@ -151,6 +151,16 @@ def test_quantization_compares_the_method_with_the_unquantized_model(full_report
     assert "| int8_weight_only | 0.64 (×0.64) | 8 | 40.1 | +0.25% | 920 |" in md
 
 
+def test_quantization_table_shows_peak_memory_when_the_stage_measured_it():
+    quantize = copy.deepcopy(SUMMARIES["quantize"])
+    quantize.pop("sweep")
+    quantize["metrics"].update(peak_memory_mb_before=7.4, peak_memory_mb_after=5.2)
+    md = build_report(summaries(quantize=quantize), {"pipeline": "lifecycle"}, URIS)[1]
+    table = md.split("## Quantization")[1].split("\n## ")[0]
+    assert "| model | weights (MB) | peak memory (MB) |" in table
+    assert "| unquantized | 1 | 7.4 | 32 |" in table and "| int8_weight_only | 0.64 (×0.64) | 5.2 | 8 |" in table
+
+
 def test_the_low_bit_sweep_has_a_table_and_a_plot(full_report):
     _, md, images = full_report
     assert "| 2 | 32 | 2.5 | 45 | +12.50% |" in md
