@@ -11,9 +11,10 @@ a benchmark or an operator reads it next to the workers' own marks.
 
 Events of a group (``time.time()``, the controller's clock): ``failure_noticed`` (the poll that
 first saw a failed worker of the previous group), ``stopped`` (the previous group shut down),
-``start`` (this group's start began: resources checked, placement group asked for), ``actors_up``
-(actors created, their training context and the torch process group set up), ``launched`` (the
-training function runs on every worker).
+``start`` (this group's start began: resources checked, placement group asked for),
+``actors_created`` (placement group ready, the worker actors and Ray Train's synchronization actor
+created and answering), ``actors_up`` (their training context and the torch process group set up),
+``launched`` (the training function runs on every worker).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class WorkerGroupTimeline(ControllerCallback, WorkerGroupCallback):
         self.groups.append({**self.pending, "start": time.time()})
         self.pending = {}
 
+    def before_init_train_context(self, workers) -> dict:
+        if self.groups:
+            self.groups[-1]["actors_created"] = time.time()
+        return {}
+
     def after_worker_group_start(self, worker_group) -> None:
         if self.groups:
             self.groups[-1]["actors_up"] = time.time()
@@ -71,11 +77,12 @@ class WorkerGroupTimeline(ControllerCallback, WorkerGroupCallback):
 
 def describe(group: dict[str, float]) -> str:
     """The phases of one group start, in seconds, from its events."""
-    order = ("failure_noticed", "stopped", "start", "actors_up", "launched")
+    order = ("failure_noticed", "stopped", "start", "actors_created", "actors_up", "launched")
     names = {
         "stopped": "previous group stopped",
         "start": "start began",
-        "actors_up": "placement, actors, train context and process group",
+        "actors_created": "placement group and worker actors",
+        "actors_up": "train context and process group",
         "launched": "training function launched",
     }
     seen = [name for name in order if name in group]

@@ -3,19 +3,21 @@
 One faulted run per tier and world size (tiny preset, a snapshot every step, persisted every 5), on a
 cluster of a CPU-less head, one 1-CPU node per training worker and one keeper-only node:
 
-- memory: ``worker_crash``;
+- memory: ``worker_crash``, with and without spare worker processes (``pretrain.spare_workers``);
 - decode: ``node_loss`` of rank 1's node, resumed on a replacement node;
 - persistent: ``node_loss`` of two training nodes (more than m = 1 in a group).
 
 Printed per tier and size: recovery time (the failed group's last progress report → first step
-after resume) split into where it went: Ray Train noticing the failure and starting the new worker
-processes, the new worker up to the training loop (imports, Ray Train's set-up, the torch process
-group), building the state, the callbacks' restore (plan, fetch, decode, load), the first step;
-steps lost next to what a persistent checkpoint every 100 steps would lose; and, as the baseline measured
-in the same run, the floor under any restart here: as many new worker processes as training nodes,
-started at once and importing what a worker imports (``cold_workers_seconds``). Targets: recovery on
-tiny <= 10 s, and no growth from 2 to 4 training nodes (within 20 %: the box has 2 cores, so 4
-workers also share them). No timed assertion.
+after resume) split into where it went, from Ray Train's controller's marks
+(``components/training/timeline.py``: failure noticed, failed group stopped, new group's start, its
+placement group and worker actors up, their train context and torch process group, training function
+launched) and the new rank 0's (``loop.startup_phases``: its process's start, building the state, the
+callbacks' restore (plan, fetch, decode, load), the first step); steps lost next to what a persistent
+checkpoint every 100 steps would lose; and, as the baseline measured in the same run, the floor under a
+cold restart here: as many new worker processes as training nodes, started at once and importing what
+a worker imports (``cold_workers_seconds``; spares start below it). Targets: recovery on tiny <= 10 s,
+and no growth from 2 to 4 training nodes (within 20 %: the box has 2 cores, so 4 workers also share
+them). No timed assertion.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ COLD_START: dict[int, float] = {}
 def cold_workers_seconds(workers: int) -> float:
     """The floor under a restart, measured on this cluster in this run: ``workers`` new Ray actor processes,
     one per training node at once, started and made to import what a training worker imports before its
-    first step (Ray Train, torch, transformers' Llama). A restarted worker group pays at least this: Ray
-    never starts an actor in a process that ran something else, so no warmed process can be reused."""
+    first step (Ray Train, torch, transformers' Llama). A restarted worker group pays at least this unless
+    it starts in spare processes (``pretrain.spare_workers``): Ray never starts an actor in a process that
+    ran something else, only in one it started idle."""
     import time
 
     import ray
@@ -92,7 +95,8 @@ def split(summary: dict, recovery: dict, groups: list[dict]) -> str:
         ("failure_noticed", "Ray Train notices"),
         ("stopped", "failed group stopped"),
         ("start", "new group's start begins"),
-        ("actors_up", "placement group, actors, train context, process group"),
+        ("actors_created", "placement group and worker actors"),
+        ("actors_up", "train context and process group"),
         ("launched", "training function launched"),
     ):
         if event in group:
