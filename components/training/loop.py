@@ -103,7 +103,8 @@ def train_loop_per_worker(config: dict) -> None:
         while state.step < spec.steps:
             train_step(state, callbacks, device=device, grad_clip=grad_clip)
             if not state.startup:
-                state.startup = startup_phases(entered, built, ready, time.time())
+                # the step itself, not the post_step callbacks (a snapshot begins there), as a recovery is timed
+                state.startup = startup_phases(entered, built, ready, state.stepped_at)
                 if rank == 0:
                     log.info("worker start-up (rank 0): %s", _describe_startup(state.startup))
             # after the first step: the spares' imports never compete with this group's own start-up
@@ -159,7 +160,8 @@ def startup_phases(entered: float, built: float, ready: float, first_step: float
     """Where a worker's start-up went, in seconds, from wall-clock marks (``time.time()``).
 
     ``build_state`` (importing transformers, tokenizer, model, DDP wrap, optimizer, data),
-    ``pre_train`` (the callbacks, e.g. restoring an in-memory snapshot) and ``first_step``; plus the
+    ``pre_train`` (the callbacks, e.g. restoring an in-memory snapshot) and ``first_step`` (up to its
+    update and the loss all-reduce, before the ``post_step`` callbacks: where a recovery's time ends); plus the
     absolute times ``process_started_at`` (this worker's process began), ``loop_at`` (this function's
     loop began) and ``first_step_at``, so that a recovery can be split against the time of the failure:
     before ``loop_at`` lie Ray Train noticing the failure, starting the new worker actors, their imports
@@ -207,6 +209,7 @@ def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_cli
         state.timed_seconds += time.perf_counter() - t0
     state.loss_curve.append([state.step, mean_loss])
     state.lr_curve.append([state.step, state.lr])
+    state.stepped_at = time.time()
     for cb in callbacks:
         cb.post_step(state)
 
