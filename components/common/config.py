@@ -393,8 +393,8 @@ class PretrainConfig:
     )
     spare_keep_alive_s: float = knob(
         600.0,
-        "pretrain.spare_workers > 0: the raylet keeps each spare at least this long, and every rank asks for fresh "
-        "ones every half of it; spares outlive a run by at most this.",
+        "pretrain.spare_workers > 0: the raylet keeps each spare at least this long even on a node whose CPUs "
+        "are all taken (then reaps it; each node replaces reaped or used spares within 30 s).",
         versioned=False,
     )
     launcher: str = knob(
@@ -991,7 +991,7 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(
         cfg.pretrain.spare_keep_alive_s >= 2,
         "pretrain.spare_keep_alive_s",
-        f"must be >= 2 seconds (spares are renewed every half of it), got {cfg.pretrain.spare_keep_alive_s}",
+        f"must be >= 2 seconds, got {cfg.pretrain.spare_keep_alive_s}",
     )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
     ratios = cfg.continual.replay_ratios

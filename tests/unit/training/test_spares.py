@@ -42,6 +42,7 @@ def local_ray():
 
 
 def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(local_ray, tmp_path):
+    """The spare is found among the node's processes by its environment, and the next actor starts in it."""
     import ray
 
     env = {"env_vars": {SETUP_HOOK_ENV: "components.training.spares.preload", PRELOAD_ENV: PROBE}}
@@ -61,6 +62,11 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
 
             prestart_workers(1, keep_alive_s=120)
 
+        def idle_like_me(self) -> int:
+            from components.training.spares import idle_like_me
+
+            return idle_like_me(env["env_vars"])
+
     first = Worker.options(runtime_env=env).remote()
     first_pid = ray.get(first.pid.remote())
     ray.get(first.prestart.remote())
@@ -71,6 +77,7 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
             break
         time.sleep(0.1)
     assert spares, "the raylet started no spare process within 60 s"
+    assert ray.get(first.idle_like_me.remote()) == 1  # the spare; neither the asking worker nor other processes
     ray.kill(first)
 
     second = Worker.options(runtime_env=env).remote()
