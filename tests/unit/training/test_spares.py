@@ -57,10 +57,11 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
         def probe_imported(self) -> bool:
             return PROBE in sys.modules
 
-        def prestart(self) -> None:
-            from components.training.spares import prestart_workers
+        def top_up(self) -> None:
+            """What local rank 0 of a node does after its first step (here the node's only rank)."""
+            from components.training.spares import Spares
 
-            prestart_workers(1, keep_alive_s=120)
+            Spares(1, keep_alive_s=120, local_rank=0, local_world_size=1)._top_up()
 
         def idle_like_me(self) -> int:
             from components.training.spares import idle_like_me
@@ -69,7 +70,7 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
 
     first = Worker.options(runtime_env=env).remote()
     first_pid = ray.get(first.pid.remote())
-    ray.get(first.prestart.remote())
+    ray.get(first.top_up.remote())
     spares: set[str] = set()
     for _ in range(600):  # the spare notes its pid once its setup hook ran (it registered with the raylet before)
         spares = set(os.listdir(tmp_path)) - {str(first_pid)}
@@ -78,6 +79,7 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
         time.sleep(0.1)
     assert spares, "the raylet started no spare process within 60 s"
     assert ray.get(first.idle_like_me.remote()) == 1  # the spare; neither the asking worker nor other processes
+    ray.get(first.top_up.remote())  # the node has its spare: nothing more is asked for
     ray.kill(first)
 
     second = Worker.options(runtime_env=env).remote()
