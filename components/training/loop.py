@@ -95,12 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
     device = ray.train.torch.get_device()
-    spares = Spares(
-        spec.cfg.pretrain.spare_workers,
-        spec.cfg.pretrain.spare_keep_alive_s,
-        local_rank=ctx.get_local_rank(),
-        local_world_size=ctx.get_local_world_size(),
-    )
+    spares = Spares(spec.cfg.pretrain.spare_workers, spec.cfg.pretrain.spare_keep_alive_s)
     try:
         for cb in callbacks:
             cb.pre_train(state)

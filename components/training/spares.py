@@ -12,9 +12,9 @@ With ``pretrain.spare_workers=N`` (:func:`worker_runtime_env`) every training wo
 :func:`preload` at start-up, before it accepts work: Ray runs the module path in
 ``__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR`` (the mechanism behind ``ray.init(runtime_env=
 {"worker_process_setup_hook": ...})``, which Ray offers for the job only, not per actor), and
-:func:`preload` imports the modules named in ``LMFORGE_PRELOAD_MODULES``. After its first step,
-local rank 0 of every node asks the node's raylet for N idle processes per rank on the node, with the
-workers' own runtime environment (:class:`Spares`), so they start and import while training runs; when Ray Train restarts the group,
+:func:`preload` imports the modules named in ``LMFORGE_PRELOAD_MODULES``. After the first step, one
+rank per Ray node asks the node's raylet for N idle processes per rank on the node, with the workers'
+own runtime environment (:class:`Spares`), so they start and import while training runs; when Ray Train restarts the group,
 its new actors land in them. The raylet keeps a prestarted process at least
 ``pretrain.spare_keep_alive_s`` even when the node's CPUs are all taken, and reaps it afterwards
 (where CPUs are free, it keeps up to that many idle processes, as always); every node checks every
@@ -64,29 +64,30 @@ def preload() -> None:
         importlib.import_module(module)
 
 
-#: seconds between a node's checks that its spares are all there (a reaped or used one is replaced)
+#: seconds between a node's checks that its spares are all there (a used or reaped one is replaced)
 CHECK_EVERY_S = 30.0
 
 
 class Spares:
-    """Keeps ``count`` idle worker processes per rank with this worker's runtime environment on this node.
+    """Keeps ``count`` idle worker processes per training rank on this worker's Ray node, with its runtime
+    environment.
 
-    Local rank 0 of each node checks, at most every :data:`CHECK_EVERY_S` on a daemon thread, how many
-    such processes its node holds (:func:`idle_like_me`) and asks the raylet for the missing ones, so
-    spares used by a restart or reaped by the raylet after their keep-alive are replaced, and spares
-    left by an earlier fit with the same environment are reused rather than added to. :meth:`maybe_renew`
-    is cheap to call every step and never fails training (a failed request is logged once).
+    One rank per raylet (the lowest pid among those with this environment) checks, at most every
+    :data:`CHECK_EVERY_S` on a daemon thread, how many idle processes with this environment its raylet
+    holds and how many ranks it runs (:func:`workers_like_me`), and asks the raylet for the missing
+    spares, so spares used by a restart or reaped after their keep-alive are replaced, and spares left by
+    an earlier fit with the same environment are reused rather than added to. :meth:`maybe_renew` is
+    cheap to call every step and never fails training (a failed request is logged once).
     """
 
-    def __init__(self, count: int, keep_alive_s: float, local_rank: int, local_world_size: int) -> None:
+    def __init__(self, count: int, keep_alive_s: float) -> None:
         self.count, self.keep_alive_s = count, keep_alive_s
-        self.local_rank, self.local_world_size = local_rank, local_world_size
         self.next_at = 0.0
         self.busy = threading.Lock()
         self.warned = False
 
     def maybe_renew(self, now: float) -> None:
-        if self.count <= 0 or self.local_rank != 0 or now < self.next_at or self.busy.locked():
+        if self.count <= 0 or now < self.next_at or self.busy.locked():
             return
         self.next_at = now + CHECK_EVERY_S
         threading.Thread(target=self._top_up, name="lmforge-spares", daemon=True).start()
@@ -97,10 +98,9 @@ class Spares:
                 import ray
 
                 env_vars = json.loads(ray._private.worker.global_worker.runtime_env or "{}").get("env_vars", {})
-                # the node's other ranks run in processes like this one: they are not spares
-                idle = idle_like_me(env_vars) - (self.local_world_size - 1)
-                missing = self.count * self.local_world_size - idle
-                if missing > 0:
+                idle, ranks = workers_like_me(env_vars)
+                missing = self.count * len(ranks) - idle
+                if os.getpid() == min(ranks) and missing > 0:
                     prestart_workers(missing, self.keep_alive_s)
                     log.info("asked this node's raylet for %d spare worker process(es)", missing)
             except Exception as e:  # a spare is an optimisation: training goes on without it
@@ -109,23 +109,31 @@ class Spares:
                     log.warning("could not prestart spare worker processes on this node: %s", e)
 
 
-def idle_like_me(env_vars: dict[str, str]) -> int:
-    """Ray worker processes on this node, other than this one, whose environment has ``env_vars``
-    (those of this worker's runtime environment: what the raylet matches an actor to a process by)."""
+def workers_like_me(env_vars: dict[str, str]) -> tuple[int, list[int]]:
+    """``(idle, ranks)``: the worker processes of this process's raylet (its parent) whose environment has
+    ``env_vars`` (those of this worker's runtime environment: what the raylet matches an actor to a process
+    by), as the number idle or still starting and the pids of the busy ones, this one included."""
     import psutil
 
-    found = 0
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    me = psutil.Process()
+    idle, ranks = 0, [me.pid]
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        if process.info["ppid"] != me.ppid() or process.info["pid"] == me.pid:
+            continue
+        # Ray workers retitle themselves: ray::IDLE while idle, ray::<Actor>.<method> once they run
         command = " ".join(process.info["cmdline"] or ())
-        # Ray workers retitle themselves (ray::IDLE, ray::<Actor>.<method>) once they run
-        if process.info["pid"] == os.getpid() or not ("ray::" in command or "default_worker.py" in command):
+        if not ("ray::" in command or "default_worker.py" in command):
             continue
         try:
             environ = process.environ()
-        except psutil.Error:  # exited meanwhile, or another user's
+        except psutil.Error:  # exited meanwhile
             continue
-        found += all(environ.get(name) == value for name, value in env_vars.items())
-    return found
+        if all(environ.get(name) == value for name, value in env_vars.items()):
+            if "ray::IDLE" in command or "default_worker.py" in command:
+                idle += 1
+            else:
+                ranks.append(process.info["pid"])
+    return idle, ranks
 
 
 def prestart_workers(count: int, keep_alive_s: float) -> None:

@@ -58,15 +58,15 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
             return PROBE in sys.modules
 
         def top_up(self) -> None:
-            """What local rank 0 of a node does after its first step (here the node's only rank)."""
+            """What a training rank does after its first step (here the node's only rank)."""
             from components.training.spares import Spares
 
-            Spares(1, keep_alive_s=120, local_rank=0, local_world_size=1)._top_up()
+            Spares(1, keep_alive_s=120)._top_up()
 
-        def idle_like_me(self) -> int:
-            from components.training.spares import idle_like_me
+        def workers_like_me(self) -> tuple[int, list[int]]:
+            from components.training.spares import workers_like_me
 
-            return idle_like_me(env["env_vars"])
+            return workers_like_me(env["env_vars"])
 
     first = Worker.options(runtime_env=env).remote()
     first_pid = ray.get(first.pid.remote())
@@ -78,7 +78,8 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
             break
         time.sleep(0.1)
     assert spares, "the raylet started no spare process within 60 s"
-    assert ray.get(first.idle_like_me.remote()) == 1  # the spare; neither the asking worker nor other processes
+    # one idle spare, one busy rank (the asking worker); no other process of this raylet has this environment
+    assert ray.get(first.workers_like_me.remote()) == (1, [first_pid])
     ray.get(first.top_up.remote())  # the node has its spare: nothing more is asked for
     ray.kill(first)
 
