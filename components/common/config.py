@@ -383,6 +383,20 @@ class PretrainConfig:
         "a restart starts one process fewer (its imports take ~2.4 s of CPU).",
         versioned=False,
     )
+    spare_workers: int = knob(
+        0,
+        "Idle worker processes kept per training rank on its node, started while training runs with Ray Train, "
+        "torch, transformers and the plugins already imported, so that a worker group restarted after a failure "
+        "starts in them instead of paying a process start and those imports (~4 s of CPU per rank); 0 = off. "
+        "Each costs its node a few hundred MB of host memory (components/training/spares.py).",
+        versioned=False,
+    )
+    spare_keep_alive_s: float = knob(
+        600.0,
+        "pretrain.spare_workers > 0: the raylet keeps each spare at least this long even on a node whose CPUs "
+        "are all taken (then reaps it; each node replaces reaped or used spares within 30 s).",
+        versioned=False,
+    )
     launcher: str = knob(
         "ray",
         "How a training step runs its Ray Train job: 'ray' drives it from the step itself on pretrain.ray_address; "
@@ -968,6 +982,16 @@ def _validate(cfg: LifecycleConfig) -> None:
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
+    )
+    need(
+        cfg.pretrain.spare_workers >= 0,
+        "pretrain.spare_workers",
+        f"must be >= 0 idle processes per rank (0 = off), got {cfg.pretrain.spare_workers}",
+    )
+    need(
+        cfg.pretrain.spare_keep_alive_s >= 2,
+        "pretrain.spare_keep_alive_s",
+        f"must be >= 2 seconds, got {cfg.pretrain.spare_keep_alive_s}",
     )
     need(0.0 <= cfg.continual.replay_fraction < 1.0, "continual.replay_fraction", "must be in [0, 1)")
     ratios = cfg.continual.replay_ratios

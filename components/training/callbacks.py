@@ -45,6 +45,7 @@ class TrainState:
     timed_steps: int = 0
     timed_seconds: float = 0.0
     startup: dict[str, float] = field(default_factory=dict)  # this worker's start-up phases, s (loop.startup_phases)
+    stepped_at: float = 0.0  # time.time() when the last step's update was done, before the post_step callbacks
 
     @property
     def last_loss(self) -> float:

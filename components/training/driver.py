@@ -35,9 +35,10 @@ from components.common.config import LifecycleConfig
 from components.common.errors import ConfigError, RecoveryError, StorageError
 from components.common.log import get_logger
 from components.common.ray_session import ray_session as common_ray_session
-from components.common.storage import open_store, s3_filesystem
+from components.common.storage import join, open_store, s3_filesystem
 from components.training.callbacks import MlflowCurveLogger, ProgressReporter
 from components.training.loop import train_loop_per_worker
+from components.training.spares import worker_runtime_env
 from components.training.spec import TrainSpec
 
 log = get_logger("lmforge.training")
@@ -65,6 +66,7 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from components.common.lineage import tracking_uri
+    from components.training.timeline import WorkerGroupTimeline
 
     cfg = spec.cfg
     if (done := read_training_summary(spec)) is not None:
@@ -77,6 +79,9 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
         storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=cfg.pretrain.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.pretrain.keep_checkpoints),
+        # with spares, every worker process preloads the engine at start, so a prestarted one is ready
+        worker_runtime_env=worker_runtime_env(spec.plugins) if cfg.pretrain.spare_workers > 0 else None,
+        callbacks=[WorkerGroupTimeline(timeline_uri(spec), store_options(cfg))],
     )
     with ray_session(cfg), contextlib.ExitStack() as plugins:
         # Plugin callbacks come first: a fault at step S strikes after snapshot S has begun.
@@ -126,6 +131,12 @@ def ray_train_env(cfg: LifecycleConfig) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def timeline_uri(spec: TrainSpec) -> str:
+    """Where Ray Train's controller writes when each worker group of the fit started
+    (:class:`~components.training.timeline.WorkerGroupTimeline`): in the fit's Ray Train run directory."""
+    return join(spec.checkpoint_uri, spec.stage, "worker_groups.json")
 
 
 def read_training_summary(spec: TrainSpec) -> dict[str, Any] | None:

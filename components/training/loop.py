@@ -59,6 +59,7 @@ from components.training.parallel import (
 )
 from components.training.probes import HeldoutProbes
 from components.training.schedule import lr_scheduler
+from components.training.spares import Spares
 from components.training.spec import TrainSpec
 
 log = get_logger("lmforge.training")
@@ -94,6 +95,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
     device = ray.train.torch.get_device()
+    spares = Spares(spec.cfg.pretrain.spare_workers, spec.cfg.pretrain.spare_keep_alive_s)
     try:
         for cb in callbacks:
             cb.pre_train(state)
@@ -101,9 +103,12 @@ def train_loop_per_worker(config: dict) -> None:
         while state.step < spec.steps:
             train_step(state, callbacks, device=device, grad_clip=grad_clip)
             if not state.startup:
-                state.startup = startup_phases(entered, built, ready, time.time())
+                # the step itself, not the post_step callbacks (a snapshot begins there), as a recovery is timed
+                state.startup = startup_phases(entered, built, ready, state.stepped_at)
                 if rank == 0:
                     log.info("worker start-up (rank 0): %s", _describe_startup(state.startup))
+            # after the first step: the spares' imports never compete with this group's own start-up
+            spares.maybe_renew(time.time())
             if state.step in spec.branch_steps:
                 save_branch_point(state, callbacks)
             if state.step % every == 0 or state.step == spec.steps:
@@ -155,16 +160,21 @@ def startup_phases(entered: float, built: float, ready: float, first_step: float
     """Where a worker's start-up went, in seconds, from wall-clock marks (``time.time()``).
 
     ``build_state`` (importing transformers, tokenizer, model, DDP wrap, optimizer, data),
-    ``pre_train`` (the callbacks, e.g. restoring an in-memory snapshot) and ``first_step``; plus the
-    absolute times ``loop_at`` (this function's loop began) and ``first_step_at``, so that a recovery
-    can be split against the time of the failure: what lies before ``loop_at`` is Ray Train noticing
-    the failure, starting the new worker actors (often in processes Ray started earlier and kept
-    idle, so the process's own start time says nothing), their imports and the torch process group.
+    ``pre_train`` (the callbacks, e.g. restoring an in-memory snapshot) and ``first_step`` (up to its
+    update and the loss all-reduce, before the ``post_step`` callbacks: where a recovery's time ends); plus the
+    absolute times ``process_started_at`` (this worker's process began), ``loop_at`` (this function's
+    loop began) and ``first_step_at``, so that a recovery can be split against the time of the failure:
+    before ``loop_at`` lie Ray Train noticing the failure, starting the new worker actors, their imports
+    and the torch process group. A process that started before the failure was a spare, or one Ray
+    started earlier and kept idle (``pretrain.spare_workers``: then its imports are done already).
     """
+    import psutil
+
     return {
         "build_state": built - entered,
         "pre_train": ready - built,
         "first_step": first_step - ready,
+        "process_started_at": psutil.Process().create_time(),
         "loop_at": entered,
         "first_step_at": first_step,
     }
@@ -199,6 +209,7 @@ def train_step(state: TrainState, callbacks: list[Callback], *, device, grad_cli
         state.timed_seconds += time.perf_counter() - t0
     state.loss_curve.append([state.step, mean_loss])
     state.lr_curve.append([state.step, state.lr])
+    state.stepped_at = time.time()
     for cb in callbacks:
         cb.post_step(state)
 

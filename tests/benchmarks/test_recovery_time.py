@@ -3,19 +3,21 @@
 One faulted run per tier and world size (tiny preset, a snapshot every step, persisted every 5), on a
 cluster of a CPU-less head, one 1-CPU node per training worker and one keeper-only node:
 
-- memory: ``worker_crash``;
+- memory: ``worker_crash``, with and without spare worker processes (``pretrain.spare_workers``);
 - decode: ``node_loss`` of rank 1's node, resumed on a replacement node;
 - persistent: ``node_loss`` of two training nodes (more than m = 1 in a group).
 
 Printed per tier and size: recovery time (the failed group's last progress report → first step
-after resume) split into where it went: Ray Train noticing the failure and starting the new worker
-processes, the new worker up to the training loop (imports, Ray Train's set-up, the torch process
-group), building the state, the callbacks' restore (plan, fetch, decode, load), the first step;
-steps lost next to what a persistent checkpoint every 100 steps would lose; and, as the baseline measured
-in the same run, the floor under any restart here: as many new worker processes as training nodes,
-started at once and importing what a worker imports (``cold_workers_seconds``). Targets: recovery on
-tiny <= 10 s, and no growth from 2 to 4 training nodes (within 20 %: the box has 2 cores, so 4
-workers also share them). No timed assertion.
+after resume) split into where it went, from Ray Train's controller's marks
+(``components/training/timeline.py``: failure noticed, failed group stopped, new group's start, its
+placement group and worker actors up, their train context and torch process group, training function
+launched) and the new rank 0's (``loop.startup_phases``: its process's start, building the state, the
+callbacks' restore (plan, fetch, decode, load), the first step); steps lost next to what a persistent
+checkpoint every 100 steps would lose; and, as the baseline measured in the same run, the floor under a
+cold restart here: as many new worker processes as training nodes, started at once and importing what
+a worker imports (``cold_workers_seconds``; spares start below it). Targets: recovery on tiny <= 10 s,
+and no growth from 2 to 4 training nodes (within 20 %: the box has 2 cores, so 4 workers also share
+them). No timed assertion.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ TIERS = {
     "persistent": f"node_loss@step={FAULT_STEP},node=0;node_loss@step={FAULT_STEP},node=1",
 }
 SIZES = (2, 4)
-RESULTS: dict[tuple[str, int], float] = {}
+#: (tier, pretrain.spare_workers): from memory with and without spares, the other tiers with them (a
+#: replacement node has none: its new worker starts cold whatever the setting)
+CASES = [("memory", 0), ("memory", 1), ("decode", 1), ("persistent", 1)]
+RESULTS: dict[tuple[str, int, int], float] = {}
 
 
 @pytest.fixture(scope="module", params=SIZES, ids=[f"{n}nodes" for n in SIZES])
@@ -52,8 +57,9 @@ COLD_START: dict[int, float] = {}
 def cold_workers_seconds(workers: int) -> float:
     """The floor under a restart, measured on this cluster in this run: ``workers`` new Ray actor processes,
     one per training node at once, started and made to import what a training worker imports before its
-    first step (Ray Train, torch, transformers' Llama). A restarted worker group pays at least this: Ray
-    never starts an actor in a process that ran something else, so no warmed process can be reused."""
+    first step (Ray Train, torch, transformers' Llama). A restarted worker group pays at least this unless
+    it starts in spare processes (``pretrain.spare_workers``): Ray never starts an actor in a process that
+    ran something else, only in one it started idle."""
     import time
 
     import ray
@@ -76,31 +82,56 @@ def cold_workers_seconds(workers: int) -> float:
     return max(done) - began
 
 
-def split(summary: dict, recovery: dict) -> str:
-    """Where the recovery went, from the new rank 0's start-up marks (components/training/loop.py)."""
+def split(summary: dict, recovery: dict, groups: list[dict]) -> str:
+    """Where the recovery went: Ray Train's controller's marks for the restarted group
+    (components/training/timeline.py), then the new rank 0's start-up marks (components/training/loop.py)."""
     startup = summary.get("startup") or {}
     if "first_step_at" not in startup:
         return "(no start-up marks)"
     failed_at = startup["first_step_at"] - recovery["recovery_seconds"]
-    parts = [
-        (
-            "failure → new worker's training loop (Ray Train notices, new worker actors, imports, process group)",
-            startup["loop_at"] - failed_at,
-        ),
-        ("build state (transformers import, model, DDP)", startup["build_state"]),
-        ("restore (pre_train)", startup["pre_train"]),
-        ("first step", startup["first_step"]),
+    marks = [("failure", failed_at)]
+    group = groups[-1] if len(groups) > 1 else {}
+    for event, name in (
+        ("failure_noticed", "Ray Train notices"),
+        ("stopped", "failed group stopped"),
+        ("start", "new group's start begins"),
+        ("actors_created", "placement group and worker actors"),
+        ("actors_up", "train context and process group"),
+        ("launched", "training function launched"),
+    ):
+        if event in group:
+            marks.append((name, group[event]))
+    started = startup.get("process_started_at", failed_at)
+    if started > failed_at:
+        note = f"new process started at +{started - failed_at:.2f} s"
+    else:
+        note = f"in a process started {failed_at - started:.0f} s before the failure (a spare: imports done)"
+    marks.append((f"worker's training loop ({note})", startup["loop_at"]))
+    parts = [f"{name} {t - marks[i][1]:+.2f} s" for i, (name, t) in enumerate(marks[1:])]
+    parts += [
+        f"build state (model, DDP) {startup['build_state']:.2f} s",
+        f"restore (pre_train) {startup['pre_train']:.2f} s",
+        f"first step {startup['first_step']:.2f} s",
     ]
-    return "; ".join(f"{name} {seconds:.2f} s" for name, seconds in parts)
+    return "; ".join(parts)
 
 
-@pytest.mark.parametrize("tier", list(TIERS))
-def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset, tmp_path, tier):
+def worker_groups(out) -> list[dict]:
+    """The controller's timeline of the fit's worker groups (components/training/timeline.py)."""
+    import json
+
+    path = out / "ckpt" / "pretrain" / "worker_groups.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+@pytest.mark.parametrize("tier,spares", CASES, ids=[f"{tier}-spares{n}" for tier, n in CASES])
+def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset, tmp_path, tier, spares):
     from components.training.driver import run_training
 
     workers, ray_cluster = cluster
     cfg = make_config(
         f"pretrain.num_workers={workers}",
+        f"pretrain.spare_workers={spares}",
         "pretrain.steps=30",
         "pretrain.batch_size=8",
         "pretrain.warmup_steps=2",
@@ -117,12 +148,13 @@ def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset
     assert recovery["tier"] == tier
     failed_at = recovery["failed_at_step"]
     seconds = recovery["recovery_seconds"]
-    RESULTS[tier, workers] = seconds
+    RESULTS[tier, spares, workers] = seconds
     lines = [
-        f"\n[bench] recovery tier {tier}, {workers} training nodes: {seconds:.1f} s from the last progress report to "
+        f"\n[bench] recovery tier {tier}, {workers} training nodes, pretrain.spare_workers={spares}: {seconds:.1f} s "
+        "from the last progress report to "
         f"the first step after resume (target <= {TARGET_SECONDS:.0f} s on tiny) "
         f"{'PASS' if seconds <= TARGET_SECONDS else 'MISS'}",
-        f"  where it went: {split(summary, recovery)}",
+        f"  where it went: {split(summary, recovery, worker_groups(tmp_path))}",
         f"  floor on this cluster, measured in this run: {workers} new worker processes starting and importing "
         f"Ray Train, torch and transformers at once take {COLD_START[workers]:.1f} s; recovery is "
         f"{seconds / COLD_START[workers]:.1f}x that",
@@ -131,8 +163,8 @@ def test_recovery_time_and_work_lost_per_tier(cluster, make_config, tiny_dataset
         f"{failed_at % CHECKPOINT_EVERY} with a persistent checkpoint every {CHECKPOINT_EVERY} steps "
         f"(on average {(CHECKPOINT_EVERY - 1) / 2:.1f} for a failure at a random step)",
     ]
-    if (tier, SIZES[0]) in RESULTS and workers != SIZES[0]:
-        ratio = seconds / RESULTS[tier, SIZES[0]]
+    if (tier, spares, SIZES[0]) in RESULTS and workers != SIZES[0]:
+        ratio = seconds / RESULTS[tier, spares, SIZES[0]]
         lines.append(
             f"  {workers} vs {SIZES[0]} training nodes: {ratio:.2f}x (target: does not grow, <= {GROWTH_ALLOWED}x) "
             f"{'PASS' if ratio <= GROWTH_ALLOWED else 'MISS'}"

@@ -116,6 +116,17 @@ def test_faults_drawn_from_a_seed_all_fire_and_the_run_replays_the_clean_loss_cu
     assert summary["loss_curve"] == clean_run["loss_curve"], spec
 
 
+def test_spare_worker_processes_leave_the_loss_curve_of_a_crashed_run_unchanged(
+    cluster, clean_run, make_config, tiny_dataset, tmp_path
+):
+    """Workers that preload their modules in prestarted processes (pretrain.spare_workers) train as cold ones."""
+    faults = "resilience.faults=worker_crash@step=8,rank=1"
+    summary = train_on_cluster(config(make_config, "pretrain.spare_workers=1", faults), tiny_dataset, tmp_path)
+
+    assert [r["tier"] for r in recoveries(summary)] == ["memory"]
+    assert summary["loss_curve"] == clean_run["loss_curve"]
+
+
 def test_each_worker_group_reads_back_every_recovery_reported_before_it(make_config, tmp_path):
     """Without Ray: two worker groups in a row, each with fresh callbacks, as after two restarts."""
     from mlflow.tracking import MlflowClient
