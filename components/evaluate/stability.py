@@ -44,8 +44,16 @@ def kendall(x: list[float], y: list[float]) -> dict[str, float | None]:
 
 
 def score_metrics(metrics: dict[str, float], directions: dict[str, bool]) -> dict[str, bool]:
-    """The scores to rank by: every task metric with a known direction (no stderrs), name → higher is better."""
-    return {m: better for m, better in directions.items() if m in metrics and not m.endswith("_stderr")}
+    """The scores to rank by: every task metric with a known direction (no stderrs), name → higher is better.
+
+    A standard error is ``<metric>_stderr``, or for a filtered lm-eval metric ``<task>_<m>_stderr_<filter>``
+    (lm-eval's ``"<m>_stderr,<filter>"`` flattened), which carries a direction too.
+    """
+    return {
+        m: better
+        for m, better in directions.items()
+        if m in metrics and not m.endswith("_stderr") and "_stderr_" not in m
+    }
 
 
 def summarize(

@@ -73,11 +73,11 @@ class Coordinator:
     """
 
     def __init__(self, keepers: Mapping[str, ActorHandle], placement: Placement, persist: PersistTarget | None) -> None:
-        self.keepers, self.placement, self.persist = dict(keepers), placement, persist
+        self.placement, self.persist = placement, persist
         # Phase 1 waits up to COMPLETE_TIMEOUT_S in the keeper: the links' own timeout only bounds
         # connecting and sending; each answer is read with the deadline of its call.
         self.links = KeeperLinks(CONTROL_TIMEOUT_S)
-        self.clients = {node: KeeperClient(node, handle, self.links) for node, handle in self.keepers.items()}
+        self.clients = {node: KeeperClient(node, handle, self.links) for node, handle in keepers.items()}
         self.committed = self.aborted = self.persisted = 0
         self.last: CommitOutcome | None = None
         #: (scheme, k, m) the ranks encode with; rank 0's KeeperSink sets it. Persisted manifests

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from components.common.errors import ConfigError
-from components.evaluate.stability import kendall, summarize
+from components.evaluate.stability import kendall, markdown, summarize
 from components.training.eval_checkpoints import eval_checkpoint_steps
 
 T = "lmforge_shakespeare_order"
@@ -49,6 +49,18 @@ def test_scores_are_oriented_against_perplexity_and_training_order():
     assert out["tau_vs_perplexity"][f"{T}_blank_ppl"]["tau"] == pytest.approx(1.0)
     assert out["tau_vs_step"]["heldout_perplexity"]["tau"] == pytest.approx(1.0)
     assert out["tau_methods"][T]["tau"] == pytest.approx(4 / 6)
+
+
+def test_a_filtered_metrics_standard_error_is_not_ranked_as_a_score():
+    # lm-eval's "exact_match_stderr,first-integer", flattened, comes with a direction like its metric
+    arith = "lmforge_arithmetic_exact_match"
+    by_step = crafted()
+    for i, s in enumerate(sorted(by_step)):
+        by_step[s] |= {f"{arith}_first-integer": 0.1 * i, f"{arith}_stderr_first-integer": 0.05}
+    directions = DIRECTIONS | {f"{arith}_first-integer": True, f"{arith}_stderr_first-integer": True}
+    out = summarize(by_step, directions)
+    assert f"{arith}_first-integer" in out["scores"] and f"{arith}_stderr_first-integer" not in out["scores"]
+    assert f"| {arith}_first-integer |" in markdown(out)
 
 
 def test_a_constant_score_has_an_undefined_tau_not_zero():
