@@ -21,8 +21,9 @@ generation tokens/s of the same prompt before and after. Peak memory is the most
 generation) needed beyond what the process held before, for the unquantized model and for the
 reloaded quantized one. The one-time costs both would share (imports, the allocator's first arenas,
 lazy initialisation in the first forward and ``generate``) are paid first by a throw-away one-layer
-copy of the model (:func:`warm_up`), so they are not charged to the unquantized model, measured first. For LLM.int8() the report counts the input
-columns that the outlier threshold sent through the 16-bit path while measuring perplexity.
+copy of the model (:func:`warm_up`), so they are not charged to the unquantized model, measured
+first. For LLM.int8() the report counts the input columns that the outlier threshold sent through
+the 16-bit path while measuring perplexity.
 
 The **low-bit study** (``quantize.sweep_bits``, ``quantize.sweep_group_sizes``) quantizes the same
 model by round-to-nearest at each bit width and group size and measures each the same way: one table
@@ -144,7 +145,8 @@ def quantize(cfg: LifecycleConfig, *, model_dir: Path, dataset_dir: Path, out_di
     (after − before), ``perplexity_delta_pct``, ``heldout_loss_before``, ``heldout_loss_after``,
     ``tokens_per_s_before``, ``tokens_per_s_after``, ``peak_memory_mb_before``,
     ``peak_memory_mb_after`` (left out where the platform cannot measure them, see
-    :mod:`components.common.memory`), ``quantized_linear_layers``, ``linear_layers``, and for ``llm_int8`` ``llm_int8_outlier_columns`` (summed over layers).
+    :mod:`components.common.memory`), ``quantized_linear_layers``, ``linear_layers``, and for
+    ``llm_int8`` ``llm_int8_outlier_columns`` (summed over layers).
     """
     qc = cfg.quantize
     method = qc.method

@@ -9,9 +9,10 @@ ends. Everything that cluster needs is decided here, from ``cluster.*`` and
 
 - **Name** (:func:`step_rayjob_name`): ``lmforge-<stage>-<digest of the step's output URI>``, so a KFP
   retry of the same step finds the RayJob its earlier attempt created and re-attaches, while two steps
-  writing different outputs (two continual arms, a run and its WSD decay branches) never share one. KubeRay refuses RayJob names that are
-  not DNS-1035 labels of at most 47 characters: 53 for the RayCluster name, minus the 6 characters it
-  appends (``MaxRayJobNameLength``, ray-operator/controllers/ray/utils/constant.go).
+  writing different outputs (two continual arms, a run and its WSD decay branches) never share one.
+  KubeRay refuses RayJob names that are not DNS-1035 labels of at most 47 characters: 53 for the
+  RayCluster name, minus the 6 characters it appends (``MaxRayJobNameLength``,
+  ray-operator/controllers/ray/utils/constant.go).
 - **Lifecycle**: ``K8sJobMode``; ``backoffLimit: 0``, because retries belong to Ray Train (worker-group
   restarts, in-memory snapshots) and to the launcher (a failed RayJob is replaced on a step retry),
   while a KubeRay retry would start a whole new cluster; ``shutdownAfterJobFinishes`` with

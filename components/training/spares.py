@@ -14,8 +14,8 @@ With ``pretrain.spare_workers=N`` (:func:`worker_runtime_env`) every training wo
 {"worker_process_setup_hook": ...})``, which Ray offers for the job only, not per actor), and
 :func:`preload` imports the modules named in ``LMFORGE_PRELOAD_MODULES``. After the first step, one
 rank per Ray node asks the node's raylet for N idle processes per rank on the node, with the workers'
-own runtime environment (:class:`Spares`), so they start and import while training runs; when Ray Train restarts the group,
-its new actors land in them. The raylet keeps a prestarted process at least
+own runtime environment (:class:`Spares`), so they start and import while training runs; when Ray
+Train restarts the group, its new actors land in them. The raylet keeps a prestarted process at least
 ``pretrain.spare_keep_alive_s`` even when the node's CPUs are all taken, and reaps it afterwards
 (where CPUs are free, it keeps up to that many idle processes, as always); every node checks every
 :data:`CHECK_EVERY_S` and replaces the spares a restart used or the raylet reaped.
