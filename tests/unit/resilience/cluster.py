@@ -132,11 +132,12 @@ def train_replacing_lost_nodes(
     trainer = threading.Thread(target=run, daemon=True)
     trainer.start()
     while trainer.is_alive():
-        for node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen:
+        dead = {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen
+        dead_at = time.time()  # of every node this look found dead: they are replaced one after the other
+        for node in dead:
             seen.add(node)
             joined += 1
             on = hosts[joined - 1] if joined <= len(hosts) else host
-            dead_at = time.time()
             cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: on or f"host-new-{joined}"})
             replacements.append((dead_at, time.time()))
         trainer.join(timeout=0.2)
