@@ -75,6 +75,30 @@ def generate(
     return problems
 
 
+def every_problem(
+    *, split: str, digits: tuple[int, int] = (1, 1), operators: str = "+", heldout_fraction: float = 0.2
+) -> list[Problem]:
+    """Every problem of ``split`` in a space small enough to list (single-digit addition: 100 problems,
+    about 80 train and 20 held out), in operand order; the sides are :func:`generate`'s, by text."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    low, high = digits
+    if not 1 <= low <= high <= 2:
+        raise ValueError(f"every_problem lists at most two-digit operands, got digits={digits}")
+    unknown = set(operators) - set(OPERATORS)
+    if not operators or unknown:
+        raise ValueError(f"operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
+    lo, hi = 10 ** (low - 1) if low > 1 else 0, 10**high - 1
+    out = []
+    for a in range(lo, hi + 1):
+        for b in range(lo, hi + 1):
+            for op in operators:
+                question = f"{a} {op} {b}"
+                if is_heldout(question, heldout_fraction) == (split == "heldout"):
+                    out.append(Problem(question, str(OPERATORS[op](a, b))))
+    return out
+
+
 def final_answer(text: str) -> str | None:
     """The answer a generation commits to: the number after ``####`` if any, else its last number;
     commas dropped and ``12.0`` read as ``12``. ``None`` if the text has no number."""

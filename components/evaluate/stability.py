@@ -169,6 +169,19 @@ def plot(summary: dict[str, Any]) -> bytes:
     ppl.set_ylabel("held-out perplexity")
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = ppl.get_legend_handles_labels()
-    ax.legend(handles + h2, labels + l2, fontsize=7, loc="best")
+    # Below the axes, not inside: with six curves on a small plot any spot inside covers some of them.
+    # The figure grows by the legend's rows so the axes keep the report's height.
+    columns = 2
+    rows_of_legend = -(-len(labels + l2) // columns)
+    fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + 0.15 + 0.18 * rows_of_legend)
+    ax.legend(
+        handles + h2,
+        labels + l2,
+        fontsize=7,
+        ncol=columns,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        frameon=False,
+    )
     ax.set_title("Stability across checkpoints: Kendall's τ vs held-out perplexity")
     return png_bytes(fig)

@@ -19,8 +19,9 @@ bitsandbytes 0.50: every method below saves, reloads and generates.
   in 16-bit instead (the mixed-precision outlier decomposition). The outlier columns actually seen
   on the held-out data are counted (:func:`track_llm_int8_outliers`).
 - ``nf4`` / ``fp4`` — bitsandbytes 4-bit (QLoRA's NormalFloat4, or FP4), blocks of 64.
-- GPTQ is not offered: neither llm-compressor 0.14 (needs transformers <= 5.17) nor gptqmodel 7.7
-  (needs torch >= 2.14.1) installs here without replacing the pinned torch/transformers.
+- GPTQ is not offered: neither library's newest release (checked 2026-12-03) installs here without
+  replacing the pinned torch 2.13.0 / transformers 5.24.0: llm-compressor 0.14.0.1 requires
+  ``transformers>=5.15.0,<=5.17.0``, gptqmodel 7.7.0 requires ``torch>=2.14.1``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Iterator
 
 from components.common.artifacts import store_options
@@ -159,15 +160,71 @@ def resilience_callbacks(
     return tuple(callbacks)
 
 
+#: seconds between the driver's looks for nodes that joined during the fit
+WATCH_NODES_EVERY_S = 1.0
+
+
+class KeeperFollower:
+    """Starts the run's keeper on every node that joins during the fit, as soon as it joins.
+
+    A lost node comes back as a new Ray node (KubeRay replaces its pod). Without this, the restarted
+    worker group's rank 0 starts the keeper there while planning the recovery (``start_keepers`` in
+    ``callback.py``) and waits for it, a new process importing the keeper's modules (Ray, NumPy,
+    torch: seconds, measured 9-10 s on the shared 2-core box), before any tier is tried although that
+    keeper holds nothing. Started from here when the node joins, its start overlaps Ray Train's wait
+    for the node and its new worker's start, and the plan finds it running. ``start_keepers`` still
+    starts whatever is missing, so a keeper this misses (a look that failed) costs only the wait.
+
+    Every alive node gets a keeper, as ``start_keepers`` does, also one added by an autoscaler with no
+    restart to follow; the keepers are released with the others when the fit ends.
+    """
+
+    def __init__(self, run_name: str, cfg: LifecycleConfig, known: set[str]) -> None:
+        self.run_name, self.cfg, self.known = run_name, cfg, set(known)
+        self.started: list[str] = []  # nodes this gave a keeper, oldest first
+        self._stop = threading.Event()
+        self._warned = False
+        self._thread = threading.Thread(target=self._watch, name="lmforge-keeper-follower", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_NODES_EVERY_S):
+            self.look()
+
+    def look(self) -> None:
+        """Start a keeper on each alive node not seen before (never raises: the plan starts what is missing)."""
+        import ray
+
+        from components.resilience.keeper_actor import _keeper_on
+
+        try:
+            for node in [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] not in self.known]:
+                self.known.add(node)
+                # not waited for: the recovery plan's start_keepers finds it by name, started or starting
+                _keeper_on(node, self.run_name, self.cfg, expected_version_bytes=0)
+                self.started.append(node)
+                log.info("node %s joined during the fit: its snapshot keeper is starting", node[:8])
+        except Exception as e:  # an optimisation: the recovery plan starts missing keepers itself
+            if not self._warned:
+                self._warned = True
+                log.warning("could not start keepers on nodes that joined during the fit: %s", e)
+
+    def close(self) -> None:
+        """Stop looking (before the keepers are released, so none is started after)."""
+        self._stop.set()
+        self._thread.join()
+
+
 @contextlib.contextmanager
 def training_callbacks(spec: TrainSpec) -> Iterator[tuple[Callback, ...]]:
     """The engine's plugin (``TrainSpec.plugins``): snapshot and fault callbacks for one fit.
 
-    Entered on the Ray driver before the fit (checks, keepers started), left after it: the keepers
-    are released whether the fit succeeded or raised. Ray Train's own restarts within the fit reuse
-    them; a fit that raised has used up its restarts, and what survives it for a KFP retry of the
-    step is the persisted tier in the object store (the retry starts new keepers). Keepers left
-    behind would hold the snapshot memory of every node until someone killed them by hand.
+    Entered on the Ray driver before the fit (checks, keepers started; nodes that join during the fit
+    get theirs as they join: :class:`KeeperFollower`), left after it: the keepers are released whether the
+    fit succeeded or raised. Ray Train's own restarts within the fit reuse them; a fit that raised has used
+    up its restarts, and what survives it for a KFP retry of the step is the persisted tier in the object
+    store (the retry starts new keepers). Keepers left behind would hold the snapshot memory of every node
+    until someone killed them by hand.
     """
     from components.common.artifacts import store_options
     from components.common.lineage import tracking_uri
@@ -179,11 +236,20 @@ def training_callbacks(spec: TrainSpec) -> Iterator[tuple[Callback, ...]]:
     vocab_size = 0
     if cfg.resilience.enabled:  # the keeper budget is estimated from the model's size
         vocab_size = len(load_tokenizer(local_copy(spec.tokenizer_uri, store_options=store_options(cfg))))
+    follower = None
     try:
-        yield resilience_callbacks(
+        callbacks = resilience_callbacks(
             cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage, vocab_size=vocab_size, mlflow=mlflow
         )
+        if cfg.resilience.enabled:
+            import ray
+
+            known = {n["NodeID"] for n in ray.nodes()}  # resilience_callbacks started the keepers of these
+            follower = KeeperFollower(keeper_run_name(spec.checkpoint_uri, spec.stage), cfg, known)
+        yield callbacks
     finally:
+        if follower is not None:
+            follower.close()
         release_keepers(cfg, checkpoint_uri=spec.checkpoint_uri, stage=spec.stage)
 
 

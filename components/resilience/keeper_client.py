@@ -44,26 +44,63 @@ class RayPending:
         return wait_for(self.ref, node=self.node, call=self.call, timeout_s=timeout_s)
 
 
+Address = tuple[str, int, bytes]  # a keeper's data-plane server: (host, port, token)
+
+
+class AddressBook:
+    """Keepers' data-plane addresses by node, for every caller of a process that talks to keepers
+    directly (a :class:`KeeperClient`, a keeper sending pieces to the others: ``spread.py``).
+
+    An address is asked once, through Ray (the keeper's ``data_address``), and forgotten when a
+    connection to it fails: the keeper may have restarted on a new port, and the next use asks again.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, Address] = {}
+        self.lookups = 0  # Ray calls made to ask addresses
+
+    def get(self, node: str) -> Address | None:
+        return self._known.get(node)
+
+    def resolve(self, handles: dict[str, ActorHandle], instead: str) -> dict[str, Address]:
+        """The addresses of the keepers in ``handles`` (node -> handle), asking those not known yet all at
+        once; a keeper that cannot answer is left out, with a warning that says what its callers do
+        ``instead``."""
+        asked = {node: handle.data_address.remote() for node, handle in handles.items() if node not in self._known}
+        self.lookups += len(asked)
+        for node, ref in asked.items():
+            try:
+                self._known[node] = wait_for(ref, node=node, call="data_address", timeout_s=CONTROL_TIMEOUT_S)
+            except Exception as e:  # a keeper gone already: its calls take the Ray path, which reports it
+                log.warning("keeper on node %s: no data-plane address (%s); %s", node[:8], e, instead)
+        return {node: self._known[node] for node in handles if node in self._known}
+
+    def forget(self, node: str) -> None:
+        self._known.pop(node, None)
+
+
 class KeeperClient:
     """Calls to the keeper on ``node``: over ``links`` where the call allows it, else through ``handle``.
 
     ``links`` None makes a Ray-only client (recovery, tests that hold bare handles). The keeper's
-    data-plane address is asked once (a Ray call), on the first call that can use it; a connection
-    that fails makes the next call ask again (the keeper may have restarted on a new port), and a
-    keeper that cannot answer even that is called through Ray from then on.
+    data-plane address comes from ``addresses`` (:class:`AddressBook`, one of the client's own unless
+    given), asked on the first call that can use it; a connection that fails makes the next call ask
+    again, and a keeper that cannot answer even that is called through Ray from then on.
     """
 
-    def __init__(self, node: str, handle: ActorHandle, links: KeeperLinks | None = None) -> None:
+    def __init__(
+        self, node: str, handle: ActorHandle, links: KeeperLinks | None = None, addresses: AddressBook | None = None
+    ) -> None:
         self.node, self.handle, self.links = node, handle, links
+        self.addresses = addresses if addresses is not None else AddressBook()
         self.link_calls = 0  # calls made over the data plane
         self.ray_calls = 0  # Ray calls made (including the address lookups)
-        self._address: tuple[str, int, bytes] | None = None
         self._no_link = links is None
 
     def call(self, method: str, *args: Any, via_ray: bool = False) -> Pending:
         """Start ``method(*args)`` on the keeper; read the answer with ``.result(timeout_s)``."""
         if not via_ray and method in LINK_CALLS and not self._no_link:
-            address = self._address or self._lookup()
+            address = self.addresses.get(self.node) or self._lookup()
             if address is not None:
                 try:
                     pending = self.links.call(address, method, args, node=self.node)
@@ -72,23 +109,20 @@ class KeeperClient:
                         "keeper on node %s: data plane failed (%s); %s goes through Ray", self.node[:8], e, method
                     )
                     self.links.forget(address)
-                    self._address = None
+                    self.addresses.forget(self.node)
                 else:
                     self.link_calls += 1
                     return pending
         self.ray_calls += 1
         return RayPending(getattr(self.handle, method).remote(*args), node=self.node, call=method)
 
-    def _lookup(self) -> tuple[str, int, bytes] | None:
-        self.ray_calls += 1
-        try:
-            self._address = wait_for(
-                self.handle.data_address.remote(), node=self.node, call="data_address", timeout_s=CONTROL_TIMEOUT_S
-            )
-        except Exception as e:  # a keeper gone already: its calls take the Ray path, which reports it
-            log.warning("keeper on node %s: no data-plane address (%s); calling it through Ray", self.node[:8], e)
+    def _lookup(self) -> Address | None:
+        before = self.addresses.lookups
+        address = self.addresses.resolve({self.node: self.handle}, instead="calling it through Ray").get(self.node)
+        self.ray_calls += self.addresses.lookups - before
+        if address is None:
             self._no_link = True
-        return self._address
+        return address
 
 
 def client_of(keeper: KeeperClient | ActorHandle, node: str) -> KeeperClient:

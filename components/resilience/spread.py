@@ -29,8 +29,9 @@ from components.resilience.codec import ErasureCodec, make_codec
 from components.resilience.dataplane import HolderUnknownError, KeeperLinks, KeeperServer
 from components.resilience.handoff import SharedBuffer, SharedBufferReader
 from components.resilience.keeper import BusyError
+from components.resilience.keeper_client import AddressBook
 from components.resilience.piece import Piece, PieceId
-from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for
+from components.resilience.remote import DATA_TIMEOUT_S, wait_for
 
 log = get_logger(__name__)
 
@@ -195,15 +196,8 @@ class SnapshotSpreader:
         if not todo:
             return [], []
         links: KeeperLinks = self.__dict__.setdefault("_links", KeeperLinks(DATA_TIMEOUT_S))
-        addresses: dict[str, tuple[str, int, bytes]] = self.__dict__.setdefault("_addresses", {})
-        missing = {h[0]: h[1].data_address.remote() for _, h in todo if h[0] not in addresses}
-        for node, ref in missing.items():
-            try:
-                addresses[node] = wait_for(ref, node=node, call="data_address", timeout_s=CONTROL_TIMEOUT_S)
-            except Exception as e:  # a keeper gone already: its pieces take the Ray path, which reports it
-                log.warning(
-                    "keeper on node %s: no data-plane address (%s); sending its pieces through Ray", node[:8], e
-                )
+        book: AddressBook = self.__dict__.setdefault("_addresses", AddressBook())
+        addresses = book.resolve(dict(h for _, h in todo), instead="sending its pieces through Ray")
         direct = [(p, h) for p, h in todo if h[0] in addresses]
         via_ray = [(p, h) for p, h in todo if h[0] not in addresses]
         try:
@@ -216,7 +210,8 @@ class SnapshotSpreader:
                 "data plane to nodes %s failed (%s); sending these pieces through Ray", [n[:8] for n in nodes], e
             )
             for node in nodes:
-                links.forget(addresses.pop(node))
+                links.forget(addresses[node])
+                book.forget(node)
             return [], via_ray + direct
         return [(p, h, err) for (p, h), err in zip(direct, errors, strict=True)], via_ray
 

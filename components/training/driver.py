@@ -66,7 +66,7 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from components.common.lineage import tracking_uri
-    from components.training.timeline import WorkerGroupTimeline
+    from components.training.timeline import timeline_callbacks
 
     cfg = spec.cfg
     if (done := read_training_summary(spec)) is not None:
@@ -81,7 +81,7 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.pretrain.keep_checkpoints),
         # with spares, every worker process preloads the engine at start, so a prestarted one is ready
         worker_runtime_env=worker_runtime_env(spec.plugins) if cfg.pretrain.spare_workers > 0 else None,
-        callbacks=[WorkerGroupTimeline(timeline_uri(spec), store_options(cfg))],
+        callbacks=timeline_callbacks(timeline_uri(spec), store_options(cfg)),
     )
     with ray_session(cfg), contextlib.ExitStack() as plugins:
         # Plugin callbacks come first: a fault at step S strikes after snapshot S has begun.

@@ -15,6 +15,10 @@ first saw a failed worker of the previous group), ``stopped`` (the previous grou
 ``actors_created`` (placement group ready, the worker actors and Ray Train's synchronization actor
 created and answering), ``actors_up`` (their training context and the torch process group set up),
 ``launched`` (the training function runs on every worker).
+
+The callback base classes are Ray Train internals (``ray.train.v2._internal``), which a Ray upgrade may
+move. The driver asks :func:`timeline_callbacks` rather than building the callback itself: without
+those internals the timeline is off, said once in the log, and training runs as before.
 """
 
 from __future__ import annotations
@@ -24,15 +28,40 @@ import json
 import time
 from typing import Any
 
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
-
 from components.common.log import get_logger
 from components.common.storage import open_store
 
 log = get_logger("lmforge.training")
 
+try:
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+except ImportError as e:  # moved or gone in this Ray: a diagnostic must not stop every training start
+    CALLBACK_BASES: tuple[type, ...] = ()
+    MISSING: str | None = f"{type(e).__name__}: {e}"
+else:
+    CALLBACK_BASES, MISSING = (ControllerCallback, WorkerGroupCallback), None
 
-class WorkerGroupTimeline(ControllerCallback, WorkerGroupCallback):
+#: whether the warning that the timeline is off was logged already in this process
+_warned = [False]
+
+
+def timeline_callbacks(uri: str, store_options: dict[str, Any]) -> list[Any]:
+    """The Ray Train callbacks that time the fit's worker groups into ``uri``: one :class:`WorkerGroupTimeline`,
+    or none (with one warning per process) when this Ray lacks the internals it hooks into."""
+    if MISSING is None:
+        return [WorkerGroupTimeline(uri, store_options)]
+    if not _warned[0]:
+        _warned[0] = True
+        log.warning(
+            "worker-group timeline off: this Ray has no ray.train.v2._internal.execution.callback (%s); "
+            "training runs, but %s is not written",
+            MISSING,
+            uri,
+        )
+    return []
+
+
+class WorkerGroupTimeline(*CALLBACK_BASES):
     """Ray Train callback (controller side) timing each worker-group start; see the module docstring."""
 
     def __init__(self, uri: str, store_options: dict[str, Any]) -> None:

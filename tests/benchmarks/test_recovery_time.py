@@ -113,6 +113,12 @@ def split(summary: dict, recovery: dict, groups: list[dict]) -> str:
         f"restore (pre_train) {startup['pre_train']:.2f} s",
         f"first step {startup['first_step']:.2f} s",
     ]
+    # node_loss: when the test's stand-in for KubeRay saw each lost node dead and its replacement had joined
+    # (inside "placement group and worker actors": Ray Train waits for the new node's CPU)
+    for i, (dead_at, joined_at) in enumerate(summary.get("replacements") or ()):
+        parts.append(
+            f"lost node {i + 1} seen dead at +{dead_at - failed_at:.2f} s, replaced at +{joined_at - failed_at:.2f} s"
+        )
     return "; ".join(parts)
 
 

@@ -17,6 +17,10 @@ grammar the model has learned) tells them apart.
 (:mod:`components.common.arithmetic`, the same generator alignment trains on; a problem's side is
 fixed by its text, so none of these is ever trained on), scored by generative exact match.
 
+``arithmetic_1digit.jsonl`` (task ``lmforge_arithmetic_1digit``): every held-out problem of single-digit
+addition (the same generator and split; its ~80 training problems are what a tiny model can learn from),
+for models too small for ``lmforge_arithmetic``'s two- and three-digit operands.
+
 ``gsm8k_mini.jsonl`` (task ``lmforge_gsm8k_mini``): the first records of the GSM8K test split, with
 its MIT licence copied beside it as ``LICENSE.gsm8k``. ``gsm8k_fewshot.jsonl``: the pool the task's
 few-shot examples are drawn from, the first records of the GSM8K *train* split (never the evaluated
@@ -42,6 +46,7 @@ DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CLOZE_FILE = "shakespeare_cloze.jsonl"
 ORDER_FILE = "shakespeare_order.jsonl"
 ARITHMETIC_FILE = "arithmetic.jsonl"
+ARITHMETIC_1DIGIT_FILE = "arithmetic_1digit.jsonl"
 GSM8K_FILE = "gsm8k_mini.jsonl"
 GSM8K_FEWSHOT_FILE = "gsm8k_fewshot.jsonl"
 ARITHMETIC_EXAMPLES = 200
@@ -164,6 +169,15 @@ def arithmetic_examples(n: int) -> list[dict]:
     ]
 
 
+def arithmetic_1digit_examples() -> list[dict]:
+    from components.common.arithmetic import every_problem
+
+    return [
+        {"id": f"arithmetic-1digit-{i:04d}", "question": p.prompt, "answer": p.answer}
+        for i, p in enumerate(every_problem(split="heldout", digits=(1, 1), operators="+"))
+    ]
+
+
 def gsm8k_examples(records: Iterable[dict], n: int, split: str = "test") -> list[dict]:
     out = []
     for i, rec in enumerate(records):
@@ -192,11 +206,13 @@ def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) ->
 
     order = order_examples(cloze, SEED)
     arithmetic = arithmetic_examples(ARITHMETIC_EXAMPLES)
+    arithmetic_1digit = arithmetic_1digit_examples()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / CLOZE_FILE, cloze)
     write_jsonl(out_dir / ORDER_FILE, order)
     write_jsonl(out_dir / ARITHMETIC_FILE, arithmetic)
+    write_jsonl(out_dir / ARITHMETIC_1DIGIT_FILE, arithmetic_1digit)
     write_jsonl(out_dir / GSM8K_FILE, gsm8k)
     write_jsonl(out_dir / GSM8K_FEWSHOT_FILE, gsm8k_fewshot)
     shutil.copyfile(gsm8k_dir / "LICENSE", out_dir / "LICENSE.gsm8k")
@@ -204,6 +220,7 @@ def build(shared_data: Path = DEFAULT_SHARED_DATA, out_dir: Path = TASKS_DIR) ->
         CLOZE_FILE: len(cloze),
         ORDER_FILE: len(order),
         ARITHMETIC_FILE: len(arithmetic),
+        ARITHMETIC_1DIGIT_FILE: len(arithmetic_1digit),
         GSM8K_FILE: len(gsm8k),
         GSM8K_FEWSHOT_FILE: len(gsm8k_fewshot),
     }

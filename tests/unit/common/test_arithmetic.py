@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.arithmetic import final_answer, generate, verify
+from components.common.arithmetic import every_problem, final_answer, generate, verify
 
 
 def test_generation_is_deterministic_in_the_seed():
@@ -61,3 +61,11 @@ def test_verify_compares_final_answers():
     assert verify("#### 432", "432")
     assert not verify("431", "432")
     assert not verify("", "432")
+
+
+def test_every_problem_splits_the_whole_space_by_text_as_generate_does():
+    train, heldout = every_problem(split="train"), every_problem(split="heldout")
+    assert len(train) + len(heldout) == 100 and not {p.question for p in train} & {p.question for p in heldout}
+    assert {p.question for p in generate(10, split="heldout", digits=(1, 1), operators="+")} <= {
+        p.question for p in heldout
+    }

@@ -9,6 +9,7 @@ import pytest
 
 from components.evaluate.tasks import TASKS_DIR
 from components.evaluate.tasks.build_tasks import (
+    ARITHMETIC_1DIGIT_FILE,
     ARITHMETIC_FILE,
     CLOZE_FILE,
     GSM8K_FEWSHOT_FILE,
@@ -32,7 +33,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_builder_is_deterministic_and_reproduces_the_committed_files(tmp_path):
     counts_a = build(SHARED_DATA, tmp_path / "a")
     build(SHARED_DATA, tmp_path / "b")
-    for name in (CLOZE_FILE, ORDER_FILE, ARITHMETIC_FILE, GSM8K_FILE, GSM8K_FEWSHOT_FILE):
+    for name in (CLOZE_FILE, ORDER_FILE, ARITHMETIC_FILE, ARITHMETIC_1DIGIT_FILE, GSM8K_FILE, GSM8K_FEWSHOT_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() == (TASKS_DIR / name).read_bytes(), (
             f"rerun build_tasks.py: {name} is stale"
@@ -41,6 +42,7 @@ def test_builder_is_deterministic_and_reproduces_the_committed_files(tmp_path):
         CLOZE_FILE: 500,
         ORDER_FILE: 470,
         ARITHMETIC_FILE: 200,
+        ARITHMETIC_1DIGIT_FILE: 25,
         GSM8K_FILE: 100,
         GSM8K_FEWSHOT_FILE: 50,
     }
@@ -89,7 +91,7 @@ def test_arithmetic_problems_are_held_out_and_correct():
     from components.common.arithmetic import OPERATORS
     from components.common.splits import is_heldout
 
-    for ex in read_jsonl(TASKS_DIR / ARITHMETIC_FILE):
+    for ex in read_jsonl(TASKS_DIR / ARITHMETIC_FILE) + read_jsonl(TASKS_DIR / ARITHMETIC_1DIGIT_FILE):
         question = ex["question"].removeprefix("What is ").removesuffix("?")
         a, op, b = question.split(" ")
         assert is_heldout(question, 0.2)

@@ -85,6 +85,7 @@ def test_kept_checkpoints_are_each_evaluated_and_ranked(
     from components.evaluate.run import evaluate
 
     cfg = make_config(
+        "evaluate.gate.guards=",  # no upstream stages here, so none of the metrics the profile's guards bound
         "evaluate.limit=20",
         f"evaluate.tasks=[{T}]",
         f"evaluate.blank_tasks=[{T}]",

@@ -112,8 +112,11 @@ def train_replacing_lost_nodes(
 
     Training runs on a thread and the watcher on the main thread, because ``Cluster.add_node``
     installs signal handlers, which Python allows only there. Returns the summary plus
-    ``replacement_nodes`` (how many joined).
+    ``replacement_nodes`` (how many joined) and ``replacements``: for each, ``time.time()`` when the lost
+    node was seen dead and when its replacement had joined (a benchmark splits a recovery by them).
     """
+    import time
+
     import ray
 
     result: dict = {}
@@ -125,19 +128,22 @@ def train_replacing_lost_nodes(
             result["error"] = e
 
     seen = {n["NodeID"] for n in ray.nodes() if not n["Alive"]}  # lost before this run
-    joined = 0
+    joined, replacements = 0, []
     trainer = threading.Thread(target=run, daemon=True)
     trainer.start()
     while trainer.is_alive():
-        for node in {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen:
+        dead = {n["NodeID"] for n in ray.nodes() if not n["Alive"]} - seen
+        dead_at = time.time()  # of every node this look found dead: they are replaced one after the other
+        for node in dead:
             seen.add(node)
             joined += 1
             on = hosts[joined - 1] if joined <= len(hosts) else host
             cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: on or f"host-new-{joined}"})
+            replacements.append((dead_at, time.time()))
         trainer.join(timeout=0.2)
     if "error" in result:
         raise result["error"]
-    return {**result["summary"], "replacement_nodes": joined}
+    return {**result["summary"], "replacement_nodes": joined, "replacements": replacements}
 
 
 #: the settings every faulted training test shares; each module adds its steps, restarts and intervals

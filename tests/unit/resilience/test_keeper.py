@@ -506,6 +506,51 @@ def test_keepers_are_released_when_the_fit_raises(make_config, tiny_dataset, tmp
     assert running(RUN) == 4, "another run's keepers are left alone"
 
 
+def test_clients_sharing_an_address_book_ask_a_keepers_address_once_and_again_after_it_is_forgotten(keepers):
+    from components.resilience.dataplane import KeeperLinks
+    from components.resilience.keeper_client import AddressBook, KeeperClient
+
+    node, handle = next(iter(keepers.items()))
+    book, links = AddressBook(), KeeperLinks(timeout_s=30)
+    try:
+        first, second = (KeeperClient(node, handle, links, book) for _ in range(2))
+        assert first.call("pieces", 9999).result(30) == [] and second.call("pieces", 9999).result(30) == []
+        assert book.lookups == 1 and (first.link_calls, second.link_calls) == (1, 1)
+        book.forget(node)  # as after a failed connection: the keeper may listen on a new port
+        second.call("pieces", 9999).result(30)
+        assert book.lookups == 2 and second.ray_calls == 1
+    finally:
+        links.close()
+
+
+def test_a_node_that_joins_during_the_fit_gets_the_runs_keeper_before_any_restart_asks(
+    make_config, tiny_dataset, tmp_path, ray_cluster, keepers
+):
+    import ray
+
+    from components.resilience.driver import keeper_run_name, training_callbacks
+    from components.resilience.keeper_actor import keeper_name, keeper_namespace
+    from tests.unit.resilience.cluster import train_spec
+
+    spec = train_spec(make_config("resilience.enabled=true", "resilience.keeper_memory_mb=64"), tiny_dataset, tmp_path)
+    run = keeper_run_name(spec.checkpoint_uri, spec.stage)
+    with training_callbacks(spec):
+        extra = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        try:
+            deadline = time.monotonic() + 60  # a generous bound on a busy box, not a speed check
+            while time.monotonic() < deadline:
+                try:
+                    keeper = ray.get_actor(keeper_name(run, extra.node_id), namespace=keeper_namespace(run))
+                    break
+                except ValueError:
+                    time.sleep(0.2)
+            else:
+                pytest.fail("no keeper was started on the node that joined")
+            assert ray.get(keeper.node_id.remote(), timeout=60) == extra.node_id
+        finally:
+            ray_cluster.remove_node(extra)
+
+
 def test_removing_a_node_loses_only_that_nodes_keeper(ray_cluster, keepers):
     import ray
 

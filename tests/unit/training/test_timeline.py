@@ -45,3 +45,42 @@ def test_describe_names_each_phase_with_its_seconds():
         "previous group stopped +0.50 s, start began +0.00 s, placement group and worker actors +1.50 s, "
         "train context and process group +1.25 s"
     )
+
+
+def timeline_module_without_ray_train_internals(monkeypatch):
+    """A fresh copy of components/training/timeline.py loaded as if Ray had moved its callback classes."""
+    import importlib.util
+    import sys
+
+    from components.training import timeline
+
+    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.execution.callback", None)  # import fails
+    spec = importlib.util.spec_from_file_location("timeline_without_internals", timeline.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_ray_train_internals_the_timeline_is_off_with_one_warning(monkeypatch, tmp_path, caplog):
+    import logging
+
+    module = timeline_module_without_ray_train_internals(monkeypatch)
+    logging.getLogger("lmforge.training").addHandler(caplog.handler)
+    try:
+        first = module.timeline_callbacks((tmp_path / "worker_groups.json").as_uri(), {})
+        second = module.timeline_callbacks((tmp_path / "worker_groups.json").as_uri(), {})
+    finally:
+        logging.getLogger("lmforge.training").removeHandler(caplog.handler)
+
+    assert first == [] and second == []
+    # a record reaches caplog once or twice (our handler, and the root's when the logger propagates)
+    warnings = {id(r) for r in caplog.records if "worker-group timeline off" in r.getMessage()}
+    assert len(warnings) == 1
+
+
+def test_with_ray_train_internals_the_driver_gets_the_timeline(tmp_path):
+    from components.training.timeline import timeline_callbacks
+
+    (callback,) = timeline_callbacks((tmp_path / "worker_groups.json").as_uri(), {})
+
+    assert isinstance(callback, WorkerGroupTimeline)
