@@ -20,6 +20,7 @@ def model_and_tokenizer(tiny_model):
 def test_shipped_tasks_are_exactly_lmforges():
     assert harness.shipped_tasks() == [
         "lmforge_arithmetic",
+        "lmforge_arithmetic_1digit",
         "lmforge_gsm8k_mini",
         "lmforge_shakespeare_cloze",
         "lmforge_shakespeare_order",
