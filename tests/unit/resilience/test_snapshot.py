@@ -86,6 +86,25 @@ def test_a_small_state_is_copied_before_begin_returns_and_equals_a_synchronous_p
     assert snapshot.checksum == checksum(memoryview(reference.numpy()))
 
 
+def test_a_snapshot_after_the_optimizer_state_was_replaced_holds_the_new_state():
+    state = make_state()
+    run_steps(state, 2)
+    engine = SnapshotEngine()
+    engine.begin(state)
+    engine.wait()
+    saved = state.optimizer.state_dict()
+    for per_param in saved["state"].values():
+        per_param["exp_avg"] = per_param["exp_avg"] * 2  # new tensors, other values
+    state.optimizer.load_state_dict(saved)
+    reference = torch.zeros(engine.layout.total_bytes, dtype=torch.uint8)
+    pack_into(reference, engine.layout, state)
+
+    engine.begin(state)
+    snapshot = engine.wait()
+    engine.close()
+    assert snapshot.checksum == checksum(memoryview(reference.numpy()))
+
+
 def test_begin_blocks_while_max_in_flight_snapshots_are_in_flight():
     state = make_state()
     run_steps(state, 1)
