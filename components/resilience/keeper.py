@@ -215,6 +215,13 @@ class Keeper(ABC):
             raise MissingPieceError(f"piece {piece_id} failed its checksum and is treated as lost")
         return piece
 
+    def held(self, version: int) -> list[PieceId]:
+        """Ids of the pieces of ``version`` stored here, not hashed again: each was verified when it
+        was stored (``put``) and :meth:`commit` verifies it once more under the lock, so phase 1 of a
+        snapshot's commit (``prepare``, ``spread.py``) need not read every byte in between."""
+        with self._lock:
+            return sorted(self._sizes.get(version, {}), key=_by_position)
+
     def pieces(self, version: int) -> list[PieceId]:
         """Ids of the pieces of ``version`` held intact (damaged ones are forgotten on the way)."""
         with self._lock:

@@ -62,7 +62,7 @@ KEEPER_CONCURRENCY = {"data": 32, "control": 4, "waits": 4}
 CALL_GROUPS = {
     "data": ("store_snapshot", "store_snapshot_by_node", "put", "get", "put_blob", "get_blob"),
     "control": (
-        "commit", "pieces", "status", "newest_committed", "busy_with", "start_generation", "drop",
+        "commit", "pieces", "held", "status", "newest_committed", "busy_with", "start_generation", "drop",
         "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",
         "inject_blob_corruption", "kill_node", "release_buffers", "data_address",
     ),

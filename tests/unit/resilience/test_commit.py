@@ -206,6 +206,20 @@ def test_a_prepared_phase_one_commits_in_one_round_fewer(keepers):
     assert ray.get([k.newest_committed.remote() for k in keepers.values()]) == [40] * len(keepers)
 
 
+def test_a_piece_damaged_before_a_prepared_phase_one_is_caught_by_the_commit_and_counted_lost(keepers):
+    import ray
+
+    expected = layout(keepers, 42)
+    write(keepers, expected)
+    node = sorted(keepers)[2]
+    victim = sorted(expected[node], key=str)[0]
+    ray.get(keepers[node].inject_corruption.remote(victim))  # after its put: prepare does not hash it again
+    prepared = {n: keepers[n].prepare.remote(42, ids, 30.0) for n, ids in expected.items()}
+    outcome = commit_version(keepers, 42, expected, prepared=prepared, prepared_timeout_s=60.0)
+    assert outcome.committed and outcome.rolled_forward == [node]
+    assert victim not in ray.get(keepers[node].pieces.remote(42))  # lost, to be decoded from parity
+
+
 def test_a_prepared_phase_one_that_times_out_on_a_missing_piece_aborts(keepers):
     expected = layout(keepers, 41)
     write(keepers, expected, skip=1)

@@ -31,7 +31,7 @@ def keeper_and_links():
 def _prepare(keeper: MemoryKeeper):
     def prepare(version, expected, timeout_s):  # as the keeper actor's (spread.py), on a bare keeper
         keeper.wait_for_pieces(version, expected, timeout_s)
-        return keeper.pieces(version)
+        return keeper.held(version)
 
     return prepare
 

@@ -114,6 +114,15 @@ def test_the_same_piece_again_after_its_version_was_committed_is_accepted_as_a_r
         keeper.put(piece(5, 0, 1, size=512))  # other bytes under the same id: not a retry
 
 
+def test_held_lists_stored_pieces_unverified_and_the_commit_still_refuses_a_damaged_one():
+    keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
+    ids = write_version(keeper, 1)
+    keeper.inject_corruption(PieceId(1, 0, 1))
+    assert keeper.held(1) == [PieceId(1, 0, 0), PieceId(1, 0, 1), PieceId(1, 0, 2)]
+    with pytest.raises(IncompleteVersionError):
+        keeper.commit(1, ids)
+
+
 def test_corrupted_piece_is_reported_missing_on_get_and_left_out_of_pieces():
     keeper = MemoryKeeper(budget_mb=1, expected_version_bytes=0)
     keeper.commit(1, write_version(keeper, 1))

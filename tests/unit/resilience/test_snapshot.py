@@ -24,7 +24,7 @@ class LateCopyEngine(SnapshotEngine):
     (and a little later), so without the fence the optimizer would write before the copy reads."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(inline_copy_bytes=0)  # the background copy, even of this small state
         self.trainer_at_optimizer = threading.Event()
 
     def _copy(self, views, tensors):
@@ -65,6 +65,44 @@ def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_con
     assert snapshot.checksum == checksum(memoryview(reference.numpy()))
     assert not torch.equal(state.module.model.norm.weight, weights_at_2)  # training did move on
     assert engine.stats.fence_seconds >= COPY_DELAY  # the optimizer step waited for the copy
+
+
+def test_a_small_state_is_copied_before_begin_returns_and_equals_a_synchronous_pack():
+    state = make_state()
+    run_steps(state, 2)
+    owned = owned_names(parameter_sizes(state.module), 0, 1)
+    layout = SnapshotLayout.build(state.module, state.optimizer, owned, world_size=1)
+    reference = torch.zeros(layout.total_bytes, dtype=torch.uint8)
+    pack_into(reference, layout, state)
+
+    engine = SnapshotEngine(inline_copy_bytes=layout.total_bytes)
+    engine.begin(state)
+    assert engine.stats.inline_copies == 1 and engine.stats.copy_seconds > 0  # copied before begin returned
+    run_steps(state, 1, [Fence(engine)])
+    snapshot = engine.wait()
+    engine.close()
+
+    assert snapshot.version == 2
+    assert snapshot.checksum == checksum(memoryview(reference.numpy()))
+
+
+def test_a_snapshot_after_the_optimizer_state_was_replaced_holds_the_new_state():
+    state = make_state()
+    run_steps(state, 2)
+    engine = SnapshotEngine()
+    engine.begin(state)
+    engine.wait()
+    saved = state.optimizer.state_dict()
+    for per_param in saved["state"].values():
+        per_param["exp_avg"] = per_param["exp_avg"] * 2  # new tensors, other values
+    state.optimizer.load_state_dict(saved)
+    reference = torch.zeros(engine.layout.total_bytes, dtype=torch.uint8)
+    pack_into(reference, engine.layout, state)
+
+    engine.begin(state)
+    snapshot = engine.wait()
+    engine.close()
+    assert snapshot.checksum == checksum(memoryview(reference.numpy()))
 
 
 def test_begin_blocks_while_max_in_flight_snapshots_are_in_flight():
