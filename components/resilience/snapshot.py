@@ -18,8 +18,9 @@ box a background copy of a few MB costs more than it saves. The copier thread ta
 after every tensor it copies, while the trainer runs the next forward in Python, so each tensor costs
 two GIL hand-overs (futex wake-ups, context switches on cores the ranks already fill) on top of its
 bytes: measured in one process on tiny's whole state (80 tensors, 2 MB), the copier took 1.3-1.6 ms
-of wall time for a copy that takes ~0.1 ms of CPU on its own. Below the threshold ``begin`` copies on the trainer thread (one memcpy's worth of stall,
-no thread woken, ``fence`` has nothing to wait for); above it the copy overlaps the next step.
+of wall time for a copy that takes ~0.1 ms of CPU on its own. Below the threshold ``begin`` copies on
+the trainer thread (one memcpy's worth of stall, no thread woken, ``fence`` has nothing to wait for);
+above it the copy overlaps the next step.
 
 Buffers are allocated once (``max_in_flight`` of them, pinned when CUDA is present) and reused. A
 snapshot is *in flight* from ``begin`` until its hand-off (checksum, then the sink, e.g. a transfer
