@@ -45,13 +45,19 @@ class Fence(Callback):
         self.engine.fence()
 
 
-def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_continues():
-    state = make_state()
-    run_steps(state, 2)
+def synchronous_pack(state):
+    """The whole state of one rank (world size 1) packed on this thread: what a snapshot must equal."""
     owned = owned_names(parameter_sizes(state.module), 0, 1)
     layout = SnapshotLayout.build(state.module, state.optimizer, owned, world_size=1)
     reference = torch.zeros(layout.total_bytes, dtype=torch.uint8)
     pack_into(reference, layout, state)
+    return layout, reference
+
+
+def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_continues():
+    state = make_state()
+    run_steps(state, 2)
+    layout, reference = synchronous_pack(state)
     weights_at_2 = state.module.model.norm.weight.detach().clone()
 
     engine = LateCopyEngine()
@@ -70,10 +76,7 @@ def test_async_snapshot_equals_a_synchronous_pack_at_its_step_while_training_con
 def test_a_small_state_is_copied_before_begin_returns_and_equals_a_synchronous_pack():
     state = make_state()
     run_steps(state, 2)
-    owned = owned_names(parameter_sizes(state.module), 0, 1)
-    layout = SnapshotLayout.build(state.module, state.optimizer, owned, world_size=1)
-    reference = torch.zeros(layout.total_bytes, dtype=torch.uint8)
-    pack_into(reference, layout, state)
+    layout, reference = synchronous_pack(state)
 
     engine = SnapshotEngine(inline_copy_bytes=layout.total_bytes)
     engine.begin(state)
