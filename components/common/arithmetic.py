@@ -48,15 +48,7 @@ def generate(
     ``+``, ``-`` and ``*``. Raises ``ValueError`` naming the argument when the space of problems is
     too small for ``n`` distinct ones of that split.
     """
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    low, high = digits
-    if not 1 <= low <= high:
-        raise ValueError(f"digits must be (min, max) with 1 <= min <= max, got {digits}")
-    unknown = set(operators) - set(OPERATORS)
-    if not operators or unknown:
-        raise ValueError(f"operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
-    lo, hi = 10 ** (low - 1) if low > 1 else 0, 10**high - 1
+    lo, hi = _operand_range(split, digits, operators)
     space = (hi - lo + 1) ** 2 * len(operators)
     share = heldout_fraction if split == "heldout" else 1 - heldout_fraction
     if n > space * share / 2:
@@ -70,8 +62,8 @@ def generate(
         if question in seen:
             continue
         seen.add(question)
-        if is_heldout(question, heldout_fraction) == (split == "heldout"):
-            problems.append(Problem(question, str(OPERATORS[op](a, b))))
+        if (problem := _on_side(a, op, b, split, heldout_fraction)) is not None:
+            problems.append(problem)
     return problems
 
 
@@ -80,23 +72,37 @@ def every_problem(
 ) -> list[Problem]:
     """Every problem of ``split`` in a space small enough to list (single-digit addition: 100 problems,
     about 80 train and 20 held out), in operand order; the sides are :func:`generate`'s, by text."""
+    lo, hi = _operand_range(split, digits, operators)
+    if digits[1] > 2:
+        raise ValueError(f"every_problem lists at most two-digit operands, got digits={digits}")
+    listed = (
+        _on_side(a, op, b, split, heldout_fraction)
+        for a in range(lo, hi + 1)
+        for b in range(lo, hi + 1)
+        for op in operators
+    )
+    return [problem for problem in listed if problem is not None]
+
+
+def _operand_range(split: str, digits: tuple[int, int], operators: str) -> tuple[int, int]:
+    """The smallest and largest operand of ``digits``, after checking the arguments both listings take."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     low, high = digits
-    if not 1 <= low <= high <= 2:
-        raise ValueError(f"every_problem lists at most two-digit operands, got digits={digits}")
+    if not 1 <= low <= high:
+        raise ValueError(f"digits must be (min, max) with 1 <= min <= max, got {digits}")
     unknown = set(operators) - set(OPERATORS)
     if not operators or unknown:
         raise ValueError(f"operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
-    lo, hi = 10 ** (low - 1) if low > 1 else 0, 10**high - 1
-    out = []
-    for a in range(lo, hi + 1):
-        for b in range(lo, hi + 1):
-            for op in operators:
-                question = f"{a} {op} {b}"
-                if is_heldout(question, heldout_fraction) == (split == "heldout"):
-                    out.append(Problem(question, str(OPERATORS[op](a, b))))
-    return out
+    return 10 ** (low - 1) if low > 1 else 0, 10**high - 1
+
+
+def _on_side(a: int, op: str, b: int, split: str, heldout_fraction: float) -> Problem | None:
+    """``a op b`` as a problem if its text puts it on ``split``'s side, else None."""
+    question = f"{a} {op} {b}"
+    if is_heldout(question, heldout_fraction) != (split == "heldout"):
+        return None
+    return Problem(question, str(OPERATORS[op](a, b)))
 
 
 def final_answer(text: str) -> str | None:
