@@ -95,7 +95,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     grad_clip, every = spec.cfg.pretrain.grad_clip, spec.cfg.pretrain.checkpoint_every
     device = ray.train.torch.get_device()
-    spares = Spares(spec.cfg.pretrain.spare_workers, spec.cfg.pretrain.spare_keep_alive_s)
+    # rank 0 also gives standby nodes their spares, for as many ranks as a node of this group runs
+    standby_ranks = ctx.get_local_world_size() if rank == 0 else 0
+    spares = Spares(spec.cfg.pretrain.spare_workers, spec.cfg.pretrain.spare_keep_alive_s, standby_ranks=standby_ranks)
     try:
         for cb in callbacks:
             cb.pre_train(state)

@@ -20,6 +20,20 @@ Train restarts the group, its new actors land in them. The raylet keeps a presta
 (where CPUs are free, it keeps up to that many idle processes, as always); every node checks every
 :data:`CHECK_EVERY_S` and replaces the spares a restart used or the raylet reaped.
 
+**Standby nodes.** A node lost takes its spares with it, and a replacement node joins only after the loss
+(a new pod: scheduled, image pulled, Ray started: far more than the restore), its new worker starting
+cold. Clusters that must recover from a node loss fast keep hot standby capacity instead (a worker group
+with more replicas than training needs; ``cluster.standby_nodes``): a node already in the Ray cluster,
+with the resources of a rank, that runs none. When a node is lost, Ray Train places the restarted group
+over the survivors and the standby (its placement group asks for one bundle of ``resources_per_worker``
+per rank, wherever they fit). So rank 0 also gives every standby node its spares (:func:`standby_nodes`:
+alive nodes outside this group's placement group where a bundle fits): it sends the same request to that
+node's raylet, with its own runtime environment and job, so the restarted rank placed there starts in a
+process that has imported everything. A node that joins while training runs becomes a standby node and
+gets its spares at rank 0's next check. The raylet keeps an idle process where CPUs are free (up to its
+free CPUs, whatever the keep-alive), so a standby node keeps its spares without renewal: rank 0 asks once
+per node (a restarted group's rank 0 asks again; a spare too many is reaped after its keep-alive).
+
 A spare costs a node one idle Python process per rank with torch and transformers imported (a few
 hundred MB of host memory) and its imports' CPU (seconds) each time it is replaced: after a restart,
 and on a node whose CPUs are all taken once per keep-alive period.
@@ -80,11 +94,14 @@ class Spares:
     cheap to call every step and never fails training (a failed request is logged once).
     """
 
-    def __init__(self, count: int, keep_alive_s: float) -> None:
-        self.count, self.keep_alive_s = count, keep_alive_s
+    def __init__(self, count: int, keep_alive_s: float, *, standby_ranks: int = 0) -> None:
+        """``standby_ranks``: rank 0 passes the most ranks a node of its group runs, and gives each standby
+        node spares for that many ranks (at most as many as fit there); other ranks pass 0."""
+        self.count, self.keep_alive_s, self.standby_ranks = count, keep_alive_s, standby_ranks
         self.next_at = 0.0
         self.busy = threading.Lock()
         self.warned = False
+        self.served: set[str] = set()  # standby nodes given their spares by this process
 
     def maybe_renew(self, now: float) -> None:
         if self.count <= 0 or now < self.next_at or self.busy.locked():
@@ -103,10 +120,54 @@ class Spares:
                 if os.getpid() == min(ranks) and missing > 0:
                     prestart_workers(missing, self.keep_alive_s)
                     log.info("asked this node's raylet for %d spare worker process(es)", missing)
+                if self.standby_ranks > 0:
+                    self._standby()
             except Exception as e:  # a spare is an optimisation: training goes on without it
                 if not self.warned:
                     self.warned = True
-                    log.warning("could not prestart spare worker processes on this node: %s", e)
+                    log.warning("could not prestart spare worker processes: %s", e)
+
+    def _standby(self) -> None:
+        """Give each standby node not served yet its spares (one request to its raylet)."""
+        for node_id, address, port, ranks in standby_nodes(self.standby_ranks):
+            if node_id in self.served:
+                continue
+            prestart_workers(self.count * ranks, self.keep_alive_s, raylet=(address, port))
+            self.served.add(node_id)
+            log.info(
+                "asked standby node %s's raylet for %d spare worker process(es): a rank restarted there after a "
+                "node loss starts with its imports done", node_id[:8], self.count * ranks,
+            )  # fmt: skip
+
+
+def standby_nodes(max_ranks: int) -> list[tuple[str, str, int, int]]:
+    """``(node id, raylet address, raylet port, ranks)`` of every alive node where Ray Train could place a rank
+    of this worker's group but none runs: outside the group's placement group, with room for ``ranks``
+    (1..``max_ranks``) of its bundles. Empty outside a placement group (no Ray Train worker group)."""
+    import ray
+    from ray.util.placement_group import get_current_placement_group, placement_group_table
+
+    group = get_current_placement_group()
+    if group is None:
+        return []
+    table = placement_group_table(group)
+    return standby_in(ray.nodes(), table["bundles"][0], set(table["bundles_to_node_id"].values()), max_ranks)
+
+
+def standby_in(
+    nodes: list[dict], bundle: dict[str, float], used: set[str], max_ranks: int
+) -> list[tuple[str, str, int, int]]:
+    """:func:`standby_nodes` from ``ray.nodes()`` records, one bundle of the group (Ray Train's are all
+    ``resources_per_worker``) and the nodes holding the group's bundles."""
+    out = []
+    for node in nodes:
+        if not node.get("Alive") or node["NodeID"] in used:
+            continue
+        have = node.get("Resources") or {}
+        fits = min((int(have.get(name, 0) // need) for name, need in bundle.items() if need > 0), default=0)
+        if fits > 0:
+            out.append((node["NodeID"], node["NodeManagerAddress"], int(node["NodeManagerPort"]), min(fits, max_ranks)))
+    return out
 
 
 def workers_like_me(env_vars: dict[str, str]) -> tuple[int, list[int]]:
@@ -136,10 +197,11 @@ def workers_like_me(env_vars: dict[str, str]) -> tuple[int, list[int]]:
     return idle, ranks
 
 
-def prestart_workers(count: int, keep_alive_s: float) -> None:
-    """Ask this node's raylet for ``count`` idle Python workers with the calling worker's runtime environment
-    and job, kept at least ``keep_alive_s`` seconds (``NodeManagerService.PrestartWorkers``: Ray 2.60 has no
-    Python API for it; the stub, messages and channel are Ray's)."""
+def prestart_workers(count: int, keep_alive_s: float, raylet: tuple[str, int] | None = None) -> None:
+    """Ask this node's raylet (or the one at ``raylet``: address, port) for ``count`` idle Python workers with
+    the calling worker's runtime environment and job, kept at least ``keep_alive_s`` seconds
+    (``NodeManagerService.PrestartWorkers``: Ray 2.60 has no Python API for it; the stub, messages and
+    channel are Ray's)."""
     import ray
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
@@ -155,5 +217,6 @@ def prestart_workers(count: int, keep_alive_s: float) -> None:
         num_workers=count,
     )
     # Ray's own channel factory: TLS (RAY_USE_TLS) and token authentication as the cluster has them
-    with init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}") as channel:
+    address, port = raylet or (node.node_ip_address, node.node_manager_port)
+    with init_grpc_channel(f"{address}:{port}") as channel:
         node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)

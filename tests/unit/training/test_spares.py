@@ -27,6 +27,31 @@ def test_worker_runtime_env_preloads_the_engine_and_the_plugins_once_each():
     assert env[PRELOAD_ENV].split(",") == [*ENGINE_MODULES, "components.resilience.driver"]
 
 
+def test_standby_nodes_are_the_alive_nodes_outside_the_group_where_a_rank_fits():
+    from components.training.spares import standby_in
+
+    def node(node_id, cpus, alive=True, gpus=0):
+        resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        return {
+            "NodeID": node_id,
+            "Alive": alive,
+            "NodeManagerAddress": "10.0.0.1",
+            "NodeManagerPort": 7,
+            "Resources": resources,
+        }
+
+    nodes = [node("train", 1), node("standby", 1), node("big", 8), node("head", 0), node("dead", 1, alive=False)]
+    # a rank per node: the 8-CPU node gets spares for as many ranks as a node of the group runs, no more
+    assert standby_in(nodes, {"CPU": 1.0}, used={"train"}, max_ranks=2) == [
+        ("standby", "10.0.0.1", 7, 1),
+        ("big", "10.0.0.1", 7, 2),
+    ]
+    # GPU ranks: only a node with a free GPU can take one
+    assert standby_in([node("cpu", 8), node("gpu", 8, gpus=1)], {"CPU": 1.0, "GPU": 1.0}, set(), 1) == [
+        ("gpu", "10.0.0.1", 7, 1)
+    ]
+
+
 def test_negative_spare_workers_are_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"pretrain.spare_workers: must be >= 0"):
         load_config("tiny", ["pretrain.spare_workers=-1"])
