@@ -298,6 +298,10 @@ class Keeper(ABC):
             self._generation = generation
             for version in [v for v in self._sizes if not (v == keep and v == self._committed)]:
                 self._drop_locked(version)  # dropping the committed version also clears it
+            if self._committed != keep:
+                # committed while holding none of its pieces (a node no group placed a piece on, such as
+                # a standby node): no piece to drop, but the group's next versions may be older
+                self._committed = None
             self._changed.notify_all()
 
     def inject_corruption(self, piece_id: PieceId) -> None:

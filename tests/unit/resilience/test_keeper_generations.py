@@ -17,6 +17,16 @@ def _keeper() -> MemoryKeeper:
     return MemoryKeeper(budget_mb=1, expected_version_bytes=0)
 
 
+def test_a_new_generation_forgets_a_version_committed_without_a_piece_held():
+    """A keeper no group placed a piece on (a standby node's) commits every version with nothing held;
+    after a restore from elsewhere at an older step, the group's next versions are written there too."""
+    keeper = _keeper()
+    keeper.commit(22, set())
+    keeper.start_generation(1, keep=None)
+    assert keeper.status().committed is None
+    keeper.put(piece(21), generation=1)
+
+
 def test_put_of_the_next_version_waits_until_the_one_being_written_is_committed():
     keeper = _keeper()
     expected = write_version(keeper, 1, count=1)
