@@ -388,7 +388,9 @@ class PretrainConfig:
         "Idle worker processes kept per training rank on its node, started while training runs with Ray Train, "
         "torch, transformers and the plugins already imported, so that a worker group restarted after a failure "
         "starts in them instead of paying a process start and those imports (~4 s of CPU per rank); 0 = off. "
-        "Each costs its node a few hundred MB of host memory (components/training/spares.py).",
+        "Each costs its node a few hundred MB of host memory (components/training/spares.py). Rank 0 also "
+        "prestarts them on standby nodes (alive nodes where a rank fits and none runs: cluster.standby_nodes), "
+        "so a group restarted there after a node loss starts warm too.",
         versioned=False,
     )
     spare_keep_alive_s: float = knob(
@@ -812,6 +814,15 @@ class ClusterConfig:
         "Node labels GPU Ray workers and GPU steps must match, e.g. {nvidia.com/gpu.present: 'true'}.",
         versioned=False,
     )
+    standby_nodes: int = knob(
+        0,
+        "Worker pods beyond what pretrain.num_workers needs, kept idle in the RayJob's cluster as hot standby: when "
+        "a node is lost, Ray Train restarts the worker group on the survivors and a standby pod at once, instead of "
+        "waiting for KubeRay to reschedule the lost pod (scheduling, image pull, Ray start: minutes). With "
+        "pretrain.spare_workers > 0 rank 0 prestarts spare worker processes on them too (components/training/"
+        "spares.py); they hold snapshot pieces like any training node. Each costs a whole pod (its GPUs too).",
+        versioned=False,
+    )
     job_ttl_seconds: int = knob(
         600, "Seconds KubeRay keeps a finished RayJob's cluster before deleting it (for debugging).", versioned=False
     )
@@ -982,6 +993,11 @@ def _validate(cfg: LifecycleConfig) -> None:
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
+    )
+    need(
+        cfg.cluster.standby_nodes >= 0,
+        "cluster.standby_nodes",
+        f"must be >= 0 idle worker pods (0 = none), got {cfg.cluster.standby_nodes}",
     )
     need(
         cfg.pretrain.spare_workers >= 0,

@@ -21,7 +21,9 @@ ends. Everything that cluster needs is decided here, from ``cluster.*`` and
   entrypoint) and serves the dashboard and job API on 0.0.0.0:8265 for the submitter pod.
 - **Workers**: one group. With ``pretrain.use_gpu``, ceil(num_workers / gpus_per_worker_pod) pods of
   ``cluster.gpus_per_worker_pod`` GPUs each in ``gpu_image``, with ``cluster.tolerations`` and
-  ``cluster.node_selector``; otherwise ``num_workers`` CPU pods.
+  ``cluster.node_selector``; otherwise ``num_workers`` CPU pods. Plus ``cluster.standby_nodes`` pods of
+  the same kind that run no rank (hot standby: a node loss restarts the group on them at once, where a
+  replacement pod would first have to be scheduled and start; ``components/training/spares.py``).
 - **Every pod**: uid 1000, read-only root filesystem with emptyDirs for /tmp (Ray's session directory)
   and $HOME (caches), no Kubernetes API token. Ray pods add a memory-backed /dev/shm of
   ``cluster.shm_size`` (object store, NCCL, snapshot buffers; the container default is 64 MiB) and the
@@ -183,6 +185,7 @@ def build_rayjob(
         replicas = p.num_workers
         worker = _ray_pod("ray-worker", image, c.worker_cpu, c.worker_memory, env=ray_env, shm=c.shm_size, cache=cache)
         group, component = "cpu", "ray-worker-cpu"
+    replicas += c.standby_nodes  # idle until a node is lost: Ray Train's placement group then uses them
 
     cluster: dict[str, Any] = {
         # The Ray this code was installed with; the images hold the same (checked in tests/unit/deploy).
@@ -195,7 +198,8 @@ def build_rayjob(
         "workerGroupSpecs": [
             {
                 "groupName": group,
-                # A fixed size: Ray Train asks for exactly num_workers workers, so nothing autoscales.
+                # A fixed size: Ray Train asks for exactly num_workers workers (the standby pods wait for a
+                # node loss), so nothing autoscales.
                 "replicas": replicas,
                 "minReplicas": replicas,
                 "maxReplicas": replicas,

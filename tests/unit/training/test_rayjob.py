@@ -243,6 +243,11 @@ def test_cpu_workers_are_one_pod_per_worker_without_gpu_placement(rayjob):
     assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
+def test_standby_nodes_add_idle_worker_pods_of_the_same_kind(rayjob):
+    assert worker_group(rayjob(*GPU, "cluster.standby_nodes=1"))["replicas"] == 4  # 3 pods of 2 GPUs + 1
+    assert worker_group(rayjob("pretrain.num_workers=3", "cluster.standby_nodes=2"))["replicas"] == 5
+
+
 def test_gpu_workers_without_a_gpu_image_name_the_key(make_config):
     from components.training.rayjob import build_rayjob
 
