@@ -193,6 +193,7 @@ class KeeperFollower:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards known/started (the subscriber's loop and look()) and _wake
         self._wake = None  # stops the subscription's poll: set once it is subscribed
+        self.subscribed = False  # following the GCS's node channel (else looking every WATCH_NODES_EVERY_S)
         self._warned = False
         self._thread = threading.Thread(target=self._watch, name="lmforge-keeper-follower", daemon=True)
         self._thread.start()
@@ -225,6 +226,7 @@ class KeeperFollower:
             if self._stop.is_set():
                 return
             self._wake = lambda: asyncio.run_coroutine_threadsafe(subscriber.close(), loop)
+            self.subscribed = True
         self.look()  # once, after subscribing: a node that joined since the driver listed them is not missed
         while not self._stop.is_set():
             changes = await subscriber.poll(batch_size=1000)

@@ -26,6 +26,7 @@ def test_a_node_that_joins_during_the_fit_gets_the_runs_keeper(cluster, make_con
                 break
             time.sleep(0.1)
         follower.close()
+        assert follower.subscribed  # told by the GCS, not by reading the node table again and again
         assert follower.started == [node.node_id]
         assert ray.get_actor(keeper_name(run, node.node_id), namespace=keeper_namespace(run))
     finally:
