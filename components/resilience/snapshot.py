@@ -60,7 +60,7 @@ from components.common.errors import ConfigError
 from components.resilience.layout import DEFAULT_META_CAPACITY, PARAM, SnapshotLayout
 from components.resilience.ownership import snapshot_names
 from components.resilience.piece import checksum
-from components.resilience.state import capture_meta, copy_tensors, write_meta
+from components.resilience.state import MetaEncoder, copy_tensors, write_meta
 
 #: states up to this many bytes are copied on the trainer thread in ``begin`` (see the module
 #: docstring): 4 MiB is ~0.5 ms of memcpy, about what the copier thread's GIL hand-overs cost for
@@ -90,6 +90,7 @@ class SnapshotStats:
     setup_seconds: float = 0.0  # layout and buffer allocation, once, at the first begin()
     begin_seconds: float = 0.0  # trainer thread in begin(): meta capture, waiting for a free buffer, inline copy
     buffer_wait_seconds: float = 0.0  # the part of begin_seconds spent waiting for a free buffer
+    meta_seconds: float = 0.0  # the part of begin_seconds spent capturing and writing the meta (RNG, curve tail)
     fence_seconds: float = 0.0  # trainer thread waiting for a copy before the optimizer step
     copy_seconds: float = 0.0  # tensors into the buffer: copier thread, or trainer thread when inline
     inline_copies: int = 0  # snapshots copied on the trainer thread in begin() (small states)
@@ -120,6 +121,7 @@ class SnapshotEngine:
             raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight, self.sink = max_in_flight, sink
         self.curve_tail = curve_tail  # loss/LR curve points carried in each snapshot's meta
+        self._meta = MetaEncoder()  # encodes each curve point once, not at every snapshot it is in
         # A checksum of the whole buffer; off when the sink checksums pieces itself (one hash pass less).
         self.whole_checksum = whole_checksum
         # Skip a due snapshot while any rank's previous one is in flight, instead of waiting (see above).
@@ -164,7 +166,9 @@ class SnapshotEngine:
         t_wait = time.perf_counter()
         slot = self._free.get()  # blocks while max_in_flight snapshots are in flight
         self.stats.buffer_wait_seconds += time.perf_counter() - t_wait
-        write_meta(self._buffers[slot], self.layout, capture_meta(state, self.curve_tail))
+        t_meta = time.perf_counter()
+        write_meta(self._buffers[slot], self.layout, self._meta.capture(state, self.curve_tail))
+        self.stats.meta_seconds += time.perf_counter() - t_meta
         if self._stream is not None:
             copying = self._queue_gpu_copy(self._views[slot], tensors)
         elif self.layout.total_bytes <= self.inline_copy_bytes:
