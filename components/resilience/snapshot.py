@@ -234,7 +234,6 @@ class SnapshotEngine:
         self.layout = SnapshotLayout.build(
             state.module, state.optimizer, owned, meta_capacity=capacity, world_size=state.world_size
         )
-        tensors = self.layout.live_tensors(state.module, state.optimizer)
         cuda = torch.cuda.is_available()
         # A sink may provide the buffers, in memory it can hand on without a copy (KeeperSink: shared
         # with the node's keeper, its frame header in front); otherwise pinned host memory, which
@@ -249,7 +248,7 @@ class SnapshotEngine:
         self._views = [self.layout.byte_views(b) for b in self._buffers]
         for slot in range(self.max_in_flight):
             self._free.put(slot)
-        if cuda and any(t.is_cuda for t in tensors):
+        if cuda and any(t.is_cuda for t in self._live_tensors(state)):
             self._stream = torch.cuda.Stream()
         self.stats.bytes_per_snapshot = self.layout.total_bytes
         if self.coalesce and state.world_size > 1:
