@@ -97,6 +97,7 @@ class SnapshotStats:
     setup_seconds: float = 0.0  # layout and buffer allocation, once, at the first begin()
     begin_seconds: float = 0.0  # trainer thread in begin(): meta capture, waiting for a free buffer, inline copy
     buffer_wait_seconds: float = 0.0  # the part of begin_seconds spent waiting for a free buffer
+    first_begin_seconds: float = 0.0  # the first begin (part of begin_seconds): its copy touches fresh pages
     meta_seconds: float = 0.0  # the part of begin_seconds spent capturing and writing the meta (RNG, curve tail)
     fence_seconds: float = 0.0  # trainer thread waiting for a copy before the optimizer step
     copy_seconds: float = 0.0  # tensors into the buffer: copier thread, or trainer thread when inline
@@ -193,7 +194,10 @@ class SnapshotEngine:
         self._latest = self._handoff.submit(self._hand_off, state.step, slot, copying)
         self._in_flight.append(self._latest)
         self.stats.snapshots += 1
-        self.stats.begin_seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self.stats.begin_seconds += elapsed
+        if self.stats.snapshots == 1:
+            self.stats.first_begin_seconds = elapsed
 
     def fence(self) -> None:
         """Return once no copy reads the live tensors any more: call right before ``optimizer.step()``."""
