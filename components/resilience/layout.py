@@ -34,7 +34,9 @@ from components.training.parallel import local_tensor
 
 ALIGN = 64
 META_HEADER = 8  # u64 little-endian length of the meta JSON
-DEFAULT_META_CAPACITY = 64 * 1024  # RNG states take ~25 KB of JSON (Python's and NumPy's MT19937 are 624 words each)
+#: RNG states take ~14 KB of the meta as base64 (Python's and NumPy's MT19937 keys are 624 words each,
+#: torch's state 5 KB); as JSON integer lists, before, ~25 KB: the capacity fits either
+DEFAULT_META_CAPACITY = 64 * 1024
 PARAM = "param"
 
 
