@@ -8,11 +8,9 @@ coordinator (:class:`Coordinator`): once every piece of every group of the versi
 the two-phase commit (``commit.py``), and every ``persist_every``-th snapshot it asks every keeper to
 upload its pieces to the object store in the background (``persist.py``).
 
-Rank 0's hand-off waits for the other ranks' pieces: the commit is the sink's ``finish``, which the
-engine runs once rank 0's own buffer is free again (its pieces stored), so the next snapshot is
-copied meanwhile; the hand-off after it starts only once this commit is decided. With
-``max_in_flight = 1`` a slow peer thus shows up as stall on rank 0's ``begin`` one snapshot later,
-which is the honest place for it (the version is not safe until every piece is stored).
+Rank 0's hand-off waits for the other ranks' pieces: with ``max_in_flight = 1`` a slow peer shows up
+as stall on rank 0's next ``begin``, which is the honest place for it (the version is not safe
+until every piece is stored).
 
 Back-pressure: a keeper holds the committed version and one being written, so a rank that is a
 snapshot ahead of the commit must wait. It waits on its own hand-off thread, never in a keeper
@@ -202,12 +200,6 @@ class KeeperSink:
         return self.shared.allocate(layout)
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
-        """The whole hand-off of one snapshot: :meth:`store`, then :meth:`finish`."""
-        self.store(version, data, layout)
-        self.finish(version)
-
-    def store(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
-        """Hand the snapshot to the home keeper; returns once its pieces are stored (``data`` is free)."""
         found = self.shared.find(data)
         deadline = time.monotonic() + PUT_WAIT_S
         try:
@@ -222,9 +214,6 @@ class KeeperSink:
             raise RecoveryError(
                 f"snapshot version {version}: a keeper of rank {self.rank}'s group is gone or silent: {e}"
             ) from e
-
-    def finish(self, version: int) -> None:
-        """Rank 0: commit ``version`` once every rank's pieces of it are stored (needs no bytes)."""
         if self.coordinator is not None:
             self.coordinator.settle(version)
 

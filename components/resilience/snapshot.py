@@ -27,11 +27,6 @@ snapshot is *in flight* from ``begin`` until its hand-off (checksum, then the si
 to a keeper) has returned; ``begin`` blocks while ``max_in_flight`` snapshots are in flight, which
 bounds both memory and how far the hand-off may fall behind. Two single-thread executors keep the
 order: copies in step order, hand-offs in step order, a copy of S+1 may run during the hand-off of S.
-A sink whose hand-off ends with work that no longer reads the bytes (``KeeperSink`` on rank 0: the
-commit, which waits for every rank's pieces) splits it into ``store`` and ``finish``; the buffer is
-free again between the two, so with one buffer the next ``begin`` waits for this rank's pieces to be
-stored, not for the commit (on tiny the wait for rank 0's commit was 0.3-1.5 ms of a 2-3 ms stall).
-The next hand-off still starts only after ``finish``, in step order.
 
 Coalescing (``coalesce=True``, ``resilience.coalesce``): instead of making the trainer wait for a
 free buffer, ``begin`` skips the snapshot when any rank's previous one is still in flight, so the
@@ -74,10 +69,8 @@ INLINE_COPY_BYTES = 4 << 20
 
 #: Receives each completed snapshot: (version = step, the buffer's bytes, layout). It must be done
 #: with the bytes when it returns: the buffer is reused by a later snapshot. A sink may also offer
-#: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory),
-#: ``close()`` (called once the engine has finished), and its call in two parts, ``store(version,
-#: data, layout)`` (done with the bytes when it returns) then ``finish(version)`` (without them), the
-#: buffer being freed in between (see the module docstring).
+#: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory) and
+#: ``close()`` (called once the engine has finished).
 Sink = Callable[[int, memoryview, SnapshotLayout], None]
 
 
@@ -318,27 +311,19 @@ class SnapshotEngine:
         self.stats.copy_seconds += time.perf_counter() - queued_at
 
     def _hand_off(self, version: int, slot: int, copying: Future) -> Snapshot:
-        freed = False
         try:
             copying.result()
             t0 = time.perf_counter()
             data = memoryview(self._buffers[slot].numpy())
             snapshot = Snapshot(version, data, self.layout, checksum(data) if self.whole_checksum else "")
-            finish = getattr(self.sink, "finish", None)
-            if finish is not None:
-                self.sink.store(version, data, self.layout)
-                self._free.put(slot)  # the sink is done with the bytes: the next snapshot may copy
-                freed = True
-                finish(version)
-            elif self.sink is not None:
+            if self.sink is not None:
                 self.sink(version, data, self.layout)
             self.newest_done = version
             self.stats.handoff_seconds += time.perf_counter() - t0
             self.stats.completed += 1
             return snapshot
         finally:
-            if not freed:
-                self._free.put(slot)
+            self._free.put(slot)
 
     def _raise_background_failure(self) -> None:
         done = [f for f in self._in_flight if f.done()]

@@ -128,42 +128,6 @@ def test_begin_blocks_while_max_in_flight_snapshots_are_in_flight():
     assert engine.stats.completed == 3 and engine.in_flight == 0
 
 
-class StoreThenFinishSink:
-    """A sink in two parts, as ``KeeperSink`` on rank 0 (store the pieces, then commit); ``finish`` waits
-    for ``release``."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int]] = []
-        self.finishing, self.release = threading.Event(), threading.Event()
-
-    def __call__(self, version, data, layout) -> None:
-        raise AssertionError("a sink with store and finish is called in its two parts")
-
-    def store(self, version, data, layout) -> None:
-        self.calls.append(("store", version))
-
-    def finish(self, version) -> None:
-        self.calls.append(("finish", version))
-        self.finishing.set()
-        self.release.wait(30)
-
-
-def test_the_buffer_is_free_for_the_next_begin_while_the_sink_finishes_and_the_next_hand_off_waits_for_it():
-    state = make_state()
-    run_steps(state, 1)
-    sink = StoreThenFinishSink()
-    engine = SnapshotEngine(max_in_flight=1, sink=sink)
-    engine.begin(state)
-    sink.finishing.wait(30)
-    run_steps(state, 1)
-    engine.begin(state)  # one buffer, and finish(1) has not returned: begin does not wait for it
-    assert sink.calls == [("store", 1), ("finish", 1)] and engine.newest_done is None
-    sink.release.set()
-    engine.close()
-    assert sink.calls == [("store", 1), ("finish", 1), ("store", 2), ("finish", 2)]
-    assert engine.newest_done == 2 and engine.stats.completed == 2
-
-
 def test_coalescing_skips_a_due_snapshot_while_the_previous_is_in_flight_and_takes_the_next_once_it_is_done():
     state = make_state()
     run_steps(state, 1)
