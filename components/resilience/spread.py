@@ -18,8 +18,7 @@ on mini-sized payloads).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import numpy as np
 import ray
@@ -35,8 +34,6 @@ from components.resilience.piece import Piece, PieceId
 from components.resilience.remote import DATA_TIMEOUT_S, wait_for
 
 log = get_logger(__name__)
-
-T = TypeVar("T")
 
 
 class SnapshotSpreader:
@@ -65,12 +62,12 @@ class SnapshotSpreader:
         # id only (``store_snapshot_by_node``), and the Ray fallback and address lookups need handles.
         # Per generation: a restarted worker group may come with a replaced keeper (a new actor on
         # the same node), and the first hand-off of each generation brings its handles through Ray.
-        handles = self._lazy("_handles", dict)
+        handles = self.__dict__.setdefault("_handles", {})
         for old in [g for g in handles if g != generation]:
             del handles[old]
         handles.setdefault(generation, {}).update(dict(holders))
         key = (version, group, generation)
-        stash = self._lazy("_refused", dict)
+        stash = self.__dict__.setdefault("_refused", {})
         for other in [k for k in stash if k != key]:  # a hand-off that gave up, or an older generation's
             del stash[other]
         here = ray.get_runtime_context().get_node_id()
@@ -198,8 +195,8 @@ class SnapshotSpreader:
         """Send ``todo`` over the data plane: ``(outcomes, pieces to send as Ray calls instead)``."""
         if not todo:
             return [], []
-        links: KeeperLinks = self._lazy("_links", lambda: KeeperLinks(DATA_TIMEOUT_S))
-        book: AddressBook = self._lazy("_addresses", AddressBook)
+        links: KeeperLinks = self.__dict__.setdefault("_links", KeeperLinks(DATA_TIMEOUT_S))
+        book: AddressBook = self.__dict__.setdefault("_addresses", AddressBook())
         addresses = book.resolve(dict(h for _, h in todo), instead="sending its pieces through Ray")
         direct = [(p, h) for p, h in todo if h[0] in addresses]
         via_ray = [(p, h) for p, h in todo if h[0] not in addresses]
@@ -234,7 +231,7 @@ class SnapshotSpreader:
         self._shared_buffers().release(tokens)
 
     def _shared_buffers(self) -> SharedBufferReader:
-        return self._lazy("_shared", SharedBufferReader)
+        return self.__dict__.setdefault("_shared", SharedBufferReader())
 
     def memory_need(self, version: int) -> tuple[int, int, int]:
         """``(bytes of version held here, bytes its hand-offs here held in transit, budget bytes)``.
@@ -248,25 +245,13 @@ class SnapshotSpreader:
 
     def _note_transient(self, version: int, nbytes: int) -> None:
         with self._lock:
-            transient = self._lazy("_transient", dict)
+            transient = self.__dict__.setdefault("_transient", {})
             transient[version] = transient.get(version, 0) + nbytes
             for old in [v for v in transient if v < version - 1]:  # the current and previous versions suffice
                 del transient[old]
 
     def _codec(self, scheme: str, k: int, m: int) -> ErasureCodec:
-        cache = self._lazy("_codecs", dict)
+        cache = self.__dict__.setdefault("_codecs", {})
         if (scheme, k, m) not in cache:
             cache[(scheme, k, m)] = make_codec(scheme, k, m)
         return cache[(scheme, k, m)]
-
-    def _lazy(self, name: str, make: Callable[[], T]) -> T:
-        """The keeper attribute ``name`` this mixin adds, made by ``make`` at its first use.
-
-        Made only when missing (``__dict__.setdefault(name, make())`` built a new default, e.g. a
-        connection pool, at every call); stored with ``setdefault`` still, so two keeper threads that
-        both find it missing keep the same object.
-        """
-        value = self.__dict__.get(name)
-        if value is None:
-            value = self.__dict__.setdefault(name, make())
-        return value
