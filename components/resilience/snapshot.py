@@ -60,7 +60,7 @@ from components.common.errors import ConfigError
 from components.resilience.layout import DEFAULT_META_CAPACITY, PARAM, SnapshotLayout
 from components.resilience.ownership import snapshot_names
 from components.resilience.piece import checksum
-from components.resilience.state import capture_meta, copy_tensors, write_meta
+from components.resilience.state import MetaEncoder, copy_tensors, write_meta
 
 #: states up to this many bytes are copied on the trainer thread in ``begin`` (see the module
 #: docstring): 4 MiB is ~0.5 ms of memcpy, about what the copier thread's GIL hand-overs cost for
@@ -90,6 +90,8 @@ class SnapshotStats:
     setup_seconds: float = 0.0  # layout and buffer allocation, once, at the first begin()
     begin_seconds: float = 0.0  # trainer thread in begin(): meta capture, waiting for a free buffer, inline copy
     buffer_wait_seconds: float = 0.0  # the part of begin_seconds spent waiting for a free buffer
+    first_begin_seconds: float = 0.0  # the first begin (part of begin_seconds): its copy touches fresh pages
+    meta_seconds: float = 0.0  # the part of begin_seconds spent capturing and writing the meta (RNG, curve tail)
     fence_seconds: float = 0.0  # trainer thread waiting for a copy before the optimizer step
     copy_seconds: float = 0.0  # tensors into the buffer: copier thread, or trainer thread when inline
     inline_copies: int = 0  # snapshots copied on the trainer thread in begin() (small states)
@@ -120,6 +122,7 @@ class SnapshotEngine:
             raise ConfigError(f"resilience.max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight, self.sink = max_in_flight, sink
         self.curve_tail = curve_tail  # loss/LR curve points carried in each snapshot's meta
+        self._meta = MetaEncoder()  # encodes each curve point once, not at every snapshot it is in
         # A checksum of the whole buffer; off when the sink checksums pieces itself (one hash pass less).
         self.whole_checksum = whole_checksum
         # Skip a due snapshot while any rank's previous one is in flight, instead of waiting (see above).
@@ -164,7 +167,9 @@ class SnapshotEngine:
         t_wait = time.perf_counter()
         slot = self._free.get()  # blocks while max_in_flight snapshots are in flight
         self.stats.buffer_wait_seconds += time.perf_counter() - t_wait
-        write_meta(self._buffers[slot], self.layout, capture_meta(state, self.curve_tail))
+        t_meta = time.perf_counter()
+        write_meta(self._buffers[slot], self.layout, self._meta.capture(state, self.curve_tail))
+        self.stats.meta_seconds += time.perf_counter() - t_meta
         if self._stream is not None:
             copying = self._queue_gpu_copy(self._views[slot], tensors)
         elif self.layout.total_bytes <= self.inline_copy_bytes:
@@ -182,7 +187,10 @@ class SnapshotEngine:
         self._latest = self._handoff.submit(self._hand_off, state.step, slot, copying)
         self._in_flight.append(self._latest)
         self.stats.snapshots += 1
-        self.stats.begin_seconds += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self.stats.begin_seconds += elapsed
+        if self.stats.snapshots == 1:
+            self.stats.first_begin_seconds = elapsed
 
     def fence(self) -> None:
         """Return once no copy reads the live tensors any more: call right before ``optimizer.step()``."""
@@ -230,7 +238,6 @@ class SnapshotEngine:
         self.layout = SnapshotLayout.build(
             state.module, state.optimizer, owned, meta_capacity=capacity, world_size=state.world_size
         )
-        tensors = self.layout.live_tensors(state.module, state.optimizer)
         cuda = torch.cuda.is_available()
         # A sink may provide the buffers, in memory it can hand on without a copy (KeeperSink: shared
         # with the node's keeper, its frame header in front); otherwise pinned host memory, which
@@ -245,7 +252,7 @@ class SnapshotEngine:
         self._views = [self.layout.byte_views(b) for b in self._buffers]
         for slot in range(self.max_in_flight):
             self._free.put(slot)
-        if cuda and any(t.is_cuda for t in tensors):
+        if cuda and any(t.is_cuda for t in self._live_tensors(state)):
             self._stream = torch.cuda.Stream()
         self.stats.bytes_per_snapshot = self.layout.total_bytes
         if self.coalesce and state.world_size > 1:

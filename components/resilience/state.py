@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import struct
 import warnings
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from components.common.errors import RecoveryError
 from components.resilience.layout import META_HEADER, SnapshotLayout
-from components.training.checkpoint import capture_rng, restore_rng
+from components.training.checkpoint import restore_rng
 from components.training.parallel import is_sharded
 
 Buffer = torch.Tensor | memoryview | bytearray | bytes
@@ -53,20 +54,78 @@ def as_byte_tensor(buffer: Buffer) -> torch.Tensor:
 def capture_meta(state: Any, curve_tail: int = 0) -> bytes:
     """The non-tensor state of a ``TrainState`` at this instant, as JSON bytes (plus the newest
     ``curve_tail`` loss and LR curve points)."""
-    rng = capture_rng()
-    rng["torch"] = _b64(rng["torch"])
-    if "cuda" in rng:
-        rng["cuda"] = _b64(rng["cuda"])
-    meta = {
+    meta = _meta(state)
+    if curve_tail > 0:
+        meta["curve"] = {"loss": state.loss_curve[-curve_tail:], "lr": state.lr_curve[-curve_tail:]}
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+class MetaEncoder:
+    """:func:`capture_meta` for a caller that captures every step (the snapshot engine, on the trainer
+    thread): a curve point is encoded once, then its JSON is reused while it stays in the tail.
+
+    Measured in one process on the tiny test state with a curve tail of 51 steps (102 points), the
+    meta took ~360 us to capture when the Mersenne Twister states (624 integers each for Python and
+    NumPy) went as JSON lists and the whole tail was encoded each time; with those states as base64
+    of their bytes (:func:`rng_meta`) and each point encoded once, ~130-180 us. A point is reused only
+    while it is the same list with the same values, so a curve replaced on restore, or a point
+    changed in place, is encoded again.
+    """
+
+    def __init__(self) -> None:
+        self._points: dict[int, tuple[list, Any, Any, str]] = {}  # id(point) -> (point, step, value, JSON)
+
+    def capture(self, state: Any, curve_tail: int = 0) -> bytes:
+        """The bytes :func:`capture_meta` gives for the same state and ``curve_tail``."""
+        text = json.dumps(_meta(state), separators=(",", ":"))
+        if curve_tail > 0:
+            kept: dict[int, tuple[list, Any, Any, str]] = {}
+            loss = self._encoded(state.loss_curve[-curve_tail:], kept)
+            lr = self._encoded(state.lr_curve[-curve_tail:], kept)
+            self._points = kept  # only the current tail: the cache never grows past it
+            # the same bytes json.dumps gives for meta["curve"] = {"loss": [...], "lr": [...]}
+            text = f'{text[:-1]},"curve":{{"loss":[{",".join(loss)}],"lr":[{",".join(lr)}]}}}}'
+        return text.encode()
+
+    def _encoded(self, points: list, kept: dict) -> list[str]:
+        out = []
+        for point in points:
+            hit = self._points.get(id(point))
+            if hit is None or hit[0] is not point or hit[1] != point[0] or hit[2] != point[1]:
+                hit = (point, point[0], point[1], json.dumps(point, separators=(",", ":")))
+            kept[id(point)] = hit
+            out.append(hit[3])
+        return out
+
+
+def _meta(state: Any) -> dict:
+    return {
         "step": state.step,
         "data_position": state.step,  # batches are a pure function of (seed, step, rank)
         "scheduler": state.scheduler.state_dict(),
         "optimizer_groups": [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups],
-        "rng": rng,
+        "rng": rng_meta(),
     }
-    if curve_tail > 0:
-        meta["curve"] = {"loss": state.loss_curve[-curve_tail:], "lr": state.lr_curve[-curve_tail:]}
-    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def rng_meta() -> dict:
+    """This process's RNG streams for the meta: Python's and NumPy's Mersenne Twister keys and torch's
+    (and CUDA's) state as base64 of their bytes (little-endian uint32 words for the keys).
+
+    The same streams as :func:`~components.training.checkpoint.capture_rng`; :func:`restore_meta` also
+    reads the older form (the keys as lists of integers), so snapshots persisted before still restore.
+    """
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    key = np_state["state"]["key"]
+    rng = {
+        "python": [version, base64.b64encode(struct.pack(f"<{len(internal)}I", *internal)).decode(), gauss],
+        "numpy": {**np_state, "state": {**np_state["state"], "key": _b64_words(key)}},
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = _b64(torch.cuda.get_rng_state())
+    return rng
 
 
 def write_meta(buffer: torch.Tensor, layout: SnapshotLayout, meta: bytes) -> None:
@@ -92,10 +151,15 @@ def read_meta(buffer: torch.Tensor, layout: SnapshotLayout) -> dict:
 
 
 def copy_tensors(views: list[torch.Tensor], tensors: list[torch.Tensor], *, non_blocking: bool = False) -> None:
-    """Copy live ``tensors`` into their buffer ``views`` (both in layout order)."""
+    """Copy live ``tensors`` into their buffer ``views`` (both in layout order).
+
+    One ``_foreach_copy_`` call: the per-tensor loop runs in C++ (tiny's 80 tensors: 118 -> 76 us on
+    the trainer thread, measured in one process).
+    """
+    if len(views) != len(tensors):
+        raise ValueError(f"{len(views)} buffer views for {len(tensors)} tensors: the layout does not match the state")
     with torch.no_grad():
-        for view, tensor in zip(views, tensors, strict=True):
-            view.copy_(tensor, non_blocking=non_blocking)
+        torch._foreach_copy_(views, tensors, non_blocking=non_blocking)
 
 
 def pack_into(buffer: Buffer, layout: SnapshotLayout, state: Any) -> None:
@@ -146,7 +210,13 @@ def restore_meta(buffer: Buffer, layout: SnapshotLayout, state: Any, meta: dict 
     state.scheduler.load_state_dict(meta["scheduler"])
     rng = meta["rng"]
     version, internal, gauss = rng["python"]
+    if isinstance(internal, str):  # base64 of uint32 words (rng_meta); older snapshots: a list of integers
+        words = base64.b64decode(internal)
+        internal = struct.unpack(f"<{len(words) // 4}I", words)
     rng["python"] = (version, tuple(internal), gauss)
+    key = rng["numpy"]["state"]["key"]
+    if isinstance(key, str):
+        rng["numpy"]["state"]["key"] = np.frombuffer(base64.b64decode(key), dtype="<u4")
     rng["torch"] = _unb64(rng["torch"])
     if "cuda" in rng:
         rng["cuda"] = _unb64(rng["cuda"])
@@ -183,6 +253,10 @@ def _checked(buffer: Buffer, layout: SnapshotLayout) -> torch.Tensor:
 
 def _b64(state: torch.Tensor) -> str:
     return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _b64_words(words: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(words, dtype="<u4").tobytes()).decode()
 
 
 def _unb64(text: str) -> torch.Tensor:

@@ -173,9 +173,11 @@ def bench_loop(config: dict) -> None:
                 cross = _cross_node_bytes(cb)
                 extra |= {
                     "setup_ms": 1e3 * s.setup_seconds,
+                    "first_begin_ms": 1e3 * s.first_begin_seconds,
                     "begin_ms": 1e3 * s.begin_seconds / s.snapshots,
                     "fence_ms": 1e3 * s.fence_seconds / s.snapshots,
                     "buffer_wait_ms": 1e3 * s.buffer_wait_seconds / s.snapshots,
+                    "meta_ms": 1e3 * s.meta_seconds / s.snapshots,
                     "copy_ms": 1e3 * s.copy_seconds / max(s.completed, 1),
                     "inline_copies": s.inline_copies,
                     "bytes_per_rank": cb.engine.layout.total_bytes,

@@ -1,7 +1,9 @@
 """Packing a rank's training state into a flat buffer and restoring it into a live model."""
 
+import base64
 import json
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -10,7 +12,15 @@ import torch
 from components.common.errors import RecoveryError
 from components.resilience.layout import SnapshotLayout
 from components.resilience.ownership import parameter_sizes
-from components.resilience.state import pack_into, unpack_from
+from components.resilience.state import (
+    MetaEncoder,
+    capture_meta,
+    copy_tensors,
+    pack_into,
+    read_meta,
+    unpack_from,
+    write_meta,
+)
 from tests.unit.resilience.tiny_training import make_state, run_steps
 
 
@@ -118,3 +128,48 @@ def test_restoring_into_a_different_model_names_the_first_differing_tensor():
     with pytest.raises(RecoveryError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight\[param\] is float32\[256, 64\]"):
         unpack_from(buffer, layout, other)
     assert other.step == 0 and not other.optimizer.state  # refused before anything changed
+
+
+def _as_older_meta(buffer: torch.Tensor, layout: SnapshotLayout) -> None:
+    """Rewrite the meta in the form snapshots had before the RNG keys went as base64: lists of integers."""
+    meta = read_meta(buffer, layout)
+    rng = meta["rng"]
+    words = base64.b64decode(rng["python"][1])
+    rng["python"][1] = list(struct.unpack(f"<{len(words) // 4}I", words))
+    key = np.frombuffer(base64.b64decode(rng["numpy"]["state"]["key"]), dtype="<u4")
+    rng["numpy"]["state"]["key"] = key.tolist()
+    write_meta(buffer, layout, json.dumps(meta).encode())
+
+
+def test_a_snapshot_with_the_older_integer_list_rng_keys_restores_the_same_streams():
+    source = make_state(seed=0)
+    run_steps(source, 2)
+    buffer, layout = _packed(source)
+    expected = _draws()
+    _as_older_meta(buffer, layout)
+
+    target = make_state(seed=1)
+    random.seed(7), np.random.seed(7)
+    unpack_from(buffer, layout, target)
+    assert _draws() == expected
+
+
+def test_meta_encoder_gives_capture_meta_bytes_as_the_curve_moves_is_replaced_or_changed_in_place():
+    state = make_state()
+    run_steps(state, 3)
+    state.lr_curve = [[s, 1e-3 * s / 7] for s, _ in state.loss_curve]
+    encoder = MetaEncoder()
+    assert encoder.capture(state, 2) == capture_meta(state, 2)
+    run_steps(state, 1)  # a new point enters the tail, the oldest leaves it
+    state.lr_curve.append([state.step, 5e-4])
+    assert encoder.capture(state, 2) == capture_meta(state, 2)
+    state.loss_curve = [[s, v + 1.0] for s, v in state.loss_curve]  # replaced, as a restore merges curves
+    assert encoder.capture(state, 2) == capture_meta(state, 2)
+    state.loss_curve[-1][1] = 0.5  # changed in place
+    assert encoder.capture(state, 2) == capture_meta(state, 2)
+    assert json.loads(encoder.capture(state, 2))["curve"]["loss"][-1] == [state.step, 0.5]
+
+
+def test_copy_tensors_refuses_a_layout_with_another_number_of_tensors():
+    with pytest.raises(ValueError, match="1 buffer views for 2 tensors"):
+        copy_tensors([torch.zeros(2)], [torch.ones(2), torch.ones(2)])
