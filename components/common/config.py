@@ -951,6 +951,18 @@ def _validate(cfg: LifecycleConfig) -> None:
     need(cfg.align.lora_r >= 0, "align.lora_r", f"must be >= 0 (0 = full fine-tune), got {cfg.align.lora_r}")
     need(cfg.align.num_workers >= 1, "align.num_workers", f"must be >= 1, got {cfg.align.num_workers}")
     need(
+        cfg.align.batch_size % cfg.align.num_workers == 0,
+        "align.batch_size",
+        f"the global batch {cfg.align.batch_size} must split evenly across align.num_workers={cfg.align.num_workers}; "
+        "set align.batch_size to a multiple of align.num_workers",
+    )
+    need(
+        not (cfg.align.use_gpu and cfg.align.num_workers >= 2 and cfg.align.lora_r),
+        "align.lora_r",
+        "LoRA is merged into the base weights before saving, which FSDP-sharded SFT (align.use_gpu with "
+        "align.num_workers >= 2) cannot do; set align.lora_r=0 or align.num_workers=1",
+    )
+    need(
         cfg.align.arithmetic_steps >= 0,
         "align.arithmetic_steps",
         f"must be >= 0 (0 = none), got {cfg.align.arithmetic_steps}",
@@ -976,18 +988,6 @@ def _validate(cfg: LifecycleConfig) -> None:
             "the arithmetic phase runs only after a full fine-tune without FSDP; set align.arithmetic_steps=0, or "
             "align.lora_r=0 and align.use_gpu=false",
         )
-    need(
-        cfg.align.batch_size % cfg.align.num_workers == 0,
-        "align.batch_size",
-        f"the global batch {cfg.align.batch_size} must split evenly across align.num_workers={cfg.align.num_workers}; "
-        "set align.batch_size to a multiple of align.num_workers",
-    )
-    need(
-        not (cfg.align.use_gpu and cfg.align.num_workers >= 2 and cfg.align.lora_r),
-        "align.lora_r",
-        "LoRA is merged into the base weights before saving, which FSDP-sharded SFT (align.use_gpu with "
-        "align.num_workers >= 2) cannot do; set align.lora_r=0 or align.num_workers=1",
-    )
     need(
         cfg.align.judge in JUDGES,
         "align.judge",

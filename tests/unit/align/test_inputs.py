@@ -59,7 +59,7 @@ def test_inputs_are_logged_to_mlflow_with_name_and_digest(make_config, tmp_path)
 
     source = tmp_path / "sft.jsonl"
     source.write_text('{"question": "a", "answer": "b"}\n')
-    cfg = make_config(f"align.source={source}")
+    cfg = make_config(f"align.source={source}", "align.arithmetic_steps=0")
     lineage.setup(cfg)
     read = inputs.sft_inputs(cfg)
     with mlflow.start_run() as run:
