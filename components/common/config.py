@@ -551,7 +551,8 @@ class AlignConfig:
         "addition (the ~75 problems components/common/arithmetic.py puts there; their held-out side is the "
         "lmforge_arithmetic_1digit task, never trained on); 0 = none. A phase of its own because mixed into "
         "align.source's pairs the problems are not learned (tiny, 150 packed steps: held-out exact match 0.08, as "
-        "before). Needs align.lora_r=0 and no FSDP (align.use_gpu with align.num_workers >= 2).",
+        "before). Its price on tiny: the language is unlearned (pretraining-corpus perplexity 1.1e5 after 300 steps), so "
+        "no profile turns it on yet. Needs align.lora_r=0 and no FSDP (align.use_gpu with align.num_workers >= 2).",
     )
     arithmetic_batch_size: int = knob(32, "SFT arithmetic phase: problems per step (global, like align.batch_size).")
     arithmetic_lr: float = knob(3e-3, "SFT arithmetic phase: peak learning rate (cosine decay, align.warmup_steps).")

@@ -17,7 +17,11 @@ recipe was found (measured on 2026-12-03, answer-only loss, chat template, held-
 - the recipe through trl (batch 32, lr 3e-3, weight decay 3.0; ~10-15 s of CPU for 300 steps): after
   300 steps 0.68-0.88 on a trained tiny model (this file's base) and 0.88-0.92 on the tiny lifecycle's
   GSM8K-aligned model, each in 4 of 4 data orders; after 200 steps 0.52-0.64 on the aligned model but
-  0.08-0.28 on the trained tiny model (2 of 4 orders MISS), hence 300 in the tiny profile.
+  0.08-0.28 on the trained tiny model (2 of 4 orders MISS), hence 300;
+- its price: in a tiny lifecycle (tests/integration, shortened steps) with the phase on, 0.72 on the
+  task but held-out perplexity of the pretraining corpus 1.1e5 (uniform: 2,048) and word-order acc
+  0.53 (chance): arithmetic alone under weight decay 3.0 unlearns the language, so the tiny profile
+  leaves the phase off until a recipe keeps it (e.g. text replay in the phase).
 
 Per data order (``run.seed``) it prints the held-out exact match through the lm-eval task with its
 standard error beside the untrained model's, and PASS when the difference exceeds 1.96 combined
@@ -37,6 +41,7 @@ from components.evaluate.harness import run_tasks
 
 TASK = "lmforge_arithmetic_1digit"
 KEY = f"{TASK}/exact_match_first-integer"
+STEPS = 300
 
 
 def held_out_score(model_dir) -> tuple[float, float]:
@@ -52,7 +57,7 @@ def arithmetic_phase_model(base, out, seed: int):
     from components.align.sft import arithmetic_phase
     from components.common.config import load_config
 
-    cfg = load_config("tiny", [f"run.home={out / 'home'}", f"run.seed={seed}"])
+    cfg = load_config("tiny", [f"run.home={out / 'home'}", f"run.seed={seed}", f"align.arithmetic_steps={STEPS}"])
     tok = load_tokenizer(base)
     install_chat_template(tok)
     torch.manual_seed(seed)

@@ -30,16 +30,15 @@ def test_task_separates_a_trained_tiny_model_from_an_untrained_one(task, trained
 def test_single_digit_addition_separates_after_the_align_arithmetic_phase(
     trained_tiny_model, tiny_model, make_config, tmp_path
 ):
-    """The tiny profile's SFT arithmetic phase (align.arithmetic_steps, its other knobs at their
-    defaults) on the trained tiny model: lmforge_arithmetic_1digit, all 25 held-out problems."""
+    """The SFT arithmetic phase (300 steps, its other knobs at their defaults) on the trained tiny
+    model: lmforge_arithmetic_1digit, all 25 held-out problems."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from components.align.chat import install_chat_template
     from components.align.sft import arithmetic_phase
 
-    cfg = make_config()
-    assert cfg.align.arithmetic_steps > 0
+    cfg = make_config("align.arithmetic_steps=300")
     tok = load_tokenizer(trained_tiny_model)
     install_chat_template(tok)
     torch.manual_seed(cfg.run.seed)
