@@ -43,6 +43,10 @@ SFT_KEYS = (
     "packing",
     "lora_r",
     "lora_alpha",
+    "arithmetic_steps",
+    "arithmetic_batch_size",
+    "arithmetic_lr",
+    "arithmetic_weight_decay",
     "num_workers",
     "use_gpu",
 )
@@ -87,8 +91,23 @@ def arithmetic_input(cfg: LifecycleConfig) -> DataInput:
     return DataInput("arithmetic", arithmetic.__file__, digest)
 
 
+def sft_arithmetic_input() -> DataInput:
+    """The generated problems of the SFT arithmetic phase (``align.arithmetic_steps``): every
+    training-side single-digit addition, fixed by the generator alone (no seed, no count)."""
+    spec = {
+        "generator": ARITHMETIC_VERSION,
+        "listing": "every_problem",
+        "split": "train",
+        "digits": [1, 1],
+        "operators": "+",
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return DataInput("arithmetic_sft", arithmetic.__file__, digest)
+
+
 def sft_inputs(cfg: LifecycleConfig, store=None) -> list[DataInput]:
-    return [file_input("sft", cfg.align.source, store)]
+    read = [file_input("sft", cfg.align.source, store)]
+    return [*read, sft_arithmetic_input()] if cfg.align.arithmetic_steps else read
 
 
 def preference_inputs(cfg: LifecycleConfig, store=None) -> list[DataInput]:
@@ -123,7 +142,7 @@ def log_inputs(inputs: list[DataInput], store=None) -> None:
     from components.common import lineage
 
     for i in inputs:
-        if i.name == "arithmetic":
+        if i.source == arithmetic.__file__:
             source = Path(i.source).resolve().as_uri()
             lineage.log_input(
                 name=f"generated/{i.name}", digest=i.digest, source_uri=source, context=lineage.RAW_CONTEXT

@@ -77,8 +77,13 @@ def to_dataset(pairs: list[SftPair]):
     )
 
 
-def common_args(config_cls, work_dir: Path, *, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+def common_args(
+    config_cls, work_dir: Path, *, steps: int, batch_size: int, lr: float, seed: int, weight_decay: float = 0.0
+) -> dict:
     """``TrainingArguments`` fields every align trainer (SFT, reward model, DPO) shares.
+
+    ``weight_decay`` is 0 unless a caller asks: on a short fine-tune decay would only shrink the
+    pretrained weights toward zero (the SFT arithmetic phase asks, :func:`build_trainer`).
 
     trl turns activation checkpointing on by default; transformers 5 renamed the field from
     gradient_checkpointing, and the old name still works there but warns.
@@ -95,7 +100,7 @@ def common_args(config_cls, work_dir: Path, *, steps: int, batch_size: int, lr: 
         "per_device_eval_batch_size": batch_size,
         "learning_rate": lr,
         "lr_scheduler_type": "cosine",
-        "weight_decay": 0.0,  # a short fine-tune: decay would only shrink the pretrained weights toward zero
+        "weight_decay": weight_decay,
         "max_grad_norm": 1.0,
         "seed": seed,
         "data_seed": seed,
@@ -126,8 +131,13 @@ def build_trainer(
     work_dir: Path,
     *,
     fsdp: bool = False,
+    arithmetic_phase: bool = False,
 ):
     """An ``SFTTrainer`` over ``train`` that evaluates on ``heldout``; returns ``(trainer, loss_curve)``.
+
+    With ``arithmetic_phase`` the schedule is the SFT arithmetic phase's (``align.arithmetic_steps``,
+    ``align.arithmetic_batch_size``, ``align.arithmetic_lr``, ``align.arithmetic_weight_decay``)
+    instead of ``align.steps``, ``align.batch_size``, ``align.lr`` and no weight decay.
 
     ``tokenizer`` must already carry the chat template (:func:`components.align.chat.install_chat_template`).
     ``align.batch_size`` is per process here. Inside a Ray Train worker the HF ``Trainer`` finds the
@@ -142,8 +152,17 @@ def build_trainer(
     datasets.disable_progress_bars()
     a = cfg.align
     chat = any(p.is_chat for p in [*train, *heldout])
+    if arithmetic_phase:
+        schedule = dict(
+            steps=a.arithmetic_steps,
+            batch_size=a.arithmetic_batch_size,
+            lr=a.arithmetic_lr,
+            weight_decay=a.arithmetic_weight_decay,
+        )
+    else:
+        schedule = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr)
     args = SFTConfig(
-        **common_args(SFTConfig, work_dir, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=cfg.run.seed),
+        **common_args(SFTConfig, work_dir, seed=cfg.run.seed, **schedule),
         warmup_steps=a.warmup_steps,
         max_length=a.max_len,
         # Loss on answers only: prompt-completion data masks the prompt; chat data masks every
@@ -163,7 +182,7 @@ def build_trainer(
         peft_config = LoraConfig(
             r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         )
-    curve = LossCurve(a.log_every, a.steps)
+    curve = LossCurve(a.log_every, schedule["steps"], "sft arithmetic" if arithmetic_phase else "sft")
     if chat:
         train, heldout = [_as_chat(p) for p in train], [_as_chat(p) for p in heldout]
     trainer = SFTTrainer(

@@ -547,6 +547,23 @@ class AlignConfig:
         0, "SFT: 0 = full fine-tune; > 0 = LoRA of this rank on every linear layer (peft), merged before saving."
     )
     lora_alpha: int = knob(16, "SFT: LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
+    arithmetic_steps: int = knob(
+        0,
+        "SFT: after the fine-tune on align.source, this many steps more on the training side of single-digit "
+        "addition (the ~75 problems components/common/arithmetic.py puts there; their held-out side is the "
+        "lmforge_arithmetic_1digit task, never trained on); 0 = none. A phase of its own because mixed into "
+        "align.source's pairs the problems are not learned (tiny, 150 packed steps: held-out exact match 0.08, as "
+        "before). Its price on tiny: the language is unlearned (pretraining-corpus perplexity 1.1e5 after 300 steps), so "
+        "no profile turns it on yet. Needs align.lora_r=0 and no FSDP (align.use_gpu with align.num_workers >= 2).",
+    )
+    arithmetic_batch_size: int = knob(32, "SFT arithmetic phase: problems per step (global, like align.batch_size).")
+    arithmetic_lr: float = knob(3e-3, "SFT arithmetic phase: peak learning rate (cosine decay, align.warmup_steps).")
+    arithmetic_weight_decay: float = knob(
+        3.0,
+        "SFT arithmetic phase: AdamW weight decay, the lever of memorise-then-generalise (grokking) on a small "
+        "table. On tiny, 300 steps of 32 reached held-out exact match 0.68-0.92 in each of 4 data orders with 3.0 "
+        "(0.20-0.80 without decay; tests/benchmarks/test_arithmetic_learning.py).",
+    )
     num_workers: int = knob(
         1,
         "SFT: 1 = train in the step's own process; >= 2 = a Ray Train job of that many workers on "
@@ -957,6 +974,32 @@ def _validate(cfg: LifecycleConfig) -> None:
         "LoRA is merged into the base weights before saving, which FSDP-sharded SFT (align.use_gpu with "
         "align.num_workers >= 2) cannot do; set align.lora_r=0 or align.num_workers=1",
     )
+    need(
+        cfg.align.arithmetic_steps >= 0,
+        "align.arithmetic_steps",
+        f"must be >= 0 (0 = none), got {cfg.align.arithmetic_steps}",
+    )
+    if cfg.align.arithmetic_steps:
+        need(cfg.align.arithmetic_lr > 0, "align.arithmetic_lr", f"must be > 0, got {cfg.align.arithmetic_lr}")
+        need(
+            cfg.align.arithmetic_weight_decay >= 0,
+            "align.arithmetic_weight_decay",
+            f"must be >= 0, got {cfg.align.arithmetic_weight_decay}",
+        )
+        need(
+            cfg.align.arithmetic_batch_size >= 1 and cfg.align.arithmetic_batch_size % cfg.align.num_workers == 0,
+            "align.arithmetic_batch_size",
+            f"must be >= 1 and split evenly across align.num_workers={cfg.align.num_workers}, "
+            f"got {cfg.align.arithmetic_batch_size}",
+        )
+        # The phase fine-tunes the plain model the first phase leaves: a LoRA-wrapped or FSDP-sharded one
+        # would need its own path (not built: no profile asks for it).
+        need(
+            not cfg.align.lora_r and not (cfg.align.use_gpu and cfg.align.num_workers >= 2),
+            "align.arithmetic_steps",
+            "the arithmetic phase runs only after a full fine-tune without FSDP; set align.arithmetic_steps=0, or "
+            "align.lora_r=0 and align.use_gpu=false",
+        )
     need(
         cfg.align.judge in JUDGES,
         "align.judge",

@@ -59,7 +59,7 @@ def test_inputs_are_logged_to_mlflow_with_name_and_digest(make_config, tmp_path)
 
     source = tmp_path / "sft.jsonl"
     source.write_text('{"question": "a", "answer": "b"}\n')
-    cfg = make_config(f"align.source={source}")
+    cfg = make_config(f"align.source={source}", "align.arithmetic_steps=0")
     lineage.setup(cfg)
     read = inputs.sft_inputs(cfg)
     with mlflow.start_run() as run:
@@ -70,3 +70,9 @@ def test_inputs_are_logged_to_mlflow_with_name_and_digest(make_config, tmp_path)
     assert {t.key: t.value for t in logged[0].tags}[lineage.TAG_FULL_DIGEST] == digest
     assert {t.key: t.value for t in logged[0].tags}["mlflow.data.context"] == lineage.RAW_CONTEXT
     assert str(source) in logged[0].dataset.source
+
+
+def test_sft_reads_the_generated_single_digit_additions_only_with_the_arithmetic_phase(make_config):
+    assert [i.name for i in inputs.sft_inputs(make_config("align.arithmetic_steps=0"))] == ["sft"]
+    assert [i.name for i in inputs.sft_inputs(make_config("align.arithmetic_steps=5"))] == ["sft", "arithmetic_sft"]
+    assert inputs.sft_config(make_config("align.arithmetic_weight_decay=1.0")) != inputs.sft_config(make_config())

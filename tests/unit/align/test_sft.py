@@ -45,6 +45,7 @@ def sft_config(root, source, *extra: str):
             "align.batch_size=8",
             "align.max_len=96",
             "align.lr=3e-3",
+            "align.arithmetic_steps=0",  # the tiny profile's arithmetic phase has a test of its own
             *extra,
         ],
     )
@@ -139,3 +140,11 @@ def test_two_ray_train_workers_lower_heldout_answer_loss_as_one_process_does(sft
     assert drop_two == pytest.approx(drop_one, rel=0.15)
     assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
     assert len((out / "sft_data" / "heldout.jsonl").read_text().splitlines()) == one["sft_heldout_examples"]
+
+
+def test_arithmetic_phase_follows_the_fine_tune_and_continues_its_loss_curve(sft_source, tiny_model, tmp_path):
+    cfg = sft_config(tmp_path, sft_source, "align.steps=4", "align.warmup_steps=1", "align.arithmetic_steps=3")
+    result = align(cfg, model_dir=tiny_model, out_dir=tmp_path / "out")
+    assert result["metrics"]["steps"] == 7
+    assert [step for step, _ in result["loss_curve"]] == list(range(1, 8))
+    assert (tmp_path / "out" / "model" / "config.json").exists()

@@ -93,7 +93,9 @@ def test_lora_sft_saves_a_plain_model_with_the_adapters_merged(make_config, tiny
 
     from components.align.trainer import trained_model
 
-    cfg = make_config("align.lora_r=4", "align.steps=3", "align.warmup_steps=0", "align.lr=1e-2")
+    cfg = make_config(
+        "align.lora_r=4", "align.arithmetic_steps=0", "align.steps=3", "align.warmup_steps=0", "align.lr=1e-2"
+    )
     pairs, _ = read_pairs(cfg.align.source, "question", "answer", max_pairs=8)
     tok = load_tokenizer(tiny_model)
     install_chat_template(tok)

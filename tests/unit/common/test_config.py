@@ -253,3 +253,8 @@ def test_evaluation_may_not_score_preference_pairs_alignment_trains_on():
         ConfigError, match=r"evaluate\.preference_heldout_fraction: must be in \(0, align\.pref_heldout"
     ):
         load_config("tiny", ["align.pref_heldout_fraction=0.1", "evaluate.preference_heldout_fraction=0.2"])
+
+
+def test_arithmetic_phase_after_lora_is_refused_naming_the_key_and_the_fix():
+    with pytest.raises(ConfigError, match=r"align.arithmetic_steps: .*align.lora_r=0"):
+        load_config("tiny", ["align.arithmetic_steps=10", "align.lora_r=4"])
