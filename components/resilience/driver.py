@@ -160,8 +160,7 @@ def resilience_callbacks(
     return tuple(callbacks)
 
 
-#: seconds between the driver's looks for nodes that joined during the fit, when it cannot subscribe to the
-#: GCS's node changes (a fallback: each look reads the whole node table)
+#: seconds between the driver's looks for nodes that joined during the fit (each look reads the node table)
 WATCH_NODES_EVERY_S = 5.0
 
 
@@ -176,12 +175,13 @@ class KeeperFollower:
     for the node and its new worker's start, and the plan finds it running. ``start_keepers`` still
     starts whatever is missing, so a keeper this misses (a look that failed) costs only the wait.
 
-    It learns of joins from the GCS's node channel (what Ray's dashboard subscribes to): the GCS pushes one
-    record per node whose state changed, so a steady cluster costs nothing, where polling ``ray.nodes()``
-    every second would fetch the whole node table (every alive node and up to 1,000 dead ones, with their
-    resources and labels) each second of the fit: megabytes a second at a thousand nodes. Should the
-    subscription fail (a Ray whose private subscriber moved), it falls back to a look every
-    :data:`WATCH_NODES_EVERY_S`, which a joining pod's own start (tens of seconds on Kubernetes) dwarfs.
+    It looks for joins every :data:`WATCH_NODES_EVERY_S` (a joining pod's own start, tens of seconds on
+    Kubernetes, dwarfs the interval; the old 1 s look fetched the whole node table every second). Not
+    through the GCS's node channel (Ray's private ``GcsAioNodeInfoSubscriber``, what the dashboard
+    follows), although that costs nothing on a steady cluster: its long poll keeps a Python gRPC call in
+    flight in a driver thread at all times, and a process that forks meanwhile skips gRPC's fork handlers:
+    tried, the full test suite's ``Cluster.add_node`` from the driver then forked a child that crashed
+    (SIGSEGV) and the node never joined. A driver (a KFP step) may start subprocesses at any time.
 
     Every alive node gets a keeper, as ``start_keepers`` does, also one added by an autoscaler with no
     restart to follow; the keepers are released with the others when the fit ends.
@@ -191,50 +191,14 @@ class KeeperFollower:
         self.run_name, self.cfg, self.known = run_name, cfg, set(known)
         self.started: list[str] = []  # nodes this gave a keeper, oldest first
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # guards known/started (the subscriber's loop and look()) and _wake
-        self._wake = None  # stops the subscription's poll: set once it is subscribed
-        self.subscribed = False  # following the GCS's node channel (else looking every WATCH_NODES_EVERY_S)
+        self._lock = threading.Lock()  # guards known/started (the watch thread's look() and a caller's)
         self._warned = False
         self._thread = threading.Thread(target=self._watch, name="lmforge-keeper-follower", daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        import asyncio
-
-        try:
-            asyncio.run(self._follow())
-        except Exception as e:  # any failure of the private subscriber: poll instead
-            if not self._stop.is_set():
-                log.warning(
-                    "no subscription to the cluster's node changes (%s): looking every %.0f s", e, WATCH_NODES_EVERY_S
-                )
         while not self._stop.wait(WATCH_NODES_EVERY_S):
             self.look()
-
-    async def _follow(self) -> None:
-        """Start keepers on the nodes the GCS reports alive until :meth:`close`."""
-        import asyncio
-
-        import ray
-        from ray._private.gcs_pubsub import GcsAioNodeInfoSubscriber
-        from ray.core.generated.gcs_pb2 import GcsNodeInfo
-
-        subscriber = GcsAioNodeInfoSubscriber(address=ray.get_runtime_context().gcs_address)
-        await subscriber.subscribe()
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._stop.is_set():
-                return
-            self._wake = lambda: asyncio.run_coroutine_threadsafe(subscriber.close(), loop)
-            self.subscribed = True
-        self.look()  # once, after subscribing: a node that joined since the driver listed them is not missed
-        while not self._stop.is_set():
-            changes = await subscriber.poll(batch_size=1000)
-            if not changes and not self._stop.is_set():
-                await asyncio.sleep(1.0)  # the GCS was unreachable (the poll returns at once): retry calmly
-            for _, info in changes:
-                if info.state == GcsNodeInfo.ALIVE:
-                    self._start(info.node_id.hex())
 
     def look(self) -> None:
         """Start a keeper on each alive node not seen before (never raises: the plan starts what is missing)."""
@@ -272,10 +236,6 @@ class KeeperFollower:
         """Stop following (before the keepers are released, so none is started after)."""
         with self._lock:
             self._stop.set()
-            wake, self._wake = self._wake, None
-        if wake is not None:
-            with contextlib.suppress(RuntimeError):  # the subscriber's loop has ended already
-                wake()
         self._thread.join()
 
 
