@@ -98,8 +98,7 @@ def sft_arithmetic_input() -> DataInput:
         "generator": ARITHMETIC_VERSION,
         "listing": "every_problem",
         "split": "train",
-        "digits": [1, 1],
-        "operators": "+",
+        **arithmetic.SINGLE_DIGIT_ADDITION,
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return DataInput("arithmetic_sft", arithmetic.__file__, digest)

@@ -25,7 +25,7 @@ from typing import Any
 from components.align.chat import install_chat_template, prompt_messages, stop_token_ids
 from components.align.data import SftPair, read_pairs, split_heldout, write_quarantine
 from components.align.trainer import build_trainer, trained_model
-from components.common.arithmetic import every_problem
+from components.common.arithmetic import SINGLE_DIGIT_ADDITION, every_problem
 from components.common.config import LifecycleConfig
 from components.common.errors import DataError, LmforgeError
 from components.common.log import get_logger
@@ -193,7 +193,7 @@ def arithmetic_phase(cfg: LifecycleConfig, model, tokenizer, heldout: list[SftPa
     tiny, mixed into the GSM8K pairs the ~75 problems were not learned, and without decay they were
     learned late and only for some data orders (tests/benchmarks/test_arithmetic_learning.py).
     """
-    problems = every_problem(split="train", digits=(1, 1), operators="+")
+    problems = every_problem(split="train", **SINGLE_DIGIT_ADDITION)
     pairs = [SftPair(p.prompt, p.answer, "generated:arithmetic", i) for i, p in enumerate(problems, start=1)]
     trainer, curve = build_trainer(cfg, model, tokenizer, pairs, heldout or pairs[:2], work_dir, arithmetic_phase=True)
     trainer.train()

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from components.common.splits import is_heldout
 
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+#: single-digit addition, the space :func:`every_problem` lists for the task tiny can learn: the
+#: lmforge_arithmetic_1digit task scores its held-out side, the SFT arithmetic phase
+#: (``align.arithmetic_steps``) trains on its training side; one definition keeps the two sides of one space
+SINGLE_DIGIT_ADDITION = {"digits": (1, 1), "operators": "+"}
 _FINAL = re.compile(r"####\s*(-?[\d,]+(?:\.\d+)?)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 

@@ -170,11 +170,11 @@ def arithmetic_examples(n: int) -> list[dict]:
 
 
 def arithmetic_1digit_examples() -> list[dict]:
-    from components.common.arithmetic import every_problem
+    from components.common.arithmetic import SINGLE_DIGIT_ADDITION, every_problem
 
     return [
         {"id": f"arithmetic-1digit-{i:04d}", "question": p.prompt, "answer": p.answer}
-        for i, p in enumerate(every_problem(split="heldout", digits=(1, 1), operators="+"))
+        for i, p in enumerate(every_problem(split="heldout", **SINGLE_DIGIT_ADDITION))
     ]
 
 
