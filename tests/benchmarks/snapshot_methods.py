@@ -164,7 +164,8 @@ def bench_loop(config: dict) -> None:
                 lag = callbacks[1].lags
                 callbacks[0].engine.wait()  # the last snapshot's background work belongs to these steps
                 dist.barrier()
-            cpu = _cluster_cpu_seconds(config["driver_pid"]) - cpu0
+            cpu1 = _cluster_cpu_seconds(config["driver_pid"])
+            cpu = {kind: seconds - cpu0.get(kind, 0.0) for kind, seconds in cpu1.items()}
             saves, stall = _stall(callbacks)
             extra = _keeper_memory(callbacks, world) if memory else {}
             if memory:  # where the stall goes: set-up, begin (meta, a free buffer), fence
@@ -206,7 +207,8 @@ def bench_loop(config: dict) -> None:
                 "steps_per_second": config["steps"] / elapsed,
                 "saves": saves,
                 "stall_ms": 1e3 * stall / saves if saves else 0.0,
-                "cpu_seconds": cpu,
+                "cpu_seconds": cpu["total"],
+                "cpu_seconds_by_kind": {kind: seconds for kind, seconds in cpu.items() if kind != "total"},
                 "scheme": f"{cfg.resilience.scheme} k={cfg.resilience.k} m={cfg.resilience.m}" if cfg else "",
                 **extra,
             }
@@ -224,20 +226,33 @@ def _stall(callbacks: list[Callback]) -> tuple[int, float]:
     return 0, 0.0
 
 
-def _cluster_cpu_seconds(driver_pid: int) -> float:
-    """User + system CPU seconds of the benchmark driver's process tree: the Ray cluster it started
-    (GCS, raylets, trainers, keepers). Processes that exit meanwhile drop out: none does mid-run."""
+def _cluster_cpu_seconds(driver_pid: int) -> dict[str, float]:
+    """User + system CPU seconds of the benchmark driver's process tree (the Ray cluster it started: GCS,
+    raylets, trainers, keepers), by process kind (:func:`_kind`) and in all (``"total"``). Processes that
+    exit meanwhile drop out: none does mid-run."""
     import psutil
 
-    total = 0.0
+    totals: dict[str, float] = {"total": 0.0}
     root = psutil.Process(driver_pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            t = proc.cpu_times()
+            t, kind = proc.cpu_times(), _kind(proc)
         except psutil.NoSuchProcess:
             continue
-        total += t.user + t.system
-    return total
+        totals[kind] = totals.get(kind, 0.0) + t.user + t.system
+        totals["total"] += t.user + t.system
+    return totals
+
+
+def _kind(proc: Any) -> str:
+    """What a cluster process is: a Ray actor's class from its title (``ray::NodeKeeper.put``), a Ray
+    daemon by its executable (raylet, gcs_server), otherwise ``other`` (driver, dashboard, agents)."""
+    args = proc.cmdline()
+    head = args[0] if args else proc.name()
+    if head.startswith("ray::"):
+        return head[5:].split(".")[0].split(" ")[0] or "ray-worker"
+    name = Path(head).name
+    return name if name in ("raylet", "gcs_server") else "other"
 
 
 def _cross_node_bytes(cb: Any) -> int:

@@ -58,6 +58,15 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def cpu_split(run: dict, results: list[dict], snapshots: int) -> str:
+    """``run``'s background CPU per snapshot by process kind (keepers, trainers, raylets...), each minus the
+    same kind's CPU in the runs without saving: where the snapshot's cost lands."""
+    base = [r["cpu_seconds_by_kind"] for r in results if r["method"] == "none"]
+    kinds = sorted(set(run["cpu_seconds_by_kind"]).union(*base))
+    extra = {k: run["cpu_seconds_by_kind"].get(k, 0.0) - sum(b.get(k, 0.0) for b in base) / len(base) for k in kinds}
+    return ", ".join(f"{k} {1e3 * v / snapshots:+.2f}" for k, v in sorted(extra.items(), key=lambda kv: -kv[1]))
+
+
 def memcpy_gbps(nbytes: int) -> float:
     """np.copyto into a preallocated buffer, best of 5, in this process (the per-byte yardstick)."""
     src, dst = np.ones(nbytes, dtype=np.uint8), np.empty(nbytes, dtype=np.uint8)
@@ -185,6 +194,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
     CPU_PER_SNAPSHOT[preset] = (first["bytes_per_rank"], cpu)
     print(f"[bench]   background CPU per snapshot per rank (every step, cluster-wide minus no saving): "
           f"{1e3 * cpu:.1f} ms for {first['bytes_per_rank'] / 1e6:.1f} MB")  # fmt: skip
+    print(f"[bench]     by process kind (ms): {cpu_split(first, results, 2 * first['saves'])}")
     if len(CPU_PER_SNAPSHOT) == 2:
         (b0, c0), (b1, c1) = sorted(CPU_PER_SNAPSHOT.values())
         per_byte = (c1 - c0) / (b1 - b0)
