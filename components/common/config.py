@@ -749,10 +749,12 @@ class ResilienceConfig:
     )
     faults: list = knob(
         [],
-        "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R]', fired once "
+        "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R][,after_s=T]', fired once "
         "per run; kinds: worker_crash[,rank=R], worker_hang[,rank=R], node_loss[,node=N], keeper_crash[,node=N] "
         "(node=N: the node running rank N), commit_cut, corrupt_piece. E.g. "
-        "'worker_crash@step=40,rank=1;node_loss@step=60,node=2;commit_cut@step=30' (';' separates faults).",
+        "'worker_crash@step=40,rank=1;node_loss@step=60,node=2;commit_cut@step=30' (';' separates faults). "
+        "',after_s=T' on any of them: strike at the first step >= S once the worker group has trained T seconds "
+        "(a fault that comes when the spares are warm; the step then depends on the run's speed).",
         versioned=False,
     )
     hang_factor: float = knob(
