@@ -842,6 +842,15 @@ class ClusterConfig:
         "spares.py); they hold snapshot pieces like any training node. Each costs a whole pod (its GPUs too).",
         versioned=False,
     )
+    node_health_check_ms: int = knob(
+        1000,
+        "How often the GCS checks that each Ray node is alive, and how long one check may take, in ms; a node is "
+        "declared dead after 3 failed checks (RAY_health_check_* on the RayJob's head). Ray's defaults (every "
+        "3000 ms, a check may take 10000 ms, 5 failures) notice a lost node after 15-50 s, when the survivors' "
+        "collectives do not fail first (a machine gone without closing its connections): longer than the whole "
+        "in-memory recovery. 0 keeps Ray's defaults.",
+        versioned=False,
+    )
     job_ttl_seconds: int = knob(
         600, "Seconds KubeRay keeps a finished RayJob's cluster before deleting it (for debugging).", versioned=False
     )
@@ -1038,6 +1047,11 @@ def _validate(cfg: LifecycleConfig) -> None:
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
+    )
+    need(
+        cfg.cluster.node_health_check_ms >= 0,
+        "cluster.node_health_check_ms",
+        f"must be >= 0 ms (0 = Ray's defaults), got {cfg.cluster.node_health_check_ms}",
     )
     need(
         cfg.cluster.standby_nodes >= 0,
