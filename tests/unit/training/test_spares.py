@@ -122,3 +122,49 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
     # the spare says when it became warm (a recovery report tells warm spares from cold ones by it)
     preloaded_at, started_at = ray.get(second.preloaded.remote())
     assert preloaded_at is not None and started_at <= preloaded_at <= time.time()
+
+
+def test_a_child_of_the_controller_starts_in_the_process_its_sync_spare_prestarted(local_ray):
+    """What SyncActorSpare (components/training/sync_spare.py) does for Ray Train's synchronization actor:
+    created by the controller without a runtime environment of its own, the child inherits the controller's
+    and starts in the idle process prestarted with it, not in a new one."""
+    import ray
+
+    probe = {"LMFORGE_SYNC_SPARE_PROBE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    @ray.remote(num_cpus=0)
+    class Child:
+        def started(self) -> float:
+            import psutil
+
+            return psutil.Process().create_time()
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": probe})
+    class Controller:
+        def keep_spare(self) -> bool:
+            from components.training.sync_spare import SyncActorSpare
+
+            spare = SyncActorSpare(keep_alive_s=60)
+            spare.due_at = 0.0  # due now (in Ray Train: DELAY_S after a group's training started)
+            spare.after_worker_group_poll_status(None)
+            return not spare.warned and spare.due_at > 0
+
+        def idle_like_me(self) -> int:
+            from components.training.spares import workers_like_me
+
+            return workers_like_me(probe)[0]
+
+        def child_started(self) -> tuple[float, float]:
+            asked = time.time()
+            return ray.get(Child.remote().started.remote()), asked
+
+    controller = Controller.remote()
+    assert ray.get(controller.keep_spare.remote()), "the request failed, or the next one was not scheduled"
+    for _ in range(600):
+        if ray.get(controller.idle_like_me.remote()) >= 1:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the raylet started no process with the controller's environment within 60 s")
+    started, asked = ray.get(controller.child_started.remote())
+    assert started < asked, "the child started in a new process, not in the prestarted one"
