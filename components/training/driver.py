@@ -66,7 +66,6 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from components.common.lineage import tracking_uri
-    from components.training.sync_spare import sync_spare_callbacks
     from components.training.timeline import timeline_callbacks
 
     cfg = spec.cfg
@@ -82,9 +81,7 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.pretrain.keep_checkpoints),
         # with spares, every worker process preloads the engine at start, so a prestarted one is ready
         worker_runtime_env=worker_runtime_env(spec.plugins) if cfg.pretrain.spare_workers > 0 else None,
-        # with spares, the controller also keeps a process for its next synchronization actor (sync_spare.py)
-        callbacks=timeline_callbacks(timeline_uri(spec), store_options(cfg))
-        + (sync_spare_callbacks(cfg.pretrain.spare_keep_alive_s) if cfg.pretrain.spare_workers > 0 else []),
+        callbacks=timeline_callbacks(timeline_uri(spec), store_options(cfg)),
     )
     with ray_session(cfg), contextlib.ExitStack() as plugins:
         # Plugin callbacks come first: a fault at step S strikes after snapshot S has begun.
