@@ -17,8 +17,8 @@ with its keeper (started with the others) and its spare worker processes (rank 0
 standby nodes, and nothing has to join; this is the figure a cluster that must recover in seconds gets.
 
 Spares are asked for after a worker group's first step and need tens of seconds to import torch and
-transformers here (several at once, on two cores that also train), so a fault at step FAULT_STEP (~45 s
-later) meets *cold* spares: still importing. In production a fault comes hours into a run, when they are
+transformers here (several at once, on two cores that also train), so a fault at step FAULT_STEP (20-50 s
+later) may meet *cold* spares, still importing (it did when the box was busy). In production a fault comes hours into a run, when they are
 long warm, so the cases with spares also run *warm* (``-warm``): the fault waits until the worker group has
 trained WARM_AFTER_S seconds (``after_s=`` of the fault spec, ``components/resilience/faults.py``). Both
 figures are printed, and for each rank of the new group where its process came from (a new process, a cold
@@ -76,7 +76,7 @@ def warm_steps(workers: int) -> int:
 #: (tier, pretrain.spare_workers, standby nodes, warm): from memory with and without spares, the other tiers
 #: with them, lost nodes replaced after the loss (a replacement node has no spares: its new worker starts cold
 #: whatever the setting) or taken over by standby nodes present from the start (with spares prestarted);
-#: spares cold (fault at FAULT_STEP, ~45 s after they were asked for: still importing) or warm (WARM_AFTER_S)
+#: spares maybe cold (fault at FAULT_STEP, 20-50 s after they were asked for) or warm (WARM_AFTER_S)
 CASES = [
     ("memory", 0, 0, False),
     ("memory", 1, 0, False),
@@ -89,6 +89,8 @@ CASES = [
     ("persistent", 1, 2, True),
 ]
 RESULTS: dict[tuple[str, int, int, bool, int], float] = {}
+#: the same cases' first step after resume (a training step: on this box 4 workers share 2 cores, so it grows)
+FIRST_STEPS: dict[tuple[str, int, int, bool, int], float] = {}
 #: standby nodes added in this process (their host labels stay unique)
 _STANDBY = [0]
 
@@ -258,6 +260,7 @@ def test_recovery_time_and_work_lost_per_tier(
     failed_at = recovery["failed_at_step"]
     seconds = recovery["recovery_seconds"]
     RESULTS[tier, spares, standby, warm, workers] = seconds
+    FIRST_STEPS[tier, spares, standby, warm, workers] = (summary.get("startup") or {}).get("first_step", 0.0)
     lost = "taken over by standby nodes present from the start" if standby else "replaced after the loss"
     where = f", lost nodes {lost}" if tier != "memory" else ""
     if spares:
@@ -280,10 +283,15 @@ def test_recovery_time_and_work_lost_per_tier(
         f"{failed_at % CHECKPOINT_EVERY} with a persistent checkpoint every {CHECKPOINT_EVERY} steps "
         f"(on average {(CHECKPOINT_EVERY - 1) / 2:.1f} for a failure at a random step)",
     ]
-    if (tier, spares, standby, warm, SIZES[0]) in RESULTS and workers != SIZES[0]:
-        ratio = seconds / RESULTS[tier, spares, standby, warm, SIZES[0]]
+    small = (tier, spares, standby, warm, SIZES[0])
+    if small in RESULTS and workers != SIZES[0]:
+        ratio = seconds / RESULTS[small]
+        here = seconds - FIRST_STEPS[tier, spares, standby, warm, workers]
+        there = RESULTS[small] - FIRST_STEPS[small]
         lines.append(
             f"  {workers} vs {SIZES[0]} training nodes: {ratio:.2f}x (target: does not grow, <= {GROWTH_ALLOWED}x) "
-            f"{'PASS' if ratio <= GROWTH_ALLOWED else 'MISS'}"
+            f"{'PASS' if ratio <= GROWTH_ALLOWED else 'MISS'}; without the first step after resume (a training "
+            f"step, slower with {workers} workers on this box's cores): {here:.1f} s vs {there:.1f} s, "
+            f"{here / there:.2f}x"
         )
     print("\n".join(lines))
