@@ -66,11 +66,12 @@ WARM_STEPS_UNMEASURED = 250
 
 
 def warm_steps(workers: int) -> int:
-    """Steps of a warm-spare run: room for WARM_AFTER_S at twice the measured step rate (once the spares have
-    done their imports, steps here run up to ~2x faster than while they import), plus steps after the fault."""
+    """Steps of a warm-spare run: room for WARM_AFTER_S at four times the measured step rate, plus steps after
+    the fault. The rate is measured after a restart, while new spares import; once they are warm, steps here
+    ran up to ~3.5x faster (with room for twice the rate, 2nodes-memory-spares1-warm ran out of steps)."""
     if workers not in STEP_SECONDS:
         return WARM_STEPS_UNMEASURED
-    return max(FAULT_STEP, int(WARM_AFTER_S / (STEP_SECONDS[workers] / 2))) + 15
+    return max(FAULT_STEP, int(WARM_AFTER_S / (STEP_SECONDS[workers] / 4))) + 15
 
 
 #: (tier, pretrain.spare_workers, standby nodes, warm): from memory with and without spares, the other tiers
