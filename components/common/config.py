@@ -749,10 +749,12 @@ class ResilienceConfig:
     )
     faults: list = knob(
         [],
-        "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R]', fired once "
+        "Injected faults (components/resilience/faults.py), each '<kind>@step=S[,node=N][,rank=R][,after_s=T]', fired once "
         "per run; kinds: worker_crash[,rank=R], worker_hang[,rank=R], node_loss[,node=N], keeper_crash[,node=N] "
         "(node=N: the node running rank N), commit_cut, corrupt_piece. E.g. "
-        "'worker_crash@step=40,rank=1;node_loss@step=60,node=2;commit_cut@step=30' (';' separates faults).",
+        "'worker_crash@step=40,rank=1;node_loss@step=60,node=2;commit_cut@step=30' (';' separates faults). "
+        "',after_s=T' on any of them: strike at the first step >= S once the worker group has trained T seconds "
+        "(a fault that comes when the spares are warm; the step then depends on the run's speed).",
         versioned=False,
     )
     hang_factor: float = knob(
@@ -838,6 +840,15 @@ class ClusterConfig:
         "waiting for KubeRay to reschedule the lost pod (scheduling, image pull, Ray start: minutes). With "
         "pretrain.spare_workers > 0 rank 0 prestarts spare worker processes on them too (components/training/"
         "spares.py); they hold snapshot pieces like any training node. Each costs a whole pod (its GPUs too).",
+        versioned=False,
+    )
+    node_health_check_ms: int = knob(
+        1000,
+        "How often the GCS checks that each Ray node is alive, and how long one check may take, in ms; a node is "
+        "declared dead after 3 failed checks (RAY_health_check_* on the RayJob's head). Ray's defaults (every "
+        "3000 ms, a check may take 10000 ms, 5 failures) notice a lost node after 15-50 s, when the survivors' "
+        "collectives do not fail first (a machine gone without closing its connections): longer than the whole "
+        "in-memory recovery. 0 keeps Ray's defaults.",
         versioned=False,
     )
     job_ttl_seconds: int = knob(
@@ -1036,6 +1047,11 @@ def _validate(cfg: LifecycleConfig) -> None:
         cfg.pretrain.health_check_interval_s > 0,
         "pretrain.health_check_interval_s",
         f"must be > 0 seconds (Ray's default is 2), got {cfg.pretrain.health_check_interval_s}",
+    )
+    need(
+        cfg.cluster.node_health_check_ms >= 0,
+        "cluster.node_health_check_ms",
+        f"must be >= 0 ms (0 = Ray's defaults), got {cfg.cluster.node_health_check_ms}",
     )
     need(
         cfg.cluster.standby_nodes >= 0,

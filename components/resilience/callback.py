@@ -102,6 +102,8 @@ class ResilienceCallback(SnapshotCallback):
         self._pending: RecoveryRecord | None = None
         self._failed_at_time: float | None = None
         self._cuts_settled: set[Fault] = set()  # commit_cut faults that fired already
+        self._untried: list[Fault] = []  # post_step faults this worker group has not tried yet
+        self._began = time.monotonic()  # this worker group began training: a fault's after_s counts from it
 
     # ------------------------------------------------------------------ loop events
 
@@ -109,6 +111,7 @@ class ResilienceCallback(SnapshotCallback):
         import ray
 
         started = time.perf_counter()
+        self._untried = [f for f in self.faults if f.kind != "commit_cut"]
         self.codec = make_codec(self.r.scheme, self.r.k, self.r.m)
         rank_nodes = _all_gather(ray.get_runtime_context().get_node_id(), state.world_size)
         plan = _broadcast(self._plan(state, rank_nodes) if state.rank == 0 else None, state.world_size)
@@ -127,6 +130,7 @@ class ResilienceCallback(SnapshotCallback):
             for node, ref in refs.items():
                 _get(ref, node, f"start_generation({plan['generation']})")
         _barrier(state.world_size)
+        self._began = time.monotonic()
         if plan["failed_at"] is not None or record.tier not in ("none", "checkpoint") or state.step > 0:
             failed_step, self._failed_at_time = plan["failed_at"] or (None, None)
             record.failed_at_step = failed_step
@@ -296,7 +300,10 @@ class ResilienceCallback(SnapshotCallback):
     # ------------------------------------------------------------------ faults acting on keepers
 
     def _inject(self, state: TrainState) -> None:
-        due = [f for f in self.faults if f.step == state.step]
+        trained = time.monotonic() - self._began
+        due = [f for f in self._untried if f.due(state.step, trained)]
+        # tried once per worker group: fire_once's marker look-up is not repeated every step after S
+        self._untried = [f for f in self._untried if f not in due]
         for fault in (f for f in due if f.kind == "corrupt_piece"):
             if fire_once(self.target.markers_uri, fault, f"step {state.step}", self.target.store_options):
                 self._corrupt_newest()
@@ -336,7 +343,9 @@ class ResilienceCallback(SnapshotCallback):
     def _cut_commit(self, version: int, expected: dict) -> None:
         """The coordinator's ``commit_cut`` hook: cut the commit of the first snapshot at or after each
         fault's step (and die); other versions commit normally."""
-        for fault in (f for f in self.faults if f.kind == "commit_cut" and version >= f.step):
+        trained = time.monotonic() - self._began
+        cuts = [f for f in self.faults if f.kind == "commit_cut" and version >= f.step]
+        for fault in (f for f in cuts if f.after_s is None or trained >= f.after_s):
             if fault in self._cuts_settled:
                 continue  # fired before this worker group started: no store look-up per snapshot
             if fire_once(self.target.markers_uri, fault, f"version {version}", self.target.store_options):

@@ -1,7 +1,13 @@
 """Injected faults: parse ``cfg.resilience.faults`` and strike on cue, each once per run.
 
-A fault spec is ``<kind>@step=<S>[,node=<N>][,rank=<R>]``; the fault strikes right after step S
-(``worker_hang``: inside step S+1, before its optimizer step):
+A fault spec is ``<kind>@step=<S>[,node=<N>][,rank=<R>][,after_s=<T>]``; the fault strikes right after
+step S (``worker_hang``: inside step S+1, before its optimizer step). With ``after_s=T`` it strikes
+instead after the first step >= S that ends at least T seconds after the worker group that executes it
+began training (its ``pre_train``): a fault that comes hours into a run, when whatever the run keeps
+warm is warm (``pretrain.spare_workers``: spare worker processes are asked for after a group's first
+step and take tens of seconds to import torch and transformers on a busy node; the recovery benchmark's
+warm-spare cases). Such a fault fires at a step that depends on the speed of the run, so a test that
+must replay a loss curve bitwise gives none.
 
 - ``worker_crash@step=S[,rank=R]``: rank R's training process (default rank 0) dies (``os._exit(1)``).
   Executed by :class:`FaultInjector`.
@@ -63,10 +69,11 @@ TAKES_RANK = ("worker_crash", "worker_hang")
 TAKES_NODE = ("node_loss", "keeper_crash")
 ACCEPTED = (
     "worker_crash@step=S[,rank=R], worker_hang@step=S[,rank=R], node_loss@step=S[,node=N], "
-    "keeper_crash@step=S[,node=N], commit_cut@step=S, corrupt_piece@step=S (several: separate with ';')"
+    "keeper_crash@step=S[,node=N], commit_cut@step=S, corrupt_piece@step=S; any of them with ,after_s=T "
+    "(several: separate with ';')"
 )
-_FAULT = re.compile(r"(?P<kind>[a-z_]+)@step=(?P<step>\d+)(?P<options>(?:,[a-z]+=\d+)*)")
-_OPTION = re.compile(r",(?P<key>[a-z]+)=(?P<value>\d+)")
+_FAULT = re.compile(r"(?P<kind>[a-z_]+)@step=(?P<step>\d+)(?P<options>(?:,[a-z_]+=\d+)*)")
+_OPTION = re.compile(r",(?P<key>[a-z_]+)=(?P<value>\d+)")
 
 
 @dataclass(frozen=True)
@@ -78,13 +85,24 @@ class Fault:
     node: int | None = None
     #: worker_crash, worker_hang: the rank that crashes or hangs (None: rank 0)
     rank: int | None = None
+    #: strike only once the executing worker group has trained this many seconds (None: right at step S)
+    after_s: int | None = None
 
     def __str__(self) -> str:
         return (
             f"{self.kind}@step={self.step}"
             + (f",node={self.node}" if self.node is not None else "")
             + (f",rank={self.rank}" if self.rank is not None else "")
+            + (f",after_s={self.after_s}" if self.after_s is not None else "")
         )
+
+    def due(self, step: int, trained_s: float) -> bool:
+        """Whether the fault strikes now: ``step`` optimizer steps completed, ``trained_s`` seconds since the
+        executing worker group began training. Without ``after_s`` only at step S itself (a group that resumes
+        past S never sees it), with it at any step from S on once the time has come."""
+        if self.after_s is None:
+            return step == self.step
+        return step >= self.step and trained_s >= self.after_s
 
     @property
     def marker(self) -> str:
@@ -93,6 +111,7 @@ class Fault:
             f"{self.kind}-step{self.step}"
             + (f"-node{self.node}" if self.node is not None else "")
             + (f"-rank{self.rank}" if self.rank is not None else "")
+            + (f"-after{self.after_s}s" if self.after_s is not None else "")
             + ".fired"
         )
 
@@ -116,15 +135,21 @@ def parse_fault(spec: str) -> Fault:
         problem = f"unknown kind {match['kind']!r}"
     elif int(match["step"]) < 1:
         problem = "step must be >= 1 (a fault strikes after a completed step)"
-    elif unknown := sorted(set(options) - {"node", "rank"}):
-        problem = f"unknown option {unknown[0]}=; options are node=N and rank=R"
+    elif unknown := sorted(set(options) - {"node", "rank", "after_s"}):
+        problem = f"unknown option {unknown[0]}=; options are node=N, rank=R and after_s=T"
     elif "node" in options and match["kind"] not in TAKES_NODE:
         problem = f"only {' and '.join(TAKES_NODE)} take node=N"
     elif "rank" in options and match["kind"] not in TAKES_RANK:
         problem = f"only {' and '.join(TAKES_RANK)} take rank=R"
     if problem:
         raise ConfigError(f"resilience.faults: cannot parse fault {spec!r}: {problem}; accepted forms: {ACCEPTED}")
-    return Fault(kind=match["kind"], step=int(match["step"]), node=options.get("node"), rank=options.get("rank"))
+    return Fault(
+        kind=match["kind"],
+        step=int(match["step"]),
+        node=options.get("node"),
+        rank=options.get("rank"),
+        after_s=options.get("after_s"),
+    )
 
 
 def parse_faults(specs: str | Iterable[str]) -> tuple[Fault, ...]:
@@ -228,8 +253,9 @@ class FaultInjector(Callback):
         self.marker_uri = local_marker_uri(marker_uri)
         #: open_store keyword arguments (see components.common.artifacts.store_options) for an s3:// marker_uri
         self.store_options = dict(store_options or {})
-        self._crashes: dict[int, Fault] = {}
-        self._hangs: dict[int, Fault] = {}
+        self._crashes: list[Fault] = []  # this rank's, not yet tried by this worker group
+        self._hangs: list[Fault] = []
+        self._began = 0.0  # when this worker group began training (time.monotonic(): after_s counts from it)
 
     @property
     def crash_steps(self) -> set[int]:
@@ -247,22 +273,32 @@ class FaultInjector(Callback):
                     f"resilience.faults: {fault} names rank {fault.rank}; ranks are 0..{state.world_size - 1}"
                 )
         # this rank's faults only; a later fault at the same step would never be reached
-        self._crashes = {f.step: f for f in self.crashes if (f.rank or 0) == state.rank}
-        self._hangs = {f.step: f for f in self.hangs if (f.rank or 0) == state.rank}
+        self._crashes = [f for f in self.crashes if (f.rank or 0) == state.rank]
+        self._hangs = [f for f in self.hangs if (f.rank or 0) == state.rank]
+        self._began = time.monotonic()
 
     def pre_optimizer_step(self, state: TrainState) -> None:
-        fault = self._hangs.get(state.step)  # state.step counts completed steps: this is step S + 1
+        fault = take_due(self._hangs, state.step, time.monotonic() - self._began)  # this is step S + 1
         if fault is not None and self._fire(fault, state):
             hang_forever()
 
     def post_step(self, state: TrainState) -> None:
-        fault = self._crashes.get(state.step)
+        fault = take_due(self._crashes, state.step, time.monotonic() - self._began)
         if fault is not None and self._fire(fault, state):
             log.warning("fault %s: exiting rank %d (pid %d)", fault, state.rank, os.getpid())
             exit_now()
 
     def _fire(self, fault: Fault, state: TrainState) -> bool:
         return fire_once(self.marker_uri, fault, f"rank {state.rank}, pid {os.getpid()}", self.store_options)
+
+
+def take_due(pending: list[Fault], step: int, trained_s: float) -> Fault | None:
+    """Remove from ``pending`` and return the first fault due now (:meth:`Fault.due`), if any. A worker group
+    tries each fault once: the marker look-up of :func:`fire_once` is not repeated every step after S."""
+    for i, fault in enumerate(pending):
+        if fault.due(step, trained_s):
+            return pending.pop(i)
+    return None
 
 
 def hang_forever() -> None:

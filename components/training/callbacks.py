@@ -45,6 +45,8 @@ class TrainState:
     timed_steps: int = 0
     timed_seconds: float = 0.0
     startup: dict[str, float] = field(default_factory=dict)  # this worker's start-up phases, s (loop.startup_phases)
+    #: every rank's process marks (loop.PROCESS_MARKS), gathered after this group's first step
+    startup_ranks: list[dict[str, float]] = field(default_factory=list)
     stepped_at: float = 0.0  # time.time() when the last step's update was done, before the post_step callbacks
 
     @property

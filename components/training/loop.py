@@ -107,6 +107,9 @@ def train_loop_per_worker(config: dict) -> None:
             if not state.startup:
                 # the step itself, not the post_step callbacks (a snapshot begins there), as a recovery is timed
                 state.startup = startup_phases(entered, built, ready, state.stepped_at)
+                # every rank's process marks on rank 0 (after first_step_at: not part of a recovery's time), so a
+                # recovery can be told apart by where each new rank started: cold, in a cold spare, in a warm one
+                state.startup_ranks = _gather_process_marks(state.startup, world_size)
                 if rank == 0:
                     log.info("worker start-up (rank 0): %s", _describe_startup(state.startup))
             # after the first step: the spares' imports never compete with this group's own start-up
@@ -172,7 +175,9 @@ def startup_phases(entered: float, built: float, ready: float, first_step: float
     """
     import psutil
 
-    return {
+    from components.training.spares import PRELOADED_AT
+
+    phases = {
         "build_state": built - entered,
         "pre_train": ready - built,
         "first_step": first_step - ready,
@@ -180,6 +185,23 @@ def startup_phases(entered: float, built: float, ready: float, first_step: float
         "loop_at": entered,
         "first_step_at": first_step,
     }
+    if PRELOADED_AT[0] is not None:  # a process started with the spares' setup hook: when its imports were done
+        phases["preloaded_at"] = PRELOADED_AT[0]
+    return phases
+
+
+#: the marks of :func:`startup_phases` that say where a rank's process came from
+PROCESS_MARKS = ("process_started_at", "preloaded_at", "loop_at")
+
+
+def _gather_process_marks(startup: dict[str, float], world_size: int) -> list[dict[str, float]]:
+    """Every rank's :data:`PROCESS_MARKS`, in rank order (one small gather per worker group start)."""
+    mine = {key: startup[key] for key in PROCESS_MARKS if key in startup}
+    if world_size == 1 or not dist.is_initialized():
+        return [mine]
+    out: list = [None] * world_size
+    dist.all_gather_object(out, mine)
+    return out
 
 
 def _describe_startup(phases: dict[str, float]) -> str:
@@ -407,6 +429,7 @@ def training_summary(state: TrainState, callbacks: list[Callback]) -> dict:
         "parameters": sum(p.numel() for p in state.module.parameters()),
         "resumed_from_step": state.start_step,
         "startup": state.startup,
+        "startup_ranks": state.startup_ranks,
         "callbacks": {cb.name: cb.state_dict() for cb in callbacks},
     }
 

@@ -70,12 +70,23 @@ def worker_runtime_env(plugins: tuple[str, ...]) -> dict:
     return {"env_vars": {SETUP_HOOK_ENV: f"{__name__}.preload", PRELOAD_ENV: ",".join(modules)}}
 
 
+#: when :func:`preload` finished in this process (``time.time()``), None if it did not run: a worker placed in
+#: a spare tells from it whether its spare was warm when the failure struck (the recovery benchmark)
+PRELOADED_AT: list[float | None] = [None]
+
+
 def preload() -> None:
-    """Import the modules named in ``LMFORGE_PRELOAD_MODULES`` (Ray calls this as a process starts)."""
+    """Import the modules named in ``LMFORGE_PRELOAD_MODULES`` (Ray calls this as a process starts).
+
+    Ray retitles the process ``ray::IDLE`` and the raylet counts it idle (and may push an actor to it)
+    before this hook has run; an actor pushed meanwhile waits for the imports. So "idle" is not "warm":
+    :data:`PRELOADED_AT` is."""
     import importlib
+    import time
 
     for module in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
         importlib.import_module(module)
+    PRELOADED_AT[0] = time.time()
 
 
 #: seconds between a node's checks that its spares are all there (a used or reaped one is replaced)

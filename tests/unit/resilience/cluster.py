@@ -78,14 +78,9 @@ def restore_shape(cluster: Any) -> None:
     books, a 1-CPU node on a host another node already has is removed, and fresh 1-CPU nodes on new
     hosts are added until two train; the head and the keeper-only node are never touched.
     """
-    import ray
 
     handles = {node.node_id: node for node in cluster.worker_nodes}
-    alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-    for node_id, node in handles.items():
-        if node_id not in alive:
-            with contextlib.suppress(Exception):  # its raylet was killed: only the bookkeeping is left
-                cluster.remove_node(node, allow_graceful=False)
+    alive = forget_dead_nodes(cluster)
     hosts: dict[str, int] = {}
     for n in sorted(alive.values(), key=lambda n: n["Resources"].get("CPU", 0)):  # CPU-less nodes keep their host
         host = n["Labels"].get(HOST_LABEL, n["NodeID"])
@@ -97,6 +92,19 @@ def restore_shape(cluster: Any) -> None:
     for _ in range(2 - training):
         _RESTORED[0] += 1
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", labels={HOST_LABEL: f"host-restored-{_RESTORED[0]}"})
+
+
+def forget_dead_nodes(cluster: Any) -> dict[str, dict]:
+    """Drop the nodes a ``node_loss`` killed from the books of ``cluster`` (``Cluster.wait_for_nodes`` waits for
+    every node it has books for, dead ones included); returns the alive nodes' ``ray.nodes()`` records by id."""
+    import ray
+
+    alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    for node in list(cluster.worker_nodes):
+        if node.node_id not in alive:
+            with contextlib.suppress(Exception):  # its raylet was killed: only the bookkeeping is left
+                cluster.remove_node(node, allow_graceful=False)
+    return alive
 
 
 #: how many nodes :func:`restore_shape` added in this process (their host labels stay unique)

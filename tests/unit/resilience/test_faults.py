@@ -38,6 +38,25 @@ def test_parses_each_fault_kind():
     assert parse_fault("commit_cut@step=3") == Fault("commit_cut", 3)
 
 
+def test_after_s_option_parses_prints_back_and_has_its_own_marker():
+    fault = parse_fault("node_loss@step=23,node=1,after_s=60")
+    assert fault == Fault("node_loss", 23, node=1, after_s=60)
+    assert parse_fault(str(fault)) == fault
+    assert parse_faults("worker_crash@step=4,rank=1,after_s=5;node_loss@step=6") == (
+        Fault("worker_crash", 4, rank=1, after_s=5),
+        Fault("node_loss", 6),
+    )
+    assert fault.marker != Fault("node_loss", 23, node=1).marker
+
+
+def test_a_fault_with_after_s_is_due_from_its_step_once_the_time_has_come():
+    plain, later = Fault("worker_crash", 4), Fault("worker_crash", 4, after_s=10)
+    assert plain.due(4, 0.0) and not plain.due(5, 100.0) and not plain.due(3, 100.0)
+    assert not later.due(4, 9.9), "not before after_s"
+    assert later.due(4, 10.0) and later.due(7, 30.0), "at or after step S once the time has come"
+    assert not later.due(3, 100.0), "never before step S"
+
+
 def test_fault_prints_back_as_its_spec():
     assert str(Fault("node_loss", 6, node=2)) == "node_loss@step=6,node=2"
     assert parse_fault(str(Fault("worker_crash", 3))) == Fault("worker_crash", 3)
@@ -57,6 +76,7 @@ def test_fault_prints_back_as_its_spec():
         ("node_loss@step=3,rank=1", "only worker_crash and worker_hang take rank=R"),
         ("keeper_crash@step=3,rank=1", "only worker_crash and worker_hang take rank=R"),
         ("worker_crash@step=3,host=1", "unknown option host="),
+        ("worker_crash@step=3,after_s=x", "not of the form"),
         ("worker_hang@step=3,rank=1,rank=0", "rank= given twice"),
     ],
 )
@@ -154,11 +174,18 @@ WORKER = textwrap.dedent(
 
     rank, marker_dir = int(sys.argv[1]), sys.argv[2]
     faults = sys.argv[3].split(";") if len(sys.argv) > 3 else ["worker_crash@step=4", "node_loss@step=2,node=1"]
+    # each step "takes" this many seconds of the injector's clock (after_s), deterministically
+    step_s = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    import types
+    import components.resilience.faults as faults_module
+    clock = [0.0]
+    faults_module.time = types.SimpleNamespace(monotonic=lambda: clock[0], sleep=faults_module.time.sleep)
     injector = FaultInjector(faults, marker_dir)
     state = TrainState(spec=None, rank=rank, world_size=2, model=None, module=None, tokenizer=None,
                        optimizer=None, scheduler=None, batches=None)
     injector.pre_train(state)
     for step in range(1, 7):
+        clock[0] += step_s
         state.step = step
         print("step", step, flush=True)
         injector.post_step(state)
@@ -167,9 +194,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def run_worker(rank: int, marker_dir, faults: str | None = None) -> subprocess.CompletedProcess:
+def run_worker(rank: int, marker_dir, faults: str | None = None, step_s: float = 0.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", WORKER, str(rank), str(marker_dir), *([faults] if faults else [])],
+        [sys.executable, "-c", WORKER, str(rank), str(marker_dir), *([faults, str(step_s)] if faults else [])],
         capture_output=True,
         text=True,
         timeout=60,
@@ -202,6 +229,21 @@ def test_worker_crash_with_rank_kills_that_rank_and_spares_rank_zero(tmp_path):
     assert crashed.returncode == 1 and crashed.stdout.split("\n")[-2] == "step 3"
     assert "injecting fault worker_crash@step=3,rank=1" in crashed.stderr
     assert fired_faults(str(tmp_path)) == ["worker_crash-step3-rank1.fired"]
+
+
+def test_worker_crash_with_after_s_waits_for_its_time_then_fires_once(tmp_path):
+    # steps of 1 s: step 2 is reached at 2 s, but the fault waits until 3 s into the group's training
+    crashed = run_worker(0, tmp_path, "worker_crash@step=2,after_s=3", step_s=1.0)
+    assert crashed.returncode == 1 and crashed.stdout.split("\n")[-2] == "step 3"
+    assert "injecting fault worker_crash@step=2,after_s=3" in crashed.stderr
+    assert fired_faults(str(tmp_path)) == ["worker_crash-step2-after3s.fired"]
+    # the restarted group, past S and past the time: looks the marker up once, not every step
+    restarted = run_worker(0, tmp_path, "worker_crash@step=2,after_s=3", step_s=1.0)
+    assert restarted.returncode == 0 and restarted.stdout.strip().endswith("finished")
+    assert restarted.stderr.count("already fired") == 1
+    # a run too short for the time never fires it
+    short = run_worker(0, tmp_path / "short", "worker_crash@step=2,after_s=60", step_s=1.0)
+    assert short.returncode == 0 and not (tmp_path / "short").exists()
 
 
 def test_fault_naming_a_rank_beyond_the_world_is_a_config_error(tmp_path):

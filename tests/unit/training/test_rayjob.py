@@ -223,6 +223,16 @@ def test_head_takes_no_training_work_and_serves_the_job_api_to_the_submitter(ray
     assert "tolerations" not in head["template"]["spec"] and "nodeSelector" not in head["template"]["spec"]
 
 
+def test_head_gcs_declares_a_lost_node_dead_within_seconds(rayjob):
+    containers = ray_containers(rayjob())
+    head, worker = env_of(containers["head"]), env_of(containers["worker"])
+    assert head["RAY_health_check_period_ms"]["value"] == "1000"
+    assert head["RAY_health_check_timeout_ms"]["value"] == "1000", "a machine gone answers no check: bound each"
+    assert head["RAY_health_check_failure_threshold"]["value"] == "3"
+    assert "RAY_health_check_period_ms" not in worker, "the GCS runs on the head"
+    assert "RAY_health_check_period_ms" not in env_of(ray_containers(rayjob("cluster.node_health_check_ms=0"))["head"])
+
+
 def test_gpu_workers_fill_whole_pods_of_gpus_on_tolerated_selected_nodes(rayjob):
     group = worker_group(rayjob(*GPU))  # 5 workers, 2 GPUs per pod → 3 pods
     assert (group["groupName"], group["replicas"], group["minReplicas"], group["maxReplicas"]) == ("gpu", 3, 3, 3)

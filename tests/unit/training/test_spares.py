@@ -82,6 +82,14 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
         def probe_imported(self) -> bool:
             return PROBE in sys.modules
 
+        def preloaded(self) -> tuple[float | None, float]:
+            """When this process's setup hook finished its imports, and when the process started."""
+            import psutil
+
+            from components.training.spares import PRELOADED_AT
+
+            return PRELOADED_AT[0], psutil.Process().create_time()
+
         def top_up(self) -> None:
             """What a training rank does after its first step (here the node's only rank)."""
             from components.training.spares import Spares
@@ -111,3 +119,6 @@ def test_a_new_actor_starts_in_the_prestarted_spare_with_its_modules_imported(lo
     second = Worker.options(runtime_env=env).remote()
     assert str(ray.get(second.pid.remote())) in spares
     assert ray.get(second.probe_imported.remote())
+    # the spare says when it became warm (a recovery report tells warm spares from cold ones by it)
+    preloaded_at, started_at = ray.get(second.preloaded.remote())
+    assert preloaded_at is not None and started_at <= preloaded_at <= time.time()
