@@ -269,3 +269,14 @@ def test_documented_ray_address_reaches_the_standing_cluster_through_its_head_se
     client_port = next(p["containerPort"] for p in head["ports"] if p["name"] == "client")
     # KubeRay names the head Service <cluster>-head-svc.
     assert address == f"ray://{name}-head-svc.{namespace}.svc.cluster.local:{client_port}"
+
+
+def test_standing_cluster_head_notices_a_lost_node_as_fast_as_a_rayjob_head():
+    from components.common.config import ClusterConfig
+    from components.training.rayjob import _health_check_env
+
+    (cluster,) = objects_of("RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    settings = {e["name"]: e.get("value") for e in head["env"] if e["name"].startswith("RAY_health_check_")}
+    expected = _health_check_env(ClusterConfig().node_health_check_ms)
+    assert expected and settings == {e["name"]: e["value"] for e in expected}
