@@ -345,7 +345,7 @@ class ResilienceCallback(SnapshotCallback):
         fault's step (and die); other versions commit normally."""
         trained = time.monotonic() - self._began
         cuts = [f for f in self.faults if f.kind == "commit_cut" and version >= f.step]
-        for fault in (f for f in cuts if f.after_s is None or trained >= f.after_s):
+        for fault in (f for f in cuts if f.waited(trained)):
             if fault in self._cuts_settled:
                 continue  # fired before this worker group started: no store look-up per snapshot
             if fire_once(self.target.markers_uri, fault, f"version {version}", self.target.store_options):

@@ -102,7 +102,11 @@ class Fault:
         past S never sees it), with it at any step from S on once the time has come."""
         if self.after_s is None:
             return step == self.step
-        return step >= self.step and trained_s >= self.after_s
+        return step >= self.step and self.waited(trained_s)
+
+    def waited(self, trained_s: float) -> bool:
+        """Whether ``after_s`` (if any) has passed, ``trained_s`` seconds after the worker group began training."""
+        return self.after_s is None or trained_s >= self.after_s
 
     @property
     def marker(self) -> str:

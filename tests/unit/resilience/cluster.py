@@ -78,7 +78,6 @@ def restore_shape(cluster: Any) -> None:
     books, a 1-CPU node on a host another node already has is removed, and fresh 1-CPU nodes on new
     hosts are added until two train; the head and the keeper-only node are never touched.
     """
-
     handles = {node.node_id: node for node in cluster.worker_nodes}
     alive = forget_dead_nodes(cluster)
     hosts: dict[str, int] = {}
