@@ -4,7 +4,10 @@ Two phases, run by one coordinator (rank 0) over the keeper actors:
 
 1. *Prepare*: ask every keeper which pieces of ``version`` it holds intact. If any expected piece is
    missing anywhere, or a keeper does not answer, abort: every keeper drops the partial version and
-   keeps the previous committed one.
+   keeps the previous committed one. When the writers can vouch for their pieces themselves (each
+   rank's hand-off returns only once every piece of its group is stored and verified, and the ranks
+   agree over a process group of their own that every hand-off returned: ``sink.py``), phase 1 asks
+   no keeper at all (``stored=True``).
 2. *Commit*: tell every keeper to commit ``version``. The decision is taken at the end of phase 1;
    a keeper whose commit then fails (a piece damaged in between) is rolled forward with the pieces it
    still holds, and the damaged piece counts as lost, to be decoded from parity like a lost node's.
@@ -84,16 +87,24 @@ def commit_version(
     timeout_s: float = CALL_TIMEOUT_S,
     prepared: Mapping[str, Pending | ray.ObjectRef] | None = None,
     prepared_timeout_s: float | None = None,
+    stored: bool = False,
 ) -> CommitOutcome:
     """Commit ``version`` on every keeper named in ``expected_by_keeper`` if all its pieces are stored.
 
     ``prepared``: phase 1 already asked, one call per involved keeper whose answer is the list of
     intact pieces it holds (``prepare``, which first waits for the expected ones): the commit then
     costs one round of calls fewer. Answers are awaited up to ``prepared_timeout_s``.
+
+    ``stored=True``: phase 1 was settled by the writers themselves, without asking the keepers: every
+    rank's hand-off returned only once each piece of its group was stored and verified by its holder,
+    and the ranks agreed that all of them did (``sink.py``). Only keepers missing from ``keepers``
+    still abort; a piece damaged since its put is caught by phase 2, as after ``prepare``.
     """
     absent = [node for node in expected_by_keeper if node not in keepers]
     involved = {node: client_of(keepers[node], node) for node in expected_by_keeper if node in keepers}
-    if prepared is None:
+    if stored:
+        held, silent = {node: expected_by_keeper[node] for node in involved}, []
+    elif prepared is None:
         held, silent = _answers(
             {n: k.call("pieces", version) for n, k in involved.items()}, timeout_s, f"pieces(version {version})"
         )

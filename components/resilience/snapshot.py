@@ -69,8 +69,9 @@ INLINE_COPY_BYTES = 4 << 20
 
 #: Receives each completed snapshot: (version = step, the buffer's bytes, layout). It must be done
 #: with the bytes when it returns: the buffer is reused by a later snapshot. A sink may also offer
-#: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory) and
-#: ``close()`` (called once the engine has finished).
+#: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory),
+#: ``join_ranks(world_size)`` (called at the first snapshot, on every rank's trainer thread: a
+#: collective set-up) and ``close()`` (called once the engine has finished).
 Sink = Callable[[int, memoryview, SnapshotLayout], None]
 
 
@@ -255,6 +256,9 @@ class SnapshotEngine:
         if cuda and any(t.is_cuda for t in self._live_tensors(state)):
             self._stream = torch.cuda.Stream()
         self.stats.bytes_per_snapshot = self.layout.total_bytes
+        join = getattr(self.sink, "join_ranks", None)  # a sink whose ranks agree after each hand-off (KeeperSink)
+        if join is not None:
+            join(state.world_size)
         if self.coalesce and state.world_size > 1:
             import torch.distributed as dist
 

@@ -185,6 +185,8 @@ def bench_loop(config: dict) -> None:
                     "handoff_ms": 1e3 * s.handoff_seconds / max(s.completed, 1),
                     "cross_node_bytes_per_rank": cross,
                     "handoff_calls_per_snapshot": cb.engine.sink.calls / max(s.completed, 1),
+                    # hand-offs refused by a keeper still writing the previous version (back-pressure), all ranks
+                    "busy_retries_per_snapshot": _sum_over_ranks(cb.engine.sink.retries) / max(s.completed, 1),
                     "handoff_link_calls_per_snapshot": cb.engine.sink.link_calls / max(s.completed, 1),
                     "pieces_sent_per_snapshot": cb.r.k + cb.r.m - 1,  # one per piece held on another node
                     "commit_calls_per_snapshot": cb.coordinator.calls / max(s.completed, 1) if cb.coordinator else 0,
@@ -215,6 +217,15 @@ def bench_loop(config: dict) -> None:
         )
     if rank == 0:
         Path(config["out"]).write_text(json.dumps(results, indent=1))
+
+
+def _sum_over_ranks(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item()
 
 
 def _stall(callbacks: list[Callback]) -> tuple[int, float]:

@@ -49,6 +49,9 @@ if QUICK:
         "tiny": (PRESETS["tiny"][0], (1, 4), 2, 16),
         "mini": (PRESETS["mini"][0], (2, 4, 8), 2, 16),
     }
+#: LMFORGE_BENCH_OVERRIDES="key=value ...": config overrides added to every run (A/B of a knob, e.g.
+#: ``resilience.max_in_flight=2``), printed in the header
+EXTRA = os.environ.get("LMFORGE_BENCH_OVERRIDES", "").split()
 METHODS = ("memory", "dcp_async", "torch_save")
 #: background CPU per snapshot and bytes per rank, per preset, for the fit over tiny and mini
 CPU_PER_SNAPSHOT: dict[str, tuple[int, float]] = {}
@@ -112,7 +115,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
     cluster, make_config, tiny_dataset, tmp_path, preset
 ):
     overrides, intervals, warmup, steps = PRESETS[preset]
-    base = [*overrides, "pretrain.steps=1000", "pretrain.warmup_steps=2", "resilience.enabled=true"]
+    base = [*overrides, "pretrain.steps=1000", "pretrain.warmup_steps=2", "resilience.enabled=true", *EXTRA]
     cfg = make_config(*base, "resilience.keeper_memory_mb=2048", "resilience.persist_every=1000")
     by_interval = {every: make_config(*base, "resilience.keeper_memory_mb=2048", "resilience.persist_every=1000",
                                       f"resilience.snapshot_every={every}") for every in intervals}  # fmt: skip
@@ -130,7 +133,7 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
 
     baseline = sum(r["steps_per_second"] for r in results if r["method"] == "none") / 2
     base_cpu = sum(r["cpu_seconds"] for r in results if r["method"] == "none") / 2
-    print(f"\n[bench] snapshot cost{' (quick mode)' if QUICK else ''}, preset {preset}, 2 workers, {steps} timed steps; "
+    print(f"\n[bench] snapshot cost{' (quick mode)' if QUICK else ''}{' with ' + ' '.join(EXTRA) if EXTRA else ''}, preset {preset}, 2 workers, {steps} timed steps; "
           f"baseline {baseline:.2f} steps/s (no saving)")  # fmt: skip
     stall, cheapest = {}, {}
     for method in METHODS:
@@ -189,7 +192,8 @@ def test_snapshot_stall_and_frequency_vs_torch_save_and_async_save(
     print(f"[bench]   calls per snapshot (data plane / Ray): hand-off per rank "
           f"{first['handoff_link_calls_per_snapshot']:.1f} / {first['handoff_calls_per_snapshot']:.1f} "
           f"(+ {first['pieces_sent_per_snapshot']} pieces sent by its keeper over the data plane), commit on rank 0 "
-          f"{first['commit_link_calls_per_snapshot']:.1f} / {first['commit_calls_per_snapshot']:.1f}")  # fmt: skip
+          f"{first['commit_link_calls_per_snapshot']:.1f} / {first['commit_calls_per_snapshot']:.1f}; "
+          f"back-pressure retries per snapshot (all ranks) {first['busy_retries_per_snapshot']:.2f}")  # fmt: skip
     cpu = (first["cpu_seconds"] - base_cpu) / (2 * first["saves"])
     CPU_PER_SNAPSHOT[preset] = (first["bytes_per_rank"], cpu)
     print(f"[bench]   background CPU per snapshot per rank (every step, cluster-wide minus no saving): "

@@ -226,3 +226,35 @@ def test_a_prepared_phase_one_that_times_out_on_a_missing_piece_aborts(keepers):
     prepared = {node: keepers[node].prepare.remote(41, ids, 0.5) for node, ids in expected.items()}
     outcome = commit_version(keepers, 41, expected, prepared=prepared, prepared_timeout_s=60.0)
     assert not outcome.committed and sum(len(ids) for ids in outcome.missing.values()) == 1
+
+
+def test_a_phase_one_vouched_for_by_the_writers_commits_without_asking_the_keepers_for_pieces(keepers):
+    import ray
+
+    expected = layout(keepers, 43)
+    write(keepers, expected)
+    outcome = commit_version(keepers, 43, expected, stored=True)
+    assert outcome.committed and not outcome.missing and not outcome.rolled_forward
+    assert committed_everywhere(keepers) == [43] * len(keepers)
+    assert all(ray.get(k.status.remote()).writing is None for k in keepers.values())
+
+
+def test_a_piece_damaged_after_the_writers_vouched_for_it_is_caught_by_phase_two_and_counted_lost(keepers):
+    import ray
+
+    expected = layout(keepers, 44)
+    write(keepers, expected)
+    node = sorted(keepers)[1]
+    victim = sorted(expected[node], key=str)[0]
+    ray.get(keepers[node].inject_corruption.remote(victim))
+    outcome = commit_version(keepers, 44, expected, stored=True)
+    assert outcome.committed and outcome.rolled_forward == [node]
+    assert victim not in ray.get(keepers[node].pieces.remote(44))
+
+
+def test_a_vouched_phase_one_still_aborts_when_an_involved_keeper_is_unknown(keepers):
+    expected = layout(keepers, 45)
+    write(keepers, expected)
+    absent = sorted(keepers)[0]
+    outcome = commit_version({n: k for n, k in keepers.items() if n != absent}, 45, expected, stored=True)
+    assert not outcome.committed and outcome.unreachable == [absent]

@@ -478,6 +478,28 @@ def test_a_hand_off_under_back_pressure_gives_up_at_its_deadline_naming_the_bloc
         ray.get([keeper.drop.remote(v) for _, keeper in sink.holders for v in (60, 61)], timeout=30)
 
 
+def test_a_version_the_ranks_agreed_was_stored_commits_and_one_they_agreed_failed_is_dropped(keepers):
+    import ray
+
+    from components.resilience.sink import Coordinator
+
+    (sink,), placement = _sinks(keepers, ranks=1)
+    involved = {node: keepers[node] for node in placement.ring}
+    coordinator = Coordinator(involved, placement, None)
+    try:
+        sink.hand_off(80, _payload(80, 0), deadline=time.monotonic() + 60)
+        assert coordinator.settle(80, stored=True).committed
+        assert coordinator.link_calls == len(placement.expected(80))  # the commit round only: no prepare
+        sink.hand_off(81, _payload(81, 0), deadline=time.monotonic() + 60)
+        assert not coordinator.settle(81, stored=False).committed  # another rank's hand-off failed
+        assert coordinator.aborted == 1
+        statuses = ray.get([k.status.remote() for k in involved.values()], timeout=30)
+        assert {s.writing for s in statuses} == {None}  # 81 dropped everywhere: the next version is not refused
+        assert {s.committed for s in statuses if s.pieces} == {80}
+    finally:
+        ray.get([k.drop.remote(v) for k in involved.values() for v in (80, 81)], timeout=30)
+
+
 def test_first_commit_checks_the_measured_need_against_the_budget_naming_the_value_to_set(keepers):
     import ray
 
