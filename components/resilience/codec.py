@@ -21,6 +21,7 @@ a scheme implements only ``_decode`` on exactly those ``k``.
 from __future__ import annotations
 
 import functools
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from typing import ClassVar
@@ -425,10 +426,11 @@ class ReedSolomonCodec(ErasureCodec):
         self._decode_pass(pieces, payload_size, out, verify=False)
 
     def _decode_pass(self, pieces: list[Piece], payload_size: int, out: np.ndarray, *, verify: bool) -> bool:
-        """One pass in cache-sized chunks: each chunk of each piece is hashed (with ``verify``), the data
-        pieces here are copied to their place, and ISA-L writes the lost data rows straight into
-        ``out`` (a short tail row goes through a spare chunk, then only its payload bytes are copied).
-        Returns whether every piece matched its checksum (always True without ``verify``)."""
+        """One pass in cache-sized chunks: each chunk of each data piece here is copied to its place,
+        each chunk of each piece is hashed (with ``verify``) while in cache, and ISA-L writes the lost
+        data rows straight into ``out`` (a short tail row goes through a spare chunk, then only its
+        payload bytes are copied). Returns whether every piece matched its checksum (always True
+        without ``verify``)."""
         size = len(pieces[0].data)
         datas = [as_array(p.data) for p in pieces]
         present = {p.id.index for p in pieces}
@@ -443,13 +445,13 @@ class ReedSolomonCodec(ErasureCodec):
             target_base = isal.address(out)
         for lo in range(0, size, self.chunk):
             hi = min(lo + self.chunk, size)
-            for h, d in zip(hashers, datas, strict=False):
-                h.update(d[lo:hi])
-            for p, d in zip(pieces, datas, strict=True):
+            for p, d, h in zip(pieces, datas, hashers or itertools.repeat(None), strict=False):
                 start = p.id.index * size + lo
-                have = max(0, min(hi - lo, payload_size - start))
-                if p.id.index < self.k and have:
+                have = max(0, min(hi - lo, payload_size - start)) if p.id.index < self.k else 0
+                if have:  # a data piece: copied first, so its hash reads the copy from cache, not memory
                     np.copyto(out[start : start + have], d[lo : lo + have])
+                if h is not None:
+                    h.update(out[start : start + have] if have == hi - lo else d[lo:hi])
             if not lost:
                 continue
             partial = []
