@@ -101,11 +101,7 @@ def framed_share_bytes(
 
 def piece_bytes(scheme: str, k: int, m: int, payload_bytes: int) -> int:
     """Bytes of each of the ``k + m`` pieces the codec of ``scheme`` makes from ``payload_bytes``."""
-    codec = make_codec(scheme, k, m)
-    if hasattr(codec, "piece_size"):  # xor: payload / k rounded up to whole words
-        return codec.piece_size(payload_bytes)
-    # Reed-Solomon: pyeclib's fragment, its own header included
-    return codec._driver.get_segment_info(payload_bytes, payload_bytes)["fragment_size"]
+    return make_codec(scheme, k, m).piece_size(payload_bytes)
 
 
 def estimate_before_fit(payloads: Sequence[int], *, nodes: int, codec: tuple[str, int, int]) -> KeeperNeed:

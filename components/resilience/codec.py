@@ -5,9 +5,11 @@ One small interface, implementations chosen by ``cfg.resilience.scheme`` (torcht
 
 - ``xor`` (:class:`XorCodec`): ``k`` data pieces and one parity piece, their XOR (numpy, see
   :mod:`components.resilience.xor`). One parity piece survives any single node loss in a group.
-- ``rs`` (:class:`ReedSolomonCodec`): Reed–Solomon through ``pyeclib`` (liberasurecode + Intel
-  ISA-L, bundled in its wheel); any ``m`` lost pieces are rebuilt. ISA-L's Vandermonde matrix is
-  only guaranteed invertible for ``m <= 4``, so larger ``m`` uses its Cauchy matrix.
+- ``rs`` (:class:`ReedSolomonCodec`): Reed–Solomon on Intel ISA-L, called directly through ``ctypes``
+  (:mod:`components.resilience.isal`; the library pyeclib's wheel bundles), not through pyeclib,
+  whose copies and fragment headers held it to 0.20x of a memcpy; any ``m`` lost pieces are rebuilt.
+  ISA-L's Vandermonde matrix decodes every loss only for ``m <= 4``, so larger ``m`` uses its
+  Cauchy matrix.
 
 Every piece is checksummed when made (:class:`~components.resilience.piece.Piece`). The public
 :meth:`ErasureCodec.decode` is a guarded template method: it checks once, for every scheme, that
@@ -18,6 +20,8 @@ a scheme implements only ``_decode`` on exactly those ``k``.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from typing import ClassVar
@@ -25,11 +29,9 @@ from typing import ClassVar
 import numpy as np
 
 from components.common.errors import ConfigError, RecoveryError
-from components.common.log import get_logger
+from components.resilience import isal
 from components.resilience.piece import Piece, PieceId, checksummer
 from components.resilience.xor import WORD, BytesLike, as_array, xor_into
-
-log = get_logger(__name__)
 
 #: Environment for processes that encode or decode snapshots (keepers; the codec benchmark).
 #: glibc serves blocks above its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh mmap and
@@ -52,6 +54,8 @@ class ErasureCodec(ABC):
     """``k`` data pieces then ``m`` parity pieces per (version, group); any ``k`` intact ones decode."""
 
     scheme: ClassVar[str]
+    #: appended to the error for pieces of the wrong size (a scheme says which older pieces it refuses)
+    foreign_hint: ClassVar[str] = ""
 
     def __init__(self, k: int, m: int) -> None:
         if k < 1:
@@ -62,6 +66,10 @@ class ErasureCodec(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self.k}, m={self.m})"
+
+    @abstractmethod
+    def piece_size(self, payload_size: int) -> int:
+        """Bytes of each of the ``k + m`` pieces of a ``payload_size``-byte payload."""
 
     @abstractmethod
     def encode(self, version: int, group: int, data: BytesLike, *, copy: bool | Collection[int] = True) -> list[Piece]:
@@ -82,15 +90,25 @@ class ErasureCodec(ABC):
         pieces checked one by one first and the decode run again on intact ones.
         """
         target = as_array(out)
-        chosen = self._choose_intact(pieces, verify=False)
+        try:
+            chosen = self._choose_intact(pieces, verify=False)
+        except RecoveryError:  # e.g. a piece cut short, unchecked yet: check them one by one below
+            chosen = None
+        if chosen is not None:
+            payload_size = self._check_target(target, chosen)
+            if self._decode_checked_into(chosen, payload_size, target[:payload_size]):
+                return memoryview(target[:payload_size])
+        chosen = self._choose_intact(pieces)
+        payload_size = self._check_target(target, chosen)
+        self._decode_into(chosen, payload_size, target[:payload_size])
+        return memoryview(target[:payload_size])
+
+    @staticmethod
+    def _check_target(target: np.ndarray, chosen: list[Piece]) -> int:
         payload_size = chosen[0].payload_size
         if target.size < payload_size or not target.flags.writeable:
             raise ValueError(f"decode_into needs a writable buffer of >= {payload_size} bytes, got {target.size}")
-        if self._decode_checked_into(chosen, payload_size, target[:payload_size]):
-            return memoryview(target[:payload_size])
-        chosen = self._choose_intact(pieces)
-        self._decode_into(chosen, payload_size, target[:payload_size])
-        return memoryview(target[:payload_size])
+        return payload_size
 
     def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
         """Decode into ``out`` while checking the pieces' checksums; False if one fails (``out`` is then
@@ -172,6 +190,12 @@ class ErasureCodec(ABC):
                     f"of a {p.payload_size}-byte payload, piece {chosen[0].id.index}: {len(chosen[0].data)} "
                     f"of {chosen[0].payload_size}); they come from different encodings"
                 )
+        payload_size = chosen[0].payload_size
+        if len(chosen[0].data) != (expected := self.piece_size(payload_size)):
+            raise RecoveryError(
+                f"{where}: pieces of {len(chosen[0].data)} bytes for a {payload_size}-byte payload, but {self!r} "
+                f"makes {expected}-byte pieces: they were not made by this codec{self.foreign_hint}"
+            )
         return chosen
 
 
@@ -296,82 +320,187 @@ class XorCodec(ErasureCodec):
                 np.copyto(out[lo:hi], rebuilt[: hi - lo])
 
 
-#: ISA-L's Vandermonde-derived matrix is guaranteed to decode every loss pattern only up to this m
-VANDERMONDE_MAX_M = 4
-FALLBACK_BACKEND = "liberasurecode_rs_vand"
-
-
-def rs_backends(m: int) -> tuple[str, ...]:
-    """pyeclib backends to try, best first: ISA-L (Cauchy above :data:`VANDERMONDE_MAX_M`), then liberasurecode's own."""
-    return ("isa_l_rs_vand" if m <= VANDERMONDE_MAX_M else "isa_l_rs_cauchy", FALLBACK_BACKEND)
+#: bytes of all ``k + m`` pieces handled per step of a fused Reed–Solomon pass: every piece's chunk is
+#: still in cache (2 MiB of L2 per core here) when it is hashed after ISA-L read or wrote it
+RS_STEP_BYTES = 1536 << 10
 
 
 class ReedSolomonCodec(ErasureCodec):
-    """Reed–Solomon through ``pyeclib``: ``Piece.data`` is a pyeclib fragment, its own header included.
+    """Reed–Solomon on Intel ISA-L, called directly (:mod:`components.resilience.isal`) on numpy buffers.
 
-    The header carries the fragment index and the original size, so decode hands the fragments
-    straight back to pyeclib. pyeclib's C API takes ``bytes`` only: other buffers are copied once.
+    A piece is a plain ``payload / k`` slice (the last one zero-padded) or a parity row, with no
+    header: data pieces are the payload's slices themselves (views with ``copy=False``, as in
+    :meth:`XorCodec.encode`), parity pieces are arrays ISA-L's ``ec_encode_data`` writes, and decoding
+    writes the missing data rows straight into the caller's buffer. Bound by hand rather than through
+    pyeclib, whose copies and per-fragment framing held encoding and decoding to 0.20x of a memcpy.
+
+    Pieces made by the earlier pyeclib codec (before 2026-12-04) carry liberasurecode's fragment header
+    and cannot be decoded by this one. Neither a persisted piece's name nor its version's manifest
+    records the scheme (``persist.py``: group, index, payload size, checksum; manifests hold the shape);
+    the size tells: such a fragment is its share of the payload plus 80 header bytes, never the size
+    :meth:`piece_size` gives, so decoding refuses it with an error that names the snapshot version
+    instead of returning garbage, and recovery moves on to its next tier.
     """
 
     scheme = "rs"
+    foreign_hint = (
+        "; pieces persisted by lmforge's earlier pyeclib-based rs codec (before 2026-12-04, fragments with "
+        "an 80-byte header) cannot be decoded by this one: restore from the Ray Train checkpoint (recovery "
+        "falls back to it) or read that version with an lmforge from before the change"
+    )
 
-    def __init__(self, k: int, m: int, backends: Sequence[str] | None = None) -> None:
+    def __init__(self, k: int, m: int) -> None:
         super().__init__(k, m)
-        self.backends = tuple(backends or rs_backends(m))
-        self._driver, self.backend = _open_driver(k, m, self.backends)
+        self.matrix = isal.encode_matrix(k, m)  # a ConfigError naming the fix if ISA-L cannot be loaded
+        self.backend = "isa-l vandermonde" if m <= isal.VANDERMONDE_MAX_M else "isa-l cauchy"
+        step = RS_STEP_BYTES // (k + m)
+        self.chunk = max(4096, step - step % 64)  # whole 64-byte vectors per ISA-L call
 
     def __repr__(self) -> str:
         return f"ReedSolomonCodec(k={self.k}, m={self.m}, backend={self.backend!r})"
 
-    def __reduce__(self):  # the pyeclib driver holds a C handle: rebuild it wherever the codec is unpickled
-        return (type(self), (self.k, self.m, self.backends))
+    def __reduce__(self):  # rebuilt from (k, m) wherever it is unpickled: ISA-L tables are per process
+        return (type(self), (self.k, self.m))
+
+    def piece_size(self, payload_size: int) -> int:
+        """``payload_size / k`` rounded up: ISA-L codes any length, so only the last piece is padded."""
+        return -(-payload_size // self.k)
 
     def encode(self, version: int, group: int, data: BytesLike, *, copy: bool | Collection[int] = True) -> list[Piece]:
-        """Fragments made by pyeclib straight from ``data`` (bytes, or a numpy view of any buffer:
-        pyeclib reads it in place); they are new ``bytes`` whatever ``copy`` says."""
-        payload = data if isinstance(data, bytes) else as_array(data)
-        fragments = self._driver.encode(payload)
-        size = len(payload)
-        return [Piece.make(PieceId(version, group, i), f, payload_size=size) for i, f in enumerate(fragments)]
+        """Pieces as ``uint8`` arrays, with :meth:`XorCodec.encode`'s contract for ``copy``: with
+        ``copy=False`` whole data pieces are views of ``data``, with a collection of indices those data
+        pieces are copies and the others views.
+
+        One pass in cache-sized chunks: each chunk of each data piece is copied (if it must own its
+        bytes) and hashed, ISA-L writes the parity chunks from them, and those are hashed while in cache.
+        """
+        view = as_array(data)
+        size = self.piece_size(view.size)
+        sources = [view[i * size : (i + 1) * size] for i in range(self.k)]
+        own = set(range(self.k)) if copy is True else set(copy or ())
+        blobs = [
+            src if src.size == size and i not in own else np.empty(size, dtype=np.uint8)
+            for i, src in enumerate(sources)
+        ]
+        parity = [np.empty(size, dtype=np.uint8) for _ in range(self.m)]
+        hashers = [checksummer() for _ in range(self.k + self.m)]
+        tables = _encode_tables(self.k, self.m)
+        inputs, outputs = isal.Pointers(blobs), isal.Pointers(parity)
+        for lo in range(0, size, self.chunk):
+            hi = min(lo + self.chunk, size)
+            for i, (src, blob) in enumerate(zip(sources, blobs, strict=True)):
+                if blob is not src:  # np.copyto releases the GIL; only tail pieces are short: zero-pad them
+                    have = max(0, min(hi, src.size) - lo)
+                    np.copyto(blob[lo : lo + have], src[lo : lo + have])
+                    blob[lo + have : hi] = 0
+                hashers[i].update(blob[lo:hi])
+            isal.encode(tables, hi - lo, inputs.at(lo), self.k, outputs.at(lo), self.m)
+            for j, p in enumerate(parity):
+                hashers[self.k + j].update(p[lo:hi])
+        return [
+            Piece(PieceId(version, group, i), b, h.hexdigest(), view.size)
+            for i, (b, h) in enumerate(zip([*blobs, *parity], hashers, strict=True))
+        ]
 
     def _decode(self, pieces: list[Piece], payload_size: int) -> bytes:
-        from pyeclib.ec_iface import ECDriverError
+        size = len(pieces[0].data)
+        blocks = {p.id.index: as_array(p.data) for p in pieces}
+        lost = [i for i in range(self.k) if i not in blocks]
+        if lost and size:  # rebuild the lost data rows whole, in one ISA-L call
+            rebuilt = [np.empty(size, dtype=np.uint8) for _ in lost]
+            inputs = isal.Pointers([as_array(p.data) for p in pieces])
+            isal.encode(
+                self._decode_tables(pieces), size, inputs.at(0), self.k, isal.Pointers(rebuilt).at(0), len(lost)
+            )
+            blocks.update(zip(lost, rebuilt, strict=True))
+        # one copy: join takes views trimmed to the payload, so padding is never copied
+        return b"".join(
+            memoryview(blocks[i])[: max(0, min(size, payload_size - i * size))] if i in blocks else b""
+            for i in range(self.k)
+        )
 
-        # liberasurecode asserts (aborting the process) on a fragment that is not a bytes object; a
-        # numpy array passes as pyeclib reads it in place (checked with pyeclib 1.6)
-        fragments = [p.data if isinstance(p.data, bytes | np.ndarray) else bytes(p.data) for p in pieces]
-        try:
-            return self._driver.decode(fragments)
-        except ECDriverError as e:
+    def _decode_checked_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> bool:
+        return self._decode_pass(pieces, payload_size, out, verify=True)
+
+    def _decode_into(self, pieces: list[Piece], payload_size: int, out: np.ndarray) -> None:
+        self._decode_pass(pieces, payload_size, out, verify=False)
+
+    def _decode_pass(self, pieces: list[Piece], payload_size: int, out: np.ndarray, *, verify: bool) -> bool:
+        """One pass in cache-sized chunks: each chunk of each data piece here is copied to its place,
+        each chunk of each piece is hashed (with ``verify``) while in cache, and ISA-L writes the lost
+        data rows straight into ``out`` (a short tail row goes through a spare chunk, then only its
+        payload bytes are copied). Returns whether every piece matched its checksum (always True
+        without ``verify``)."""
+        size = len(pieces[0].data)
+        datas = [as_array(p.data) for p in pieces]
+        present = {p.id.index for p in pieces}
+        lost = [i for i in range(self.k) if i not in present]
+        hashers = [checksummer() for _ in pieces] if verify else []
+        if lost:
+            tables = self._decode_tables(pieces)
+            inputs = isal.Pointers(datas)
+            spares = [np.empty(min(size, self.chunk), dtype=np.uint8) for _ in lost]
+            outputs = isal.Pointers(spares)
+            targets = outputs.array
+            target_base = isal.address(out)
+        for lo in range(0, size, self.chunk):
+            hi = min(lo + self.chunk, size)
+            for p, d, h in zip(pieces, datas, hashers or itertools.repeat(None), strict=False):
+                start = p.id.index * size + lo
+                have = max(0, min(hi - lo, payload_size - start)) if p.id.index < self.k else 0
+                if have:  # a data piece: copied first, so its hash reads the copy from cache, not memory
+                    np.copyto(out[start : start + have], d[lo : lo + have])
+                if h is not None:
+                    h.update(out[start : start + have] if have == hi - lo else d[lo:hi])
+            if not lost:
+                continue
+            partial = []
+            for r, i in enumerate(lost):
+                start = i * size + lo
+                have = max(0, min(hi - lo, payload_size - start))
+                if have == hi - lo:
+                    targets[r] = target_base + start
+                else:  # a short tail row, or one wholly past the payload: computed aside
+                    targets[r] = outputs.bases[r]
+                    partial.append((r, start, have))
+            isal.encode(tables, hi - lo, inputs.at(lo), self.k, targets, len(lost))
+            for r, start, have in partial:
+                np.copyto(out[start : start + have], spares[r][:have])
+        return all(h.hexdigest() == p.checksum for h, p in zip(hashers, pieces, strict=False))
+
+    def _decode_tables(self, pieces: list[Piece]) -> np.ndarray:
+        chosen = tuple(p.id.index for p in pieces)
+        tables = _decode_tables(self.k, self.m, chosen)
+        if tables is None:
             pid = pieces[0].id
             raise RecoveryError(
-                f"snapshot version {pid.version}, group {pid.group}: {self!r} could not decode pieces "
-                f"{[p.id.index for p in pieces]}: {e}"
-            ) from e
+                f"snapshot version {pid.version}, group {pid.group}: {self!r} cannot decode from pieces "
+                f"{list(chosen)} (their rows of the generator matrix are singular); this loss pattern needs "
+                f"other pieces, or resilience.m above {isal.VANDERMONDE_MAX_M} (Cauchy) for new snapshots"
+            )
+        return tables
 
 
-def _open_driver(k: int, m: int, backends: Sequence[str]):
-    try:
-        from pyeclib.ec_iface import ECDriver, ECDriverError
-    except ImportError as e:
-        raise ConfigError(
-            "resilience.scheme=rs needs pyeclib (pip install pyeclib; its wheel bundles liberasurecode and "
-            "ISA-L), or set resilience.scheme=xor with m=1"
-        ) from e
-    failures = []
-    for name in backends:
-        try:
-            driver = ECDriver(k=k, m=m, ec_type=name)
-        except ECDriverError as e:
-            failures.append(f"{name}: {e}")
-            continue
-        if failures:
-            log.warning("Reed-Solomon k=%d m=%d: using %s (unavailable: %s)", k, m, name, "; ".join(failures))
-        return driver, name
-    raise ConfigError(
-        f"resilience.scheme=rs with k={k}, m={m}: no pyeclib backend could be opened ({'; '.join(failures)}); "
-        "reinstall pyeclib from its manylinux wheel, lower resilience.k/m, or use resilience.scheme=xor"
-    )
+@functools.lru_cache(maxsize=64)
+def _encode_tables(k: int, m: int) -> np.ndarray:
+    """ISA-L tables of the parity rows, per (k, m)."""
+    return isal.init_tables(isal.encode_matrix(k, m)[k:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_tables(k: int, m: int, chosen: tuple[int, ...]) -> np.ndarray | None:
+    """ISA-L tables that rebuild the data rows missing from the ``k`` pieces ``chosen`` (sorted
+    indices), per (k, m) and erasure pattern; None if those pieces' rows are singular.
+
+    Piece ``j`` of the encoding is row ``j`` of the generator matrix ``G`` times the data, so the
+    pieces chosen are ``S = G[chosen]`` times the data, and the data is ``S^-1`` times them: the rows
+    of ``S^-1`` for the missing data pieces are the coefficients to code the chosen pieces with.
+    """
+    inverse = isal.invert(isal.encode_matrix(k, m)[list(chosen)])
+    if inverse is None:
+        return None
+    lost = [i for i in range(k) if i not in chosen]
+    return isal.init_tables(inverse[lost])
 
 
 #: scheme name (``cfg.resilience.scheme``) → codec class; each takes ``(k, m)``

@@ -14,7 +14,7 @@ issue targets (>= 0.5x), printed with PASS or MISS.
 
 Each measurement runs in a child process twice: with glibc's default allocator settings, and with
 :data:`~components.resilience.codec.MALLOC_REUSE_ENV` (the setting keepers should run with): the
-codec's outputs are fresh ``bytes`` objects, and by default glibc unmaps large freed blocks, so the
+codec's new pieces are fresh arrays, and by default glibc unmaps large freed blocks, so the
 next encode page-faults its memory in anew.
 No timed assertion; the children assert that every decode returns the original bytes.
 """

@@ -45,7 +45,8 @@ def test_persisted_group_decodes_even_with_a_piece_lost_and_one_damaged(tmp_path
     pieces = codec.encode(40, 1, payload)
     write_pieces(store, root, pieces[1:])  # piece 0 was on a node that died before uploading
     damaged = [u for u in store.list(root) if "-i001-" in u][0]
-    store.write_bytes(damaged, b"\0" + store.read_bytes(damaged)[1:])
+    original = store.read_bytes(damaged)
+    store.write_bytes(damaged, bytes([original[0] ^ 0xFF]) + original[1:])
     fetched = group_from_store(store, root, 40, 1, codec)
     assert fetched.payload == payload and fetched.decoded
     assert fetched.pieces == 3  # data piece 1 (damaged), then both parity pieces to make up k = 2
