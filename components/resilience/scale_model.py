@@ -4,7 +4,7 @@ The CPU test cluster cannot show what happens on a thousand GPUs, so this module
 kinds of figures:
 
 - :class:`HostFigures`, **measured here** by ``tests/benchmarks/test_scale_model.py`` in the same run
-  that prints the projection: memcpy, XOR and Reed–Solomon (pyeclib) encode/decode GB/s on one core,
+  that prints the projection: memcpy, XOR and Reed–Solomon (ISA-L) encode/decode GB/s on one core,
   the round trip of one Ray actor call and of one keeper call over the data plane, and the snapshot
   bytes per parameter read from the real
   :class:`~components.resilience.layout.SnapshotLayout` of the ``tiny`` and ``mini`` presets;
@@ -18,8 +18,9 @@ GPUs, and with DDP :mod:`~components.resilience.ownership` partitions it the sam
 
 - snapshot = D2H of ``B`` + encode ``B`` on the rank's cores + spreading ``(k+m-1)/k × B`` per rank
   (one piece stays home) through the node's NIC, shared by its ``gpus_per_node`` ranks, + the fixed
-  calls over the keepers' data plane (the hand-off, prepare and commit; pieces stream on open
-  connections, counted in the spread);
+  calls (the hand-off over the keepers' data plane, the ranks' agreement that every hand-off
+  returned, one all-reduce of one integer counted as one call's latency, and rank 0's commit, sent to
+  every keeper at once; pieces stream on open connections, counted in the spread);
 - keeper memory per node = the node's ranks' buffers ``B`` + ``(k+m)/k × B`` per rank of pieces for
   two versions (the committed one is kept while the next is written);
 - recovery after a node loss (group-local, issue 12 item 3) = the replacement node's ranks fetch
@@ -65,7 +66,7 @@ class HostFigures:
     ray_call_seconds: float
     """Round trip of one Ray actor method call (recovery's inventory and fetch calls cost at least this)."""
     link_call_seconds: float
-    """Round trip of one keeper call over the data plane (a snapshot's hand-off, prepare, commit)."""
+    """Round trip of one keeper call over the data plane (a snapshot's hand-off, its commit)."""
     bytes_per_param: float
     """Snapshot bytes per parameter from the real layout (fp32 parameter + AdamW ``exp_avg`` and
     ``exp_avg_sq`` = 12, plus alignment and the meta region). FSDP2 with a bf16
@@ -176,7 +177,7 @@ def project(
     encode = b / (host.encode_gbps[scheme.name] * GB * cores)
     # Every rank of a node sends all its pieces but the one kept at home, through the node's one NIC.
     spread = per_node * b * (k + m - 1) / k / nic
-    fixed = 3 * host.link_call_seconds  # hand-off, prepare, commit; the keepers answer each in parallel
+    fixed = 3 * host.link_call_seconds  # hand-off, the ranks' all-reduce, commit (keepers answer in parallel)
     keeper = per_node * b * (1 + versions_kept * (k + m) / k)
     # A lost node: its replacement's ranks each fetch k pieces of B/k of their own group (parity in use).
     recovery = (
