@@ -56,7 +56,7 @@ import numpy as np
 
 from components.common.errors import ConfigError, DataError, RecoveryError
 from components.common.log import get_logger
-from components.resilience.handoff import SharedBuffer, SharedBufferUnavailable
+from components.resilience.handoff_reader import SharedBuffer, SharedBufferUnavailable
 from components.resilience.keeper import BusyError, IncompleteVersionError, MissingPieceError, StaleWriterError
 from components.resilience.piece import Piece, PieceId
 from components.resilience.remote import KeeperTimeoutError

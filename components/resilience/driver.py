@@ -169,9 +169,9 @@ class KeeperFollower:
 
     A lost node comes back as a new Ray node (KubeRay replaces its pod). Without this, the restarted
     worker group's rank 0 starts the keeper there while planning the recovery (``start_keepers`` in
-    ``callback.py``) and waits for it, a new process importing the keeper's modules (Ray, NumPy,
-    torch: seconds, measured 9-10 s on the shared 2-core box), before any tier is tried although that
-    keeper holds nothing. Started from here when the node joins, its start overlaps Ray Train's wait
+    ``callback.py``) and waits for it, a new process importing the keeper's modules (Ray, NumPy:
+    seconds; measured 9-10 s on the shared 2-core box while they still imported torch), before any tier
+    is tried although that keeper holds nothing. Started from here when the node joins, its start overlaps Ray Train's wait
     for the node and its new worker's start, and the plan finds it running. ``start_keepers`` still
     starts whatever is missing, so a keeper this misses (a look that failed) costs only the wait.
 

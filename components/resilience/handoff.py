@@ -21,36 +21,27 @@ Fallback: if the keeper cannot open the trainer's file (another PID namespace, `
 raises :class:`SharedBufferUnavailable`, and the trainer sends the framed buffer as a numpy argument
 instead: Ray copies it into the node's object store once, and the keeper reads it there in place
 (``ray.get`` gives numpy arrays as zero-copy, read-only views).
+
+This module is the trainer's side (it makes torch tensors); the descriptor and the keeper's reader are in
+``handoff_reader.py``, which keepers import without importing torch.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import threading
 import uuid
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from components.common.errors import RecoveryError
+from components.resilience.handoff_reader import SharedBuffer, SharedBufferReader, SharedBufferUnavailable
 from components.resilience.layout import ALIGN, SnapshotLayout
 from components.resilience.payload import header
 
-
-class SharedBufferUnavailable(RecoveryError):
-    """The keeper cannot map the trainer's snapshot buffer: the trainer must send the bytes instead."""
-
-
-@dataclass(frozen=True)
-class SharedBuffer:
-    """How a keeper on the trainer's node finds one framed snapshot buffer."""
-
-    pid: int  # the trainer process
-    fd: int  # its memfd, open for the trainer's lifetime
-    nbytes: int  # the framed payload: header + snapshot buffer
-    token: str  # unique per buffer: fd numbers are reused, tokens never
+# The descriptor and the keeper's reader live in handoff_reader.py, which keepers import without torch;
+# trainer-side code imports the whole hand-off from here.
+__all__ = ["SharedBuffer", "SharedBufferReader", "SharedBufferUnavailable", "SharedBuffers"]
 
 
 class SharedBuffers:
@@ -92,49 +83,3 @@ class SharedBuffers:
             os.close(fd)
         self._files.clear()
         self._made.clear()
-
-
-class SharedBufferReader:
-    """Keeper side: read-only mappings of the trainers' buffers on this node, cached per buffer."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # ranks of one node hand off concurrently
-        self._mapped: dict[str, tuple[mmap.mmap, int]] = {}  # token -> (mapping, generation)
-
-    def view(self, desc: SharedBuffer, generation: int) -> np.ndarray:
-        """The framed payload of ``desc`` as a read-only uint8 view (no copy)."""
-        with self._lock:
-            # buffers of older worker groups are dead trainers' memory: let it go
-            for token in [t for t, (_, g) in self._mapped.items() if g < generation]:
-                del self._mapped[token]
-            if desc.token not in self._mapped:
-                self._mapped[desc.token] = (_map(desc), generation)
-            mapped = self._mapped[desc.token][0]
-        return np.frombuffer(mapped, dtype=np.uint8, count=desc.nbytes)
-
-    def release(self, tokens: list[str]) -> None:
-        """Forget these buffers (the trainer closed its sink); unmapped once no view is left."""
-        with self._lock:
-            for token in tokens:
-                self._mapped.pop(token, None)
-
-    def __len__(self) -> int:
-        return len(self._mapped)
-
-
-def _map(desc: SharedBuffer) -> mmap.mmap:
-    path = f"/proc/{desc.pid}/fd/{desc.fd}"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise SharedBufferUnavailable(
-            f"keeper cannot open the trainer's snapshot buffer {path} ({e}); the keeper and the trainer must "
-            "share a PID namespace (same pod or host); the trainer falls back to sending the bytes"
-        ) from e
-    try:
-        size = os.fstat(fd).st_size
-        if size != desc.nbytes:
-            raise SharedBufferUnavailable(f"{path} holds {size} bytes, the trainer described {desc.nbytes}")
-        return mmap.mmap(fd, desc.nbytes, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)  # the mapping keeps the pages

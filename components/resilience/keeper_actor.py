@@ -21,7 +21,10 @@ Why these Ray options:
   actor, control calls included, until a thread of that group frees up; so the ``data`` group is
   sized above the node's concurrent transfers, and no data call waits on another one.
 - ``runtime_env`` with :data:`~components.resilience.codec.MALLOC_REUSE_ENV`: keepers encode every
-  snapshot; glibc must keep freed piece memory warm instead of unmapping it each time.
+  snapshot; glibc must keep freed piece memory warm instead of unmapping it each time. And with
+  :data:`~components.training.spares.NO_PRELOAD_ENV`: rank 0 starts keepers while planning a recovery,
+  and with ``pretrain.spare_workers`` its setup hook (import torch, transformers) would pass to them.
+  A keeper only moves bytes: its modules import no torch (``test_keeper_imports.py``).
 
 A trainer hands its snapshot to its node's keeper as a descriptor of its shared buffer
 (``handoff.py``), not as bytes. Pieces for other nodes reach their keeper as call arguments: numpy
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
 from collections.abc import Callable
 
@@ -50,6 +54,7 @@ from components.resilience.faults import NodeKiller
 from components.resilience.keeper import MemoryKeeper, check_keeper_budget
 from components.resilience.persist import PersistingKeeper
 from components.resilience.spread import SnapshotSpreader
+from components.training.spares import NO_PRELOAD_ENV
 
 log = get_logger(__name__)
 
@@ -64,7 +69,7 @@ CALL_GROUPS = {
     "control": (
         "commit", "pieces", "held", "status", "newest_committed", "busy_with", "start_generation", "drop",
         "memory_used", "memory_need", "node_id", "persist", "list_blobs", "drop_blobs", "inject_corruption",
-        "inject_blob_corruption", "kill_node", "release_buffers", "data_address",
+        "inject_blob_corruption", "kill_node", "release_buffers", "data_address", "imported",
     ),
     "waits": ("wait_for_pieces", "wait_persisted", "prepare"),
 }  # fmt: skip
@@ -118,6 +123,11 @@ class NodeKeeper(SnapshotSpreader, PersistingKeeper, NodeKiller, MemoryKeeper):
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def imported(self, module: str) -> bool:
+        """Whether this keeper's process has imported ``module``: keepers must stay free of torch, whose
+        import costs every keeper start about a second of CPU and hundreds of MB (``test_keeper_imports.py``)."""
+        return module in sys.modules
 
     # ------------------------------------------------------------------ named blobs (dcp_storage.py)
     # Besides snapshot pieces a keeper holds named, checksummed blobs: the bytes of
@@ -239,7 +249,7 @@ def _keeper_on(node_id: str, run_name: str, cfg: LifecycleConfig, expected_versi
             # groups: a commit would then queue behind the same caller's waiting puts after all.
             allow_out_of_order_execution=True,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            runtime_env={"env_vars": MALLOC_REUSE_ENV},
+            runtime_env={"env_vars": {**MALLOC_REUSE_ENV, **NO_PRELOAD_ENV}},
         )
         .remote(cfg.resilience.keeper_memory_mb, expected_version_bytes)
     )

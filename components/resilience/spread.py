@@ -27,7 +27,7 @@ from ray.actor import ActorHandle
 from components.common.log import get_logger
 from components.resilience.codec import ErasureCodec, make_codec
 from components.resilience.dataplane import HolderUnknownError, KeeperLinks, KeeperServer
-from components.resilience.handoff import SharedBuffer, SharedBufferReader
+from components.resilience.handoff_reader import SharedBuffer, SharedBufferReader
 from components.resilience.keeper import BusyError
 from components.resilience.keeper_client import AddressBook
 from components.resilience.piece import Piece, PieceId

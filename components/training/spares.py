@@ -54,6 +54,11 @@ log = get_logger("lmforge.training")
 SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 #: comma-separated modules :func:`preload` imports
 PRELOAD_ENV = "LMFORGE_PRELOAD_MODULES"
+#: env_vars of a Ray actor a training worker starts that must not preload the engine (a snapshot keeper, which
+#: never needs torch): Ray merges an actor's env_vars into those of the process that starts it, so without these
+#: a keeper started by rank 0 inherits the hook and imports the engine (measured 2026-12-04: 552 MiB RSS instead
+#: of 139, four keepers ready in 10.6 s instead of 1.9); an empty hook is no hook (Ray's default_worker.py)
+NO_PRELOAD_ENV = {SETUP_HOOK_ENV: "", PRELOAD_ENV: ""}
 #: what every training worker imports before its first step: Ray Train, the engine (torch with it)
 #: and transformers' Llama, the model of every preset
 ENGINE_MODULES = ("ray.train.torch", "components.training.loop", "transformers.models.llama.modeling_llama")

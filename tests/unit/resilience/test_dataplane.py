@@ -9,7 +9,7 @@ import pytest
 
 from components.common.errors import DataError
 from components.resilience.dataplane import LINK_CALLS, KeeperLinks, KeeperServer, LinkLostError
-from components.resilience.handoff import SharedBuffer
+from components.resilience.handoff_reader import SharedBuffer
 from components.resilience.keeper import BusyError, IncompleteVersionError, MemoryKeeper
 from components.resilience.piece import Piece, PieceId
 from components.resilience.remote import KeeperTimeoutError

@@ -18,7 +18,7 @@ from tests.unit.resilience.tiny_training import make_state, run_steps
 
 READ_IN_CHILD = """
 import sys
-from components.resilience.handoff import SharedBuffer, SharedBufferReader
+from components.resilience.handoff_reader import SharedBuffer, SharedBufferReader
 from components.resilience.payload import unframe
 pid, fd, nbytes, token = sys.argv[1:]
 view = SharedBufferReader().view(SharedBuffer(int(pid), int(fd), int(nbytes), token), generation=1)

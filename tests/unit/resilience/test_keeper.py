@@ -305,6 +305,8 @@ def test_keeper_encodes_a_trainers_shared_buffer_in_place_and_keeps_it_after_the
     codec = make_codec("xor", 2, 1)
     assert codec.decode(pieces[:2]) == payload
     assert codec.decode(pieces[1:]) == payload
+    # taking a trainer's hand-off (its descriptor, the layout in the frame) loaded no torch into the keepers
+    assert not any(ray.get([keeper.imported.remote("torch") for _, keeper in holders]))
     for keeper in keepers.values():
         ray.get(keeper.drop.remote(30))
 
