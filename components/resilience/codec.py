@@ -360,7 +360,7 @@ class ReedSolomonCodec(ErasureCodec):
 
     def __init__(self, k: int, m: int) -> None:
         super().__init__(k, m)
-        self.matrix = isal.encode_matrix(k, m)  # a ConfigError naming the fix if ISA-L cannot be loaded
+        isal.encode_matrix(k, m)  # now, not at the first encode: a ConfigError naming the fix if ISA-L cannot load
         self.backend = "isa-l vandermonde" if m <= isal.VANDERMONDE_MAX_M else "isa-l cauchy"
         step = RS_STEP_BYTES // (k + m)
         self.chunk = max(4096, step - step % 64)  # whole 64-byte vectors per ISA-L call

@@ -22,7 +22,7 @@ rerun of that version starts clean. All ranks then restore one version.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import ray
@@ -122,7 +122,7 @@ def commit_version(
     unreachable = absent + silent
     if missing or unreachable:
         # Abort: drop the partial version wherever a keeper still answers; the previous stays committed.
-        _answers({n: involved[n].call("drop", version) for n in held}, timeout_s, f"drop(version {version})")
+        _drop(involved, held, version, timeout_s)
         log.warning(
             "snapshot version %d aborted: %d piece(s) missing on %d keeper(s), %d keeper(s) unreachable",
             version,
@@ -145,6 +145,26 @@ def commit_version(
     if rolled or lost:
         log.warning("snapshot version %d committed; rolled forward on %s, keepers lost on %s", version, rolled, lost)
     return CommitOutcome(version, bool(acked or rolled), {}, lost, rolled)
+
+
+def abort_version(
+    keepers: Mapping[str, Keeper],
+    version: int,
+    expected_by_keeper: Mapping[str, set[PieceId]],
+    *,
+    timeout_s: float = CALL_TIMEOUT_S,
+) -> CommitOutcome:
+    """Drop ``version`` on every keeper named in ``expected_by_keeper``: a rank's hand-off of it failed
+    (the ranks agreed so, ``sink.py``); the previous committed version stays."""
+    involved = {node: client_of(keepers[node], node) for node in expected_by_keeper if node in keepers}
+    _drop(involved, involved, version, timeout_s)
+    log.warning("snapshot version %d aborted: a rank's hand-off of it failed (see that rank's log)", version)
+    return CommitOutcome(version, False)
+
+
+def _drop(involved: Mapping[str, KeeperClient], nodes: Collection[str], version: int, timeout_s: float) -> None:
+    """One round of ``drop(version)`` to the keepers of ``nodes`` (silent or dead ones logged)."""
+    _answers({n: involved[n].call("drop", version) for n in nodes}, timeout_s, f"drop(version {version})")
 
 
 def _roll_forward(keeper: KeeperClient, version: int, timeout_s: float) -> bool:

@@ -38,7 +38,7 @@ from components.common.errors import RecoveryError
 from components.common.log import get_logger
 from components.common.storage import open_store
 from components.resilience.budget import KeeperNeed, check_need
-from components.resilience.commit import CALL_TIMEOUT_S, UNREACHABLE, CommitOutcome, commit_version
+from components.resilience.commit import CALL_TIMEOUT_S, UNREACHABLE, CommitOutcome, abort_version, commit_version
 from components.resilience.dataplane import HolderUnknownError, KeeperLinks
 from components.resilience.handoff import SharedBuffer, SharedBuffers, SharedBufferUnavailable
 from components.resilience.keeper import MIB, BusyError
@@ -48,6 +48,7 @@ from components.resilience.payload import frame
 from components.resilience.persist import VersionShape, prune
 from components.resilience.placement import Placement
 from components.resilience.remote import CONTROL_TIMEOUT_S, DATA_TIMEOUT_S, wait_for_all
+from components.training.parallel import min_over_ranks
 
 log = get_logger(__name__)
 
@@ -59,6 +60,26 @@ PUT_WAIT_S = 120.0
 #: after the commit, long enough that waiting ranks cost the keepers a few calls per second
 RETRY_FIRST_S = 0.005
 RETRY_MAX_S = 0.25
+#: seconds a rank waits in the agreement after its hand-off for the slowest rank's word: that rank's whole
+#: hand-off (back-pressure, then up to two data calls: the second after a HolderUnknownError) and rank 0's
+#: settling of the previous version
+AGREE_TIMEOUT_S = PUT_WAIT_S + 2 * DATA_TIMEOUT_S + COMPLETE_TIMEOUT_S + CALL_TIMEOUT_S
+
+
+def agree_stored(version: int, ok: bool, group: object) -> bool:
+    """True if every rank of ``group`` stored ``version`` (``ok`` on all of them), in one all-reduce.
+
+    The version travels with the flag (MIN of ``version`` and of ``-version``): ranks whose snapshots
+    fell out of step (one skipped a version the others handed off) raise ``RecoveryError`` on every
+    rank, instead of one version's agreement standing in for another's.
+    """
+    low_ok, low, minus_high = min_over_ranks([int(ok), version, -version], group)
+    if low != -minus_high:
+        raise RecoveryError(
+            f"ranks disagree on the snapshot version they hand off: {low} to {-minus_high} (this rank: {version}); "
+            "a rank's snapshot stream fell out of step (see the ranks' logs for a failed snapshot before it)"
+        )
+    return bool(low_ok)
 
 
 @dataclass
@@ -122,7 +143,7 @@ class Coordinator:
                 self.cut(version, expected)
             outcome = commit_version(self.clients, version, expected, stored=True)
         else:
-            outcome = self._abort(version, expected)
+            outcome = abort_version(self.clients, version, expected)
         self.last = outcome
         if not outcome.committed:
             self.aborted += 1
@@ -138,15 +159,6 @@ class Coordinator:
             self.persisted += 1
             prune(open_store(self.persist.root, **self.persist.store_options), self.persist.root)
         return outcome
-
-    def _abort(self, version: int, expected: dict) -> CommitOutcome:
-        """A rank's hand-off of ``version`` failed: every involved keeper drops what it holds of it."""
-        calls = [self.clients[node].call("drop", version) for node in expected if node in self.clients]
-        for pending in calls:
-            with contextlib.suppress(*UNREACHABLE):
-                pending.result(CALL_TIMEOUT_S)
-        log.warning("snapshot version %d aborted: a rank's hand-off failed (see that rank's log)", version)
-        return CommitOutcome(version, False)
 
     @property
     def calls(self) -> int:
@@ -237,8 +249,7 @@ class KeeperSink:
         import torch.distributed as dist
 
         if world_size > 1 and dist.is_initialized():
-            # a rank may wait for its peers' hand-offs, back-pressure included, and a version's commit
-            self._ranks = dist.new_group(backend="gloo", timeout=timedelta(seconds=PUT_WAIT_S + COMPLETE_TIMEOUT_S))
+            self._ranks = dist.new_group(backend="gloo", timeout=timedelta(seconds=AGREE_TIMEOUT_S))
 
     def __call__(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
         """Hand ``version`` off; then the ranks agree whether every hand-off stored its group, and rank 0
@@ -256,11 +267,26 @@ class KeeperSink:
             self._hand_off_payload(version, data, layout)
         except BaseException as e:  # re-raised below, after the ranks agreed
             error = e
-        stored = self._agree(error is None)
+        try:
+            stored = self._agree(version, error is None)
+        except BaseException as e:
+            if error is not None:
+                raise error from e  # the hand-off's failure is the cause to report, not the peers' reaction
+            raise
         if error is not None:
+            if self.coordinator is not None and stored is not None:
+                # rank 0's own hand-off failed: the others carry on, so drop the version for them now
+                with contextlib.suppress(Exception):
+                    self.coordinator.settle(version, False)
             raise error
         if self.coordinator is not None:
             self.coordinator.settle(version, stored)
+
+    def abandon(self, version: int) -> None:
+        """The snapshot of ``version`` failed on this rank before its hand-off (its copy): the other ranks,
+        waiting for every rank's word on it, hear that it failed (called by the snapshot engine)."""
+        with contextlib.suppress(Exception):  # the engine raises the copy's error, the one that matters
+            self._agree(version, False)
 
     def _hand_off_payload(self, version: int, data: memoryview, layout: SnapshotLayout) -> None:
         found = self.shared.find(data)
@@ -278,15 +304,9 @@ class KeeperSink:
                 f"snapshot version {version}: a keeper of rank {self.rank}'s group is gone or silent: {e}"
             ) from e
 
-    def _agree(self, ok: bool) -> bool | None:
-        """True if every rank's hand-off stored its group (MIN over the ranks), None without a group."""
-        if self._ranks is None:
-            return None
-        import torch.distributed as dist
-
-        flag = torch.tensor([int(ok)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._ranks)
-        return bool(flag.item())
+    def _agree(self, version: int, ok: bool) -> bool | None:
+        """:func:`agree_stored` on this sink's group; None without one."""
+        return None if self._ranks is None else agree_stored(version, ok, self._ranks)
 
     def hand_off(self, version: int, payload: SharedBuffer | np.ndarray, *, deadline: float) -> None:
         """Hand ``payload`` to the home keeper; under back-pressure, back off and retry until ``deadline``.

@@ -61,6 +61,7 @@ from components.resilience.layout import DEFAULT_META_CAPACITY, PARAM, SnapshotL
 from components.resilience.ownership import snapshot_names
 from components.resilience.piece import checksum
 from components.resilience.state import MetaEncoder, copy_tensors, write_meta
+from components.training.parallel import min_over_ranks
 
 #: states up to this many bytes are copied on the trainer thread in ``begin`` (see the module
 #: docstring): 4 MiB is ~0.5 ms of memcpy, about what the copier thread's GIL hand-overs cost for
@@ -71,7 +72,8 @@ INLINE_COPY_BYTES = 4 << 20
 #: with the bytes when it returns: the buffer is reused by a later snapshot. A sink may also offer
 #: ``allocate_buffer(layout) -> uint8 tensor`` (the engine's buffers then live in its memory),
 #: ``join_ranks(world_size)`` (called at the first snapshot, on every rank's trainer thread: a
-#: collective set-up) and ``close()`` (called once the engine has finished).
+#: collective set-up), ``abandon(version)`` (the snapshot of ``version`` failed before it reached the
+#: sink, e.g. its copy) and ``close()`` (called once the engine has finished).
 Sink = Callable[[int, memoryview, SnapshotLayout], None]
 
 
@@ -179,6 +181,9 @@ class SnapshotEngine:
                 self._copy(self._views[slot], tensors)
             except BaseException:
                 self._free.put(slot)
+                abandon = getattr(self.sink, "abandon", None)
+                if abandon is not None:  # on the hand-off thread: in order with the other ranks' agreements
+                    self._handoff.submit(abandon, state.step)
                 raise
             copying.set_result(None)
             self.stats.inline_copies += 1
@@ -225,11 +230,7 @@ class SnapshotEngine:
         free = int(self._free.qsize() > 0)
         if self._group is None:
             return bool(free)
-        import torch.distributed as dist
-
-        agreed = torch.tensor([free], dtype=torch.int32)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self._group)
-        return bool(agreed.item())
+        return bool(min_over_ranks([free], self._group)[0])
 
     def _allocate(self, state: Any) -> None:
         # DDP: this rank's share of the replicated parameters; FSDP: all names (its own local shards)
@@ -316,7 +317,14 @@ class SnapshotEngine:
 
     def _hand_off(self, version: int, slot: int, copying: Future) -> Snapshot:
         try:
-            copying.result()
+            try:
+                copying.result()
+            except BaseException:
+                # a sink whose ranks wait for every rank's word on this version hears that it failed
+                abandon = getattr(self.sink, "abandon", None)
+                if abandon is not None:
+                    abandon(version)
+                raise
             t0 = time.perf_counter()
             data = memoryview(self._buffers[slot].numpy())
             snapshot = Snapshot(version, data, self.layout, checksum(data) if self.whole_checksum else "")

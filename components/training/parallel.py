@@ -23,6 +23,7 @@ of the worker's device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -113,3 +114,13 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def min_over_ranks(values: Sequence[int], group: Any = None) -> list[int]:
+    """Element-wise minimum of ``values`` over the ranks of ``group`` (None: the default group), in one
+    all-reduce; every rank must call it with as many values."""
+    import torch.distributed as dist
+
+    reduced = torch.tensor(list(values), dtype=torch.int64)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MIN, group=group)
+    return reduced.tolist()

@@ -161,6 +161,42 @@ def test_a_failing_sink_is_raised_on_the_trainer_thread():
         engine.close()
 
 
+class AgreeingSink:
+    """A sink with the agreement hook (as KeeperSink): records what it was handed and what was abandoned."""
+
+    def __init__(self) -> None:
+        self.handed: list[int] = []
+        self.abandoned: list[int] = []
+
+    def __call__(self, version, data, layout) -> None:
+        self.handed.append(version)
+
+    def abandon(self, version: int) -> None:
+        self.abandoned.append(version)
+
+
+class FailingCopyEngine(SnapshotEngine):
+    def _copy(self, views, tensors):
+        raise OSError("copy failed")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["background-copy", "inline-copy"])
+def test_a_failed_copy_tells_the_sink_which_version_it_abandons(inline):
+    state = make_state()
+    run_steps(state, 1)
+    sink = AgreeingSink()
+    engine = FailingCopyEngine(sink=sink, inline_copy_bytes=1 << 30 if inline else 0)
+    if inline:  # raised by begin itself; the sink still hears of it, on the hand-off thread
+        with pytest.raises(OSError, match="copy failed"):
+            engine.begin(state)
+        engine.close()
+    else:
+        engine.begin(state)
+        with pytest.raises(OSError, match="copy failed"):
+            engine.close()
+    assert sink.abandoned == [state.step] and sink.handed == []
+
+
 def test_each_rank_snapshots_only_the_parameters_it_owns():
     names = []
     for rank in range(2):
