@@ -36,7 +36,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from components.common.errors import ConfigError, RecoveryError
@@ -65,7 +64,7 @@ from components.resilience.sink import Coordinator, KeeperSink, PersistTarget
 from components.resilience.snapshot import SnapshotEngine
 from components.resilience.snapshot_callback import SnapshotCallback
 from components.training.callbacks import TrainState
-from components.training.parallel import is_sharded
+from components.training.parallel import is_sharded, min_over_ranks
 
 log = get_logger(__name__)
 
@@ -397,19 +396,11 @@ def _all_gather(obj: Any, world_size: int) -> list:
 
 
 def _all_ranks(flag: bool, world_size: int) -> bool:
-    return _reduce(flag, world_size, dist.ReduceOp.MIN)
+    return flag if world_size == 1 else bool(min_over_ranks([int(flag)])[0])
 
 
 def _any_rank(flag: bool, world_size: int) -> bool:
-    return _reduce(flag, world_size, dist.ReduceOp.MAX)
-
-
-def _reduce(flag: bool, world_size: int, op: Any) -> bool:
-    if world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=op)
-    return bool(t.item())
+    return not _all_ranks(not flag, world_size)
 
 
 def _barrier(world_size: int) -> None:

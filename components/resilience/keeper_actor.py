@@ -122,7 +122,7 @@ class NodeKeeper(SnapshotSpreader, PersistingKeeper, NodeKiller, MemoryKeeper):
     node down on an injected ``node_loss`` (``faults.py``)."""
 
     def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+        return self._node_here()
 
     def imported(self, module: str) -> bool:
         """Whether this keeper's process has imported ``module``: keepers must stay free of torch, whose

@@ -181,9 +181,8 @@ class SnapshotEngine:
                 self._copy(self._views[slot], tensors)
             except BaseException:
                 self._free.put(slot)
-                abandon = getattr(self.sink, "abandon", None)
-                if abandon is not None:  # on the hand-off thread: in order with the other ranks' agreements
-                    self._handoff.submit(abandon, state.step)
+                # on the hand-off thread: in order with the other ranks' agreements
+                self._handoff.submit(self._abandon, state.step)
                 raise
             copying.set_result(None)
             self.stats.inline_copies += 1
@@ -320,10 +319,7 @@ class SnapshotEngine:
             try:
                 copying.result()
             except BaseException:
-                # a sink whose ranks wait for every rank's word on this version hears that it failed
-                abandon = getattr(self.sink, "abandon", None)
-                if abandon is not None:
-                    abandon(version)
+                self._abandon(version)
                 raise
             t0 = time.perf_counter()
             data = memoryview(self._buffers[slot].numpy())
@@ -336,6 +332,12 @@ class SnapshotEngine:
             return snapshot
         finally:
             self._free.put(slot)
+
+    def _abandon(self, version: int) -> None:
+        """Tell a sink whose ranks wait for every rank's word on ``version`` (``abandon``) that it failed here."""
+        abandon = getattr(self.sink, "abandon", None)
+        if abandon is not None:
+            abandon(version)
 
     def _raise_background_failure(self) -> None:
         done = [f for f in self._in_flight if f.done()]
